@@ -1,0 +1,1 @@
+"""Calibration: dense passes that record per-channel activation statistics."""

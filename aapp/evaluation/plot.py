@@ -1,0 +1,94 @@
+"""Refusal rate and over-refusal against pruning ratio, one line per method.
+
+Drawn on a bare `matplotlib.figure.Figure` (Agg canvas), so no pyplot state or GUI backend
+is touched and plotting is safe from any thread or headless machine.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aapp.evaluation.metrics import CellSummary, Rate
+from aapp.io import atomic_write
+
+#: The panels, left to right: (CellSummary attribute, title).
+PANELS = (("refusal_rate", "Refusal rate (harmful prompts)"), ("over_refusal", "Over-refusal (benign prompts)"))
+DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class Point:
+    ratio: float
+    value: float
+    lo: float
+    hi: float
+
+
+def sweep_series(summaries: Sequence[CellSummary], dense_method: str = DENSE) -> dict[str, dict[str, list[Point]]]:
+    """{panel: {method: points sorted by ratio}}: what the plot draws, as plain data.
+
+    Cells with an undefined rate (no prompts of that label) or no ratio are left out; the
+    dense cells (method `dense_method`) are kept under that name, at whatever ratio they have.
+    """
+    series: dict[str, dict[str, list[Point]]] = {attr: {} for attr, _ in PANELS}
+    for attr, _ in PANELS:
+        for s in summaries:
+            rate: Rate = getattr(s, attr)
+            if rate.value is None or (s.ratio is None and s.method != dense_method):
+                continue
+            lo, hi = rate.ci
+            ratio = 0.0 if s.ratio is None else float(s.ratio)
+            series[attr].setdefault(s.method, []).append(Point(ratio, rate.value, lo, hi))
+        for points in series[attr].values():
+            points.sort(key=lambda p: p.ratio)
+    return series
+
+
+def sweep_figure(summaries: Sequence[CellSummary], dense_method: str = DENSE):
+    """The figure: per panel, an errorbar line per method and the dense model as a
+    horizontal line with its interval shaded."""
+    from matplotlib.figure import Figure
+
+    series = sweep_series(summaries, dense_method)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, len(PANELS), sharey=True)
+    ratios = sorted({p.ratio for per in series.values() for m, pts in per.items() if m != dense_method for p in pts})
+    for ax, (attr, title) in zip(axes, PANELS):
+        for method, pts in sorted(series[attr].items()):
+            if method == dense_method:
+                # Dense does not vary with ratio; its mean over cells (normally one) is the line.
+                ref = pts[0] if len(pts) == 1 else Point(0.0, sum(p.value for p in pts) / len(pts),
+                                                         min(p.lo for p in pts), max(p.hi for p in pts))
+                ax.axhline(ref.value, color="black", linestyle="--", linewidth=1, label=method)
+                ax.axhspan(ref.lo, ref.hi, color="black", alpha=0.08, linewidth=0)
+                continue
+            x = [p.ratio for p in pts]
+            y = [p.value for p in pts]
+            yerr = [[p.value - p.lo for p in pts], [p.hi - p.value for p in pts]]
+            ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=method)
+        ax.set_title(title)
+        ax.set_xlabel("pruning ratio")
+        if ratios:
+            ax.set_xticks(ratios)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    axes[0].set_ylabel("rate (Wilson 95% CI)")
+    return fig
+
+
+def render_png(summaries: Sequence[CellSummary], dense_method: str = DENSE) -> bytes:
+    buf = io.BytesIO()
+    sweep_figure(summaries, dense_method).savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def plot_sweep(summaries: Sequence[CellSummary], path: str | Path, dense_method: str = DENSE) -> None:
+    """Write the sweep plot as a PNG at `path`, atomically."""
+    data = render_png(summaries, dense_method)
+    with atomic_write(path, "wb") as f:
+        f.write(data)

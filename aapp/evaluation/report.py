@@ -1,0 +1,188 @@
+"""Summaries out: summary.json, summary.csv, results.jsonl, the plot, and a table on stderr.
+
+`write_outputs` renders every file in memory first and then commits them together, so
+an existing output directory is never left holding a mix of old and new files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aapp.errors import InputError
+from aapp.evaluation.metrics import CellSummary, Rate
+from aapp.io import atomic_write, dumps_row
+
+RESULTS, SUMMARY_JSON, SUMMARY_CSV, PLOT = "results.jsonl", "summary.json", "summary.csv", "refusal_vs_ratio.png"
+
+_RATES = ("refusal_rate", "over_refusal", "overall_refusal")
+_AGREEMENT_RATES = ("accuracy", "far", "frr")
+CSV_COLUMNS = (
+    "method", "ratio", "judge", "n", "n_harmful",
+    "refusal_rate", "refusal_rate_lo", "refusal_rate_hi",
+    "n_benign", "over_refusal", "over_refusal_lo", "over_refusal_hi",
+    "overall_refusal", "overall_refusal_lo", "overall_refusal_hi",
+    "n_agreement", "accuracy", "accuracy_lo", "accuracy_hi", "f1",
+    "far", "far_lo", "far_hi", "frr", "frr_lo", "frr_hi",
+    "flops_fraction", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi", "perplexity",
+)
+
+
+def summary_document(summaries: Sequence[CellSummary], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What summary.json holds (and what `--json` prints): {"meta": ..., "cells": [...]}."""
+    return {"meta": dict(meta or {}), "cells": [s.to_dict() for s in summaries]}
+
+
+def summary_json(summaries: Sequence[CellSummary], meta: Mapping[str, Any] | None = None) -> str:
+    # allow_nan=False: a NaN that slipped in fails here rather than in a reader's parser.
+    return json.dumps(summary_document(summaries, meta), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _rate_cols(name: str, rate: Rate | None) -> dict[str, Any]:
+    ci = rate.ci if rate else None
+    return {name: rate.value if rate else None, f"{name}_lo": ci[0] if ci else None, f"{name}_hi": ci[1] if ci else None}
+
+
+def flat_row(s: CellSummary) -> dict[str, Any]:
+    """One CSV row per cell: every rate as value, lo, hi; undefined values stay None."""
+    row: dict[str, Any] = {"method": s.method, "ratio": s.ratio, "judge": s.judge, "n": s.n,
+                           "n_harmful": s.n_harmful, "n_benign": s.n_benign}
+    for name in _RATES:
+        row |= _rate_cols(name, getattr(s, name))
+    a = s.agreement
+    row["n_agreement"] = a.n if a else None
+    for name in _AGREEMENT_RATES:
+        row |= _rate_cols(name, getattr(a, name) if a else None)
+    row["f1"] = a.f1 if a else None
+    row |= _rate_cols("gate_fire_rate", s.gate_fire_rate)
+    row |= {"flops_fraction": s.flops_fraction, "wall_time_s": s.wall_time_s, "perplexity": s.perplexity}
+    return {c: row[c] for c in CSV_COLUMNS}
+
+
+def summary_csv(summaries: Sequence[CellSummary]) -> str:
+    """CSV with `CSV_COLUMNS`; an undefined value is an empty field."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for s in summaries:
+        writer.writerow({k: "" if v is None else v for k, v in flat_row(s).items()})
+    return buf.getvalue()
+
+
+def write_summary(summaries: Sequence[CellSummary], out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> None:
+    """summary.json and summary.csv in `out_dir`, each written atomically."""
+    out_dir = Path(out_dir)
+    for name, text in ((SUMMARY_JSON, summary_json(summaries, meta)), (SUMMARY_CSV, summary_csv(summaries))):
+        with atomic_write(out_dir / name) as f:
+            f.write(text)
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Fail before any work when `out_dir` cannot hold the outputs (InputError)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create directory: {e.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: directory is not writable")
+    return out
+
+
+def write_outputs(
+    out_dir: str | Path,
+    results: Sequence[Mapping[str, Any]],
+    summaries: Sequence[CellSummary],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    plot: bool = True,
+) -> dict[str, Path]:
+    """Write results.jsonl, summary.json, summary.csv and (when `plot`) the PNG into `out_dir`.
+
+    Everything is rendered first, then staged as temp files in `out_dir`, then renamed into
+    place only once all are staged: a failure at any step leaves earlier files as they were.
+    Other files in `out_dir` are left alone. Returns {file name: path}.
+    """
+    from aapp.evaluation.plot import render_png
+
+    out = check_out_dir(out_dir)
+    files: dict[str, bytes] = {
+        RESULTS: "".join(dumps_row(dict(r)) + "\n" for r in results).encode(),
+        SUMMARY_JSON: summary_json(summaries, meta).encode(),
+        SUMMARY_CSV: summary_csv(summaries).encode(),
+    }
+    if plot:
+        files[PLOT] = render_png(summaries)
+    commit_files(out, files)
+    return {name: out / name for name in files}
+
+
+def commit_files(out: Path, files: Mapping[str, bytes]) -> None:
+    """Stage every file beside its target, fsync, then rename all; on failure remove the stage."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            staged.append((tmp, out / name))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"--out {out}: cannot write outputs: {e.strerror or e}") from None
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, target in staged:
+        os.replace(tmp, target)
+
+
+# --------------------------------------------------------------------------- table
+
+def _pct(rate: Rate | None) -> str:
+    if rate is None or rate.value is None:
+        return "n/a"
+    lo, hi = rate.ci
+    return f"{100 * rate.value:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] n={rate.n}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def summary_table(summaries: Sequence[CellSummary]):
+    """A rich Table of the cells; "n/a" marks undefined values (e.g. F1 with no dense refusals)."""
+    from rich.table import Table
+
+    table = Table(title=f"refusal evaluation ({summaries[0].judge} judge)" if summaries else "refusal evaluation")
+    for col in ("method", "ratio", "refusal (harmful)", "over-refusal (benign)", "acc", "F1", "FAR", "FRR",
+                "FLOPs", "wall s", "gate", "ppl"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for s in summaries:
+        a = s.agreement
+        table.add_row(
+            s.method, _num(s.ratio, "g"), _pct(s.refusal_rate), _pct(s.over_refusal),
+            _pct(a.accuracy) if a else "n/a", _num(a.f1 if a else None, ".3f"),
+            _pct(a.far) if a else "n/a", _pct(a.frr) if a else "n/a",
+            _num(s.flops_fraction, ".3f"), _num(s.wall_time_s, ".1f"), _pct(s.gate_fire_rate),
+            _num(s.perplexity, ".2f"),
+        )
+    return table
+
+
+def print_table(summaries: Sequence[CellSummary], console=None) -> None:
+    """Print the table to stderr (stdout stays machine-readable)."""
+    from rich.console import Console
+
+    (console or Console(stderr=True)).print(summary_table(summaries))

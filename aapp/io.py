@@ -1,0 +1,97 @@
+"""File helpers shared by every command: atomic writes and JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from aapp.errors import InputError
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temp file beside `path` and rename it into place only on success.
+
+    A crash or an exception inside the block leaves `path` untouched (an earlier
+    version stays whole) and removes the temp file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before a long run, not after it, when `path` cannot be written."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create directory {parent}: {e.strerror}") from None
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, expected a file path")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{parent} is not writable")
+
+
+def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:
+    """Read JSON objects one per line from `path`, or from stdin when `path` is None or '-'.
+
+    Blank lines are skipped; a malformed line raises InputError naming file and line.
+    """
+    name = "<stdin>" if path in (None, "-") else str(path)
+    if path in (None, "-"):
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{name}: cannot read: {e}") from None
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{name}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{name}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def dumps_row(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], out: str | Path | None) -> None:
+    """Write rows to `out` atomically, or to stdout when `out` is None or '-'."""
+    if out in (None, "-"):
+        for row in rows:
+            sys.stdout.write(dumps_row(row) + "\n")
+        sys.stdout.flush()
+        return
+    with atomic_write(out) as f:
+        for row in rows:
+            f.write(dumps_row(row) + "\n")

@@ -1,0 +1,32 @@
+"""Pruning methods, by the name the CLI uses."""
+
+from __future__ import annotations
+
+from aapp.errors import AappError
+from aapp.methods.base import LayerContext, Method, Selection
+from aapp.methods.pp import PPOptions, ProbePruning
+from aapp.methods.static import Flap, WandaSP
+from aapp.pruning.masks import LayerMask
+
+
+class Dense(Method):
+    """No pruning; runs through the engine only so FLOPs are counted the same way."""
+
+    name = "dense"
+    needs_calibration = False
+
+    def select(self, ctx: LayerContext) -> Selection:
+        return Selection(LayerMask.full(ctx.geometry, ctx.residual.device))
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Dense, ProbePruning, WandaSP, Flap)}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def make_method(name: str, **options) -> Method:
+    if name not in METHODS:
+        raise AappError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](**options)

@@ -1,0 +1,68 @@
+"""What a pruning method is: options in, a per-layer selection of kept structures out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from aapp.calibration.store import Calibration
+from aapp.models.adapters import Geometry, LayerParts
+from aapp.pruning.forward import ProbeStats
+from aapp.pruning.masks import LayerMask, top_k
+from aapp.pruning.plan import LayerBudget, PrunePlan
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """Everything a method may look at when it picks one layer's structures for a batch."""
+
+    layer: int
+    parts: LayerParts
+    geometry: Geometry
+    budget: LayerBudget
+    probe: ProbeStats | None
+    history: dict[str, torch.Tensor] | None  # this layer's working history per site, or None
+    residual: torch.Tensor                   # block input [B, S, D]
+    token_mask: torch.Tensor                 # [B, S] non-pad tokens
+
+
+@dataclass(frozen=True)
+class Selection:
+    mask: LayerMask
+    attn_bias: torch.Tensor | None = None
+    mlp_bias: torch.Tensor | None = None
+
+
+class Method(ABC):
+    """A pruning method. Subclasses are small: scores in, `select_top` out."""
+
+    name: ClassVar[str]
+    needs_calibration: ClassVar[bool] = True
+    uses_probe: ClassVar[bool] = False
+
+    def bind(self, model, adapter, geometry: Geometry, plan: PrunePlan, calib: Calibration | None) -> None:
+        """Called once when a model is wrapped; static methods precompute here."""
+        self.geometry, self.plan, self.calib = geometry, plan, calib
+
+    def begin_batch(self) -> None:
+        """Called at the start of every new batch (prefill), before the first layer."""
+
+    @abstractmethod
+    def select(self, ctx: LayerContext) -> Selection: ...
+
+    def batch_info(self) -> dict:
+        """Per-batch facts for output rows (e.g. a gate decision)."""
+        return {}
+
+
+def select_top(head_scores: torch.Tensor, channel_scores: torch.Tensor, budget: LayerBudget, g: Geometry,
+               protect_heads: torch.Tensor | None = None,
+               protect_channels: torch.Tensor | None = None) -> LayerMask:
+    """Keep the budget's highest-scoring heads and channels (protected ones first)."""
+    heads = top_k(head_scores, budget.heads, protect_heads)
+    channels = top_k(channel_scores, budget.channels, protect_channels)
+    return LayerMask.from_kept(heads, channels, g)
+

@@ -1,0 +1,58 @@
+"""Static structured baselines scored from calibration statistics only: Wanda-sp and FLAP.
+
+Their masks do not depend on the batch, so they are computed once at bind time.
+"""
+
+from __future__ import annotations
+
+from aapp.methods.base import LayerContext, Method, Selection, select_top
+from aapp.pruning.masks import LayerMask
+from aapp.pruning.scores import flap, flap_compensation, per_head, wanda_sp
+
+
+class _Static(Method):
+    def bind(self, model, adapter, geometry, plan, calib):
+        super().bind(model, adapter, geometry, plan, calib)
+        self._selection: dict[int, Selection] = {}
+        for i, budget in enumerate(plan.budgets):
+            parts = adapter.layer_parts(model, i)
+            attn = self.scores("attn", i, parts.o_proj.weight)
+            mlp = self.scores("mlp", i, parts.down_proj.weight)
+            mask = select_top(per_head(attn, geometry.head_dim), mlp, budget, geometry)
+            self._selection[i] = self.finish(i, mask, parts)
+
+    def scores(self, site: str, layer: int, weight):
+        raise NotImplementedError
+
+    def finish(self, layer: int, mask: LayerMask, parts) -> Selection:
+        return Selection(mask)
+
+    def select(self, ctx: LayerContext) -> Selection:
+        return self._selection[ctx.layer]
+
+
+class WandaSP(_Static):
+    name = "wanda-sp"
+
+    def scores(self, site, layer, weight):
+        return wanda_sp(self.calib.history(site)[layer].to(weight.device), weight)
+
+
+class Flap(_Static):
+    """FLAP (An et al., AAAI 2024) fluctuation metric with its mean-value bias compensation.
+
+    We keep the shared per-layer budget (not FLAP's global adaptive structure), so all
+    baselines are compared at the same per-layer compute.
+    """
+
+    name = "flap"
+
+    def scores(self, site, layer, weight):
+        return flap(self.calib.variance(site)[layer].to(weight.device), weight)
+
+    def finish(self, layer, mask, parts):
+        g = self.geometry
+        mean = self.calib.tensors
+        attn_bias = flap_compensation(mean["attn.mean"][layer], parts.o_proj.weight, mask.q_rows(g.head_dim))
+        mlp_bias = flap_compensation(mean["mlp.mean"][layer], parts.down_proj.weight, mask.channels)
+        return Selection(mask, attn_bias=attn_bias, mlp_bias=mlp_bias)

@@ -1,0 +1,217 @@
+"""Architecture adapters: the one place that knows each family's module names and quirks.
+
+Pruning needs, per decoder layer, the attention projections (q/k/v rows per head,
+o_proj input columns per head, GQA groups), the gated MLP (gate/up rows and down_proj
+input columns per intermediate channel), and the norms around each half of the block.
+Everything else in aapp asks an adapter for these instead of reaching into HF modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from aapp.errors import ModelError
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """The modules of one decoder layer, by role.
+
+    A block computes, for residual x:
+        a = attn(input_norm(x));  x = x + post_attn_norm(a)
+        m = mlp(pre_mlp_norm(x)); x = x + post_mlp_norm(m)
+    where the post norms are the identity for families without them (LLaMA, Qwen2).
+    """
+
+    layer: nn.Module
+    attn: nn.Module
+    mlp: nn.Module
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
+    input_norm: nn.Module
+    pre_mlp_norm: nn.Module
+    post_attn_norm: nn.Module | None = None
+    post_mlp_norm: nn.Module | None = None
+    q_norm: nn.Module | None = None  # per-head RMSNorm on queries (Gemma-3)
+    k_norm: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shapes shared by every decoder layer of a model."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    activation: str  # "silu" or "gelu_tanh"
+    attn_scaling: float
+    sliding_window: tuple[int | None, ...]  # per layer; None = global attention
+
+    @property
+    def group_size(self) -> int:
+        """Query heads that share one key/value head (1 without GQA)."""
+        return self.num_heads // self.num_kv_heads
+
+    def kv_head_of(self, q_head: int) -> int:
+        return q_head // self.group_size
+
+
+_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}
+
+
+class ArchAdapter:
+    """LLaMA layout; the other families override what differs.
+
+    Qwen2 differs from LLaMA only by biases on q/k/v, which LayerParts already exposes
+    through `q_proj.bias`, so it needs no override.
+    """
+
+    family = "llama"
+    model_types: tuple[str, ...] = ("llama",)
+
+    def text_config(self, model: nn.Module):
+        return model.config
+
+    def decoder(self, model: nn.Module) -> nn.Module:
+        """The module that holds embed_tokens, layers, norm and rotary_emb."""
+        return model.model
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.decoder(model).layers
+
+    def layer_parts(self, model: nn.Module, index: int) -> LayerParts:
+        layer = self.layers(model)[index]
+        attn, mlp = layer.self_attn, layer.mlp
+        return LayerParts(
+            layer=layer, attn=attn, mlp=mlp,
+            q_proj=attn.q_proj, k_proj=attn.k_proj, v_proj=attn.v_proj, o_proj=attn.o_proj,
+            gate_proj=mlp.gate_proj, up_proj=mlp.up_proj, down_proj=mlp.down_proj,
+            input_norm=layer.input_layernorm, pre_mlp_norm=layer.post_attention_layernorm,
+        )
+
+    def embed_tokens(self, model: nn.Module) -> nn.Module:
+        return self.decoder(model).embed_tokens
+
+    def lm_head(self, model: nn.Module) -> nn.Linear:
+        return model.lm_head
+
+    def activation_name(self, cfg) -> str:
+        return getattr(cfg, "hidden_act", "silu")
+
+    def attn_scaling(self, cfg, head_dim: int) -> float:
+        return head_dim**-0.5
+
+    def geometry(self, model: nn.Module) -> Geometry:
+        cfg = self.text_config(model)
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        act_name = self.activation_name(cfg)
+        if act_name not in _ACTIVATIONS:
+            raise ModelError(f"unsupported MLP activation {act_name!r} in {cfg.model_type}")
+        layer_types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+        window = getattr(cfg, "sliding_window", None)
+        return Geometry(
+            model_type=cfg.model_type,
+            num_layers=cfg.num_hidden_layers,
+            hidden_size=cfg.hidden_size,
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            intermediate_size=cfg.intermediate_size,
+            vocab_size=cfg.vocab_size,
+            activation=_ACTIVATIONS[act_name],
+            attn_scaling=self.attn_scaling(cfg, head_dim),
+            sliding_window=tuple(window if t == "sliding_attention" else None for t in layer_types),
+        )
+
+
+class Qwen2Adapter(ArchAdapter):
+    family = "qwen2"
+    model_types = ("qwen2",)
+
+
+class Gemma3Adapter(ArchAdapter):
+    """Gemma-3: q/k norms, sandwich norms around both halves, GeGLU, query_pre_attn_scalar.
+
+    The multimodal checkpoints (Gemma-3-12B-IT) nest the text decoder under
+    `model.language_model` and keep the text settings in `config.text_config`.
+    """
+
+    family = "gemma3"
+    model_types = ("gemma3", "gemma3_text")
+
+    def text_config(self, model):
+        cfg = model.config
+        return getattr(cfg, "text_config", None) or cfg
+
+    def decoder(self, model):
+        inner = model.model
+        return getattr(inner, "language_model", inner)
+
+    def layer_parts(self, model, index):
+        layer = self.layers(model)[index]
+        attn, mlp = layer.self_attn, layer.mlp
+        return LayerParts(
+            layer=layer, attn=attn, mlp=mlp,
+            q_proj=attn.q_proj, k_proj=attn.k_proj, v_proj=attn.v_proj, o_proj=attn.o_proj,
+            gate_proj=mlp.gate_proj, up_proj=mlp.up_proj, down_proj=mlp.down_proj,
+            input_norm=layer.input_layernorm, pre_mlp_norm=layer.pre_feedforward_layernorm,
+            post_attn_norm=layer.post_attention_layernorm,
+            post_mlp_norm=layer.post_feedforward_layernorm,
+            q_norm=attn.q_norm, k_norm=attn.k_norm,
+        )
+
+    def activation_name(self, cfg):
+        return getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "gelu_pytorch_tanh")
+
+    def attn_scaling(self, cfg, head_dim):
+        return cfg.query_pre_attn_scalar**-0.5
+
+
+ADAPTERS: dict[str, ArchAdapter] = {
+    t: a for a in (ArchAdapter(), Qwen2Adapter(), Gemma3Adapter()) for t in a.model_types
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def adapter_for_config(config) -> ArchAdapter:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ModelError(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(supported_model_types())}"
+        )
+    return ADAPTERS[model_type]
+
+
+def adapter_for(model: nn.Module) -> ArchAdapter:
+    return adapter_for_config(model.config)
+
+
+def activation_fn(name: str):
+    """The MLP gate activation by its Geometry name."""
+    if name == "silu":
+        return torch.nn.functional.silu
+    if name == "gelu_tanh":
+        return lambda x: torch.nn.functional.gelu(x, approximate="tanh")
+    raise ModelError(f"unknown activation {name!r}")

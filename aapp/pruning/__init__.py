@@ -1,0 +1,1 @@
+"""Dynamic structured pruning: plans, probes, scores, the pruned forward and its handle."""

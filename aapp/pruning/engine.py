@@ -1,0 +1,261 @@
+"""Wrap a loaded model so that its own forward (and `generate()`) runs pruned.
+
+    handle = prune_model(loaded, ProbePruning(), ratio=0.3, calib=calib)
+    loaded.model.generate(...)      # pruned, per batch
+    handle.remove()                 # the original modules and no hooks: exactly dense again
+
+Per batch, at prefill, a forward pre-hook on each pruned decoder layer probes the
+block input, asks the method for this layer's kept heads and channels, and prepares
+the kept-weight linears; the swapped attention/MLP modules then run only those. The
+mask is kept for the decode steps of the same batch (the KV cache holds only kept
+heads); `reprobe_every` re-selects MLP channels, which carry no state, during decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from aapp.calibration.store import Calibration
+from aapp.errors import AappError, CalibrationError
+from aapp.methods.base import LayerContext, Method
+from aapp.models.loading import LoadedModel
+from aapp.pruning import flops
+from aapp.models.adapters import activation_fn
+from aapp.pruning.forward import LayerRuntime, ProbeStats, PrunedAttention, PrunedMLP, run_probe
+from aapp.pruning.masks import LayerMask, top_k
+from aapp.pruning.plan import PrunePlan, make_plan
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Engine settings shared by every method. Defaults follow Probe Pruning."""
+
+    ratio: float = 0.0
+    dense_layers: int = 3
+    channel_multiple: int = 64
+    probe_positions: float = 0.5   # fraction of (non-pad) positions in the probe
+    probe_samples: float = 0.05    # fraction of samples in the probe (at least one)
+    ema_momentum: float | None = None  # update history from kept channels: H = m*H + (1-m)*batch
+    reprobe_every: int = 0         # decode steps between MLP re-selections (0 = never)
+    backend: str = "auto"
+
+
+@dataclass
+class BatchRecord:
+    """What the engine did for the latest batch."""
+
+    kept: list[dict] = field(default_factory=list)  # per layer: heads, kv_heads, channels
+    flops: flops.FlopCount = field(default_factory=flops.FlopCount)
+    method_info: dict = field(default_factory=dict)
+
+
+class PrunedModel:
+    """The handle of a pruned model. Use as a context manager or call `remove()`."""
+
+    def __init__(self, loaded: LoadedModel, method: Method, options: PruneOptions, calib: Calibration | None):
+        from kernels.backend import get_backend
+
+        self.loaded, self.method, self.options, self.calib = loaded, method, options, calib
+        g = loaded.geometry
+        self.plan: PrunePlan = make_plan(g, options.ratio, dense_layers=options.dense_layers,
+                                         channel_multiple=options.channel_multiple)
+        if method.needs_calibration and calib is None:
+            raise CalibrationError(f"method {method.name!r} needs a calibration file (--calib); run `aapp calibrate`")
+        if calib is not None:
+            calib.check_model(loaded.fingerprint, loaded.name)
+        self.history = None
+        if calib is not None:
+            dev = loaded.device
+            self.history = {s: calib.history(s).to(dev).clone() for s in ("attn", "mlp")}
+        self.backend = get_backend(options.backend, loaded.device)
+        method.bind(loaded.model, loaded.adapter, g, self.plan, calib)
+        self.record = BatchRecord()
+        self._token_mask: torch.Tensor | None = None
+        self._lm_tokens = 0
+        self._decode_steps: dict[int, int] = {}
+        self._last_probe: dict[int, ProbeStats | None] = {}
+        self._handles, self._swapped = [], []
+        self.runtimes: dict[int, LayerRuntime] = {}
+        model = loaded.model
+        self._handles.append(model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
+        for i in range(g.num_layers):
+            if self.plan.is_dense(i, g):
+                continue
+            parts = loaded.adapter.layer_parts(model, i)
+            rt = LayerRuntime(index=i, parts=parts, geometry=g, backend=self.backend)
+            if options.ema_momentum is not None and self.history is not None:
+                rt.observe = self._ema_observer(i)
+            if method.uses_probe and options.reprobe_every:
+                rt.reselect = self._mlp_reprobe(i)
+            self.runtimes[i] = rt
+            self._swap(parts.layer, "self_attn", PrunedAttention(rt, parts.attn))
+            self._swap(parts.layer, "mlp", PrunedMLP(rt, parts.mlp))
+            self._handles.append(parts.layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _swap(self, parent, name, new):
+        self._swapped.append((parent, name, getattr(parent, name)))
+        setattr(parent, name, new)
+
+    def remove(self) -> None:
+        """Restore the original modules and drop every hook."""
+        for h in self._handles:
+            h.remove()
+        for parent, name, original in reversed(self._swapped):
+            setattr(parent, name, original)
+        self._handles.clear()
+        self._swapped.clear()
+        self.runtimes.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _on_model_input(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs["inputs_embeds"][..., 0]
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.dim() != 2:
+            mask = torch.ones(ids.shape[:2], dtype=torch.bool, device=ids.device)
+        # The 2-D mask covers cached tokens too; the current chunk is its tail.
+        self._token_mask = mask[:, -ids.shape[1]:].bool()
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        keep = kwargs.get("logits_to_keep", 0) or ids.shape[1]
+        lm = flops.lm_head_flops(self.loaded.geometry, ids.shape[0] * min(keep, ids.shape[1]))
+        if past == 0:
+            self.method.begin_batch()
+            self.record = BatchRecord()
+            self._decode_steps.clear()
+        self.record.flops.add(self._dense_only_flops(ids.shape[0], ids.shape[1], past, lm))
+
+    def _dense_only_flops(self, batch: int, seq: int, past: int, lm: float) -> flops.FlopCount:
+        """Dense layers and lm_head cost the same pruned or not; pruned layers are added by their hooks."""
+        g = self.loaded.geometry
+        ctx = past + (seq + 1) / 2
+        per_block = flops.dense_block_flops(g, batch * seq, ctx)
+        dense_layers = g.num_layers - len(self.runtimes)
+        return flops.FlopCount(dense=per_block * g.num_layers + lm, pruned=per_block * dense_layers + lm)
+
+    def _layer_hook(self, i: int):
+        def hook(layer, args, kwargs):
+            x = kwargs.get("hidden_states", args[0] if args else None)
+            cache = kwargs.get("past_key_values")
+            past = cache.get_seq_length(i) if cache is not None else 0
+            if past == 0:
+                self._select(i, x, kwargs["position_embeddings"])
+            else:
+                self._decode_step(i)
+            self._count(i, x.shape[0], x.shape[1], past)
+        return hook
+
+    def _select(self, i: int, x: torch.Tensor, position_embeddings) -> None:
+        rt = self.runtimes[i]
+        g = self.loaded.geometry
+        token_mask = self._token_mask
+        probe = None
+        if self.method.uses_probe:
+            samples, positions = choose_probe(x, token_mask, self.options.probe_samples, self.options.probe_positions)
+            cos, sin = position_embeddings
+            probe = run_probe(rt.parts, g, i, x, samples, positions, token_mask, cos, sin)
+            queries = probe.tokens
+            self.record.flops.probe += flops.probe_flops(g, queries, probe.context, probe.context / max(1, len(samples)) / 2)
+        history = {s: self.history[s][i] for s in ("attn", "mlp")} if self.history is not None else None
+        ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=self.plan.budgets[i], probe=probe,
+                           history=history, residual=x, token_mask=token_mask)
+        sel = self.method.select(ctx)
+        rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
+        self._last_probe[i] = probe
+        if i == min(self.runtimes):
+            self.record.method_info = self.method.batch_info()
+        self._record_kept(i, sel.mask)
+
+    def _record_kept(self, i: int, mask: LayerMask) -> None:
+        while len(self.record.kept) <= i:
+            self.record.kept.append({})
+        self.record.kept[i] = {"heads": len(mask.heads), "kv_heads": len(mask.kv_heads),
+                               "channels": len(mask.channels)}
+
+    def _count(self, i: int, batch: int, seq: int, past: int) -> None:
+        rt, g = self.runtimes[i], self.loaded.geometry
+        m = rt.mask
+        self.record.flops.pruned += flops.block_flops(g, batch * seq, past + (seq + 1) / 2,
+                                                      len(m.heads), len(m.kv_heads), len(m.channels))
+
+    def _decode_step(self, i: int) -> None:
+        n = self._decode_steps.get(i, 0) + 1
+        self._decode_steps[i] = n
+        every = self.options.reprobe_every
+        if every and n % every == 0:
+            self.runtimes[i].reprobe = True
+
+    def _mlp_reprobe(self, i: int):
+        """Re-pick MLP channels from the current decode tokens; heads stay (the KV cache holds them)."""
+        def reselect(x: torch.Tensor) -> None:
+            rt, g = self.runtimes[i], self.loaded.geometry
+            p = rt.parts
+            n = max(1, math.ceil(x.shape[0] * self.options.probe_samples))
+            rows = top_k(x.float().norm(dim=-1).sum(-1), n)
+            xs = x[rows]
+            h = activation_fn(g.activation)(torch.nn.functional.linear(xs, p.gate_proj.weight))
+            h = h * torch.nn.functional.linear(xs, p.up_proj.weight)
+            last = self._last_probe[i]
+            probe = ProbeStats(attn=last.attn, mlp=h.reshape(-1, h.shape[-1]).float().square().mean(0),
+                               tokens=xs.shape[0] * xs.shape[1], context=0)
+            self.record.flops.probe += 2 * probe.tokens * g.hidden_size * g.intermediate_size * 2
+            history = {s: self.history[s][i] for s in ("attn", "mlp")} if self.history is not None else None
+            ctx = LayerContext(layer=i, parts=p, geometry=g, budget=self.plan.budgets[i], probe=probe,
+                               history=history, residual=x, token_mask=torch.ones(x.shape[:2], dtype=torch.bool,
+                                                                                  device=x.device))
+            sel = self.method.select(ctx)
+            mask = LayerMask(heads=rt.mask.heads, kv_heads=rt.mask.kv_heads, channels=sel.mask.channels)
+            rt.set_mask(mask, rt.attn_bias, sel.mlp_bias)
+        return reselect
+
+    def _ema_observer(self, i: int):
+        m = self.options.ema_momentum
+
+        def observe(site: str, kept: torch.Tensor, x: torch.Tensor) -> None:
+            if x.shape[1] == 1:  # decode steps: one token is too noisy to move history
+                return
+            valid = self._token_mask
+            batch_sq = x[valid].float().square().mean(0)
+            h = self.history[site][i]
+            h[kept] = m * h[kept] + (1 - m) * batch_sq
+        return observe
+
+    # -- reporting -------------------------------------------------------------------------
+    def layer_ratios(self) -> list[float]:
+        return list(self.plan.layer_ratios)
+
+
+def choose_probe(x: torch.Tensor, token_mask: torch.Tensor, sample_frac: float, position_frac: float):
+    """Pick the probe: the samples and positions with the largest residual norms.
+
+    Samples are ranked by the mean L2 norm of their non-pad tokens; positions by the
+    summed norm over the chosen samples. Returns sorted (samples, positions).
+    """
+    norms = x.float().norm(dim=-1) * token_mask  # [B, S], pads -> 0
+    counts = token_mask.sum(-1).clamp(min=1)
+    B, S = norms.shape
+    n_samples = max(1, math.ceil(B * sample_frac))
+    samples = top_k(norms.sum(-1) / counts, n_samples)
+    valid_positions = int(token_mask[samples].any(0).sum())
+    n_positions = max(1, math.ceil(valid_positions * position_frac))
+    positions = top_k(norms[samples].sum(0), n_positions)
+    return samples, positions
+
+
+def prune_model(loaded: LoadedModel, method: Method, options: PruneOptions = PruneOptions(),
+                calib: Calibration | None = None) -> PrunedModel:
+    """Prune `loaded.model` in place (reversibly) with `method` at `options.ratio`."""
+    if not 0 <= options.ratio < 1:
+        raise AappError(f"ratio must be in [0, 1), got {options.ratio}")
+    return PrunedModel(loaded, method, options, calib)

@@ -1,0 +1,58 @@
+"""FLOPs from shapes: what a forward costs dense, pruned, and what the probe adds.
+
+One multiply-add counts as 2 FLOPs. We count the matmuls (projections, attention
+scores and values, lm_head); norms, RoPE and softmax are a rounding error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aapp.models.adapters import Geometry
+
+
+@dataclass
+class FlopCount:
+    dense: float = 0.0
+    pruned: float = 0.0
+    probe: float = 0.0
+
+    def add(self, other: "FlopCount") -> None:
+        self.dense += other.dense
+        self.pruned += other.pruned
+        self.probe += other.probe
+
+    @property
+    def fraction(self) -> float:
+        """Pruned plus probe FLOPs as a fraction of dense (1.0 = no saving)."""
+        return (self.pruned + self.probe) / self.dense if self.dense else 1.0
+
+    def to_dict(self) -> dict:
+        return {"dense": self.dense, "pruned": self.pruned, "probe": self.probe, "fraction": self.fraction}
+
+
+def block_flops(g: Geometry, tokens: int, context: float, heads: int, kv_heads: int, channels: int) -> float:
+    """One decoder block over `tokens` queries that each attend to `context` keys on average."""
+    d, hd = g.hidden_size, g.head_dim
+    proj = 2 * tokens * d * hd * (2 * heads + 2 * kv_heads)  # q, o and k, v
+    attn = 2 * 2 * tokens * context * heads * hd            # scores and weighted values
+    mlp = 2 * tokens * d * channels * 3                     # gate, up, down
+    return proj + attn + mlp
+
+
+def dense_block_flops(g: Geometry, tokens: int, context: float) -> float:
+    return block_flops(g, tokens, context, g.num_heads, g.num_kv_heads, g.intermediate_size)
+
+
+def probe_flops(g: Geometry, queries: int, context_tokens: int, mean_context: float) -> float:
+    """The probe: q/o/MLP for its query tokens, k/v for every context token it reads."""
+    d, hd = g.hidden_size, g.head_dim
+    qo = 2 * queries * d * hd * 2 * g.num_heads
+    kv = 2 * context_tokens * d * hd * 2 * g.num_kv_heads
+    attn = 2 * 2 * queries * mean_context * g.num_heads * hd
+    mlp = 2 * queries * d * g.intermediate_size * 3
+    return qo + kv + attn + mlp
+
+
+def lm_head_flops(g: Geometry, tokens: int) -> float:
+    return 2 * tokens * g.hidden_size * g.vocab_size

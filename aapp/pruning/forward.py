@@ -1,0 +1,215 @@
+"""The pruned forward of one decoder layer: attention and MLP over kept structures only.
+
+`PrunedAttention` and `PrunedMLP` are swapped in for a layer's `self_attn` and `mlp`
+while a model is pruned. They read the layer's current `LayerRuntime` (set once per
+batch by the engine) and run only the kept rows/columns through a LinearBackend,
+so the FLOPs saved are real. With no mask set they call the original module.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from aapp.models.adapters import Geometry, LayerParts, activation_fn
+from aapp.pruning.masks import LayerMask
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(q, k, cos, sin):
+    # q, k: [B, h, S, D]; cos, sin: [B, S, D]. The same rotate-half RoPE in all supported families.
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+@dataclass
+class LayerRuntime:
+    """What the swapped modules of one layer need for the current batch."""
+
+    index: int
+    parts: LayerParts
+    geometry: Geometry
+    backend: object
+    mask: LayerMask | None = None
+    linears: dict = field(default_factory=dict)
+    kv_expand: torch.Tensor | None = None
+    attn_bias: torch.Tensor | None = None  # FLAP-style compensation added to o_proj's output
+    mlp_bias: torch.Tensor | None = None
+    observe: object = None  # callable(site, kept_idx, x_kept) for history updates, or None
+    reselect: object = None  # callable(mlp_input) that re-picks MLP channels during decode
+    reprobe: bool = False    # set by the engine when the next MLP call should re-pick
+
+    def set_mask(self, mask: LayerMask | None, attn_bias=None, mlp_bias=None) -> None:
+        """Prepare the kept-weight linears once for this batch (reused across decode steps)."""
+        self.mask, self.attn_bias, self.mlp_bias = mask, attn_bias, mlp_bias
+        self.linears = {}
+        if mask is None:
+            return
+        p, g, b = self.parts, self.geometry, self.backend
+        q_rows, kv_rows = mask.q_rows(g.head_dim), mask.kv_rows(g.head_dim)
+        self.linears = {
+            "q": b.output_gather(p.q_proj.weight, p.q_proj.bias, q_rows),
+            "k": b.output_gather(p.k_proj.weight, p.k_proj.bias, kv_rows),
+            "v": b.output_gather(p.v_proj.weight, p.v_proj.bias, kv_rows),
+            "o": b.input_gather(p.o_proj.weight, q_rows),
+            "up": b.gated_up(p.gate_proj.weight, p.up_proj.weight, mask.channels, g.activation),
+            "down": b.input_gather(p.down_proj.weight, mask.channels),
+        }
+        self.kv_expand = mask.kv_for_heads(g)
+
+
+class _GroupedView:
+    """The original attention module as HF's attention functions see it, with our GQA group size."""
+
+    def __init__(self, module: nn.Module, groups: int):
+        self._module = module
+        self.num_key_value_groups = groups
+        self.training = False
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _attention_fn(module: nn.Module):
+    family = sys.modules[type(module).__module__]
+    return ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, family.eager_attention_forward)
+
+
+class PrunedAttention(nn.Module):
+    def __init__(self, rt: LayerRuntime, original: nn.Module):
+        super().__init__()
+        self.rt = rt
+        self.__dict__["original"] = original  # not a submodule: state_dict keys stay those of the model
+        self.layer_idx = original.layer_idx
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        rt = self.rt
+        if rt.mask is None:
+            return self.original(hidden_states, position_embeddings=position_embeddings,
+                                 attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)
+        g, parts, lin = rt.geometry, rt.parts, rt.linears
+        B, S, _ = hidden_states.shape
+        # x: [B, S, D] -> q: [B, hq, S, hd], k/v: [B, hkv, S, hd] over kept heads only
+        q = lin["q"](hidden_states).view(B, S, -1, g.head_dim).transpose(1, 2)
+        k = lin["k"](hidden_states).view(B, S, -1, g.head_dim).transpose(1, 2)
+        v = lin["v"](hidden_states).view(B, S, -1, g.head_dim).transpose(1, 2)
+        if parts.q_norm is not None:
+            q, k = parts.q_norm(q), parts.k_norm(k)
+        cos, sin = position_embeddings
+        q, k = apply_rope(q, k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        if rt.kv_expand is not None:
+            # Kept query heads are spread unevenly over the kept kv heads: give each its own copy.
+            k, v = k.index_select(1, rt.kv_expand), v.index_select(1, rt.kv_expand)
+        groups = q.shape[1] // k.shape[1]
+        original = self.original
+        out, _ = _attention_fn(original)(
+            _GroupedView(original, groups), q, k, v, attention_mask, dropout=0.0,
+            scaling=g.attn_scaling, sliding_window=g.sliding_window[self.layer_idx],
+            **{k_: v_ for k_, v_ in kwargs.items() if k_ not in ("position_ids", "use_cache", "cache_position")},
+        )
+        out = out.reshape(B, S, -1)  # [B, S, hq_kept * hd]
+        if rt.observe is not None:
+            rt.observe("attn", rt.mask.q_rows(g.head_dim), out)
+        y = lin["o"](out)
+        if parts.o_proj.bias is not None:
+            y = y + parts.o_proj.bias
+        if rt.attn_bias is not None:
+            y = y + rt.attn_bias.to(y.dtype)
+        return y, None
+
+
+class PrunedMLP(nn.Module):
+    def __init__(self, rt: LayerRuntime, original: nn.Module):
+        super().__init__()
+        self.rt = rt
+        self.__dict__["original"] = original
+
+    def forward(self, x):
+        rt = self.rt
+        if rt.mask is None:
+            return self.original(x)
+        if rt.reprobe and rt.reselect is not None:
+            rt.reprobe = False
+            rt.reselect(x)
+        h = rt.linears["up"](x)  # [B, S, kept]
+        if rt.observe is not None:
+            rt.observe("mlp", rt.mask.channels, h)
+        y = rt.linears["down"](h)
+        if rt.parts.down_proj.bias is not None:
+            y = y + rt.parts.down_proj.bias
+        if rt.mlp_bias is not None:
+            y = y + rt.mlp_bias.to(y.dtype)
+        return y
+
+
+@dataclass(frozen=True)
+class ProbeStats:
+    """Squared activations at the o_proj and down_proj inputs, averaged over probe tokens."""
+
+    attn: torch.Tensor  # [heads * head_dim]
+    mlp: torch.Tensor   # [intermediate]
+    tokens: int         # probe tokens (queries) that ran through the MLP
+    context: int        # key/value positions the probe's attention read
+
+
+def run_probe(parts: LayerParts, g: Geometry, layer_idx: int, x: torch.Tensor, samples: torch.Tensor,
+              positions: torch.Tensor, valid: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> ProbeStats:
+    """Run the probe through the full-width block.
+
+    x: [B, S, D] block input; samples: [b] rows; positions: [s] sorted columns;
+    valid: [B, S] non-pad tokens; cos/sin: [B, S, hd]. The probe's queries are the
+    chosen positions of the chosen samples; they attend to every earlier non-pad
+    token of their own sample (causally, with the layer's sliding window), so the
+    attention half sees the context it would see in the real forward.
+    """
+    xs = x[samples]                                  # [b, S, D]
+    vs = valid[samples]                              # [b, S]
+    h = parts.input_norm(xs)
+    b, S, _ = h.shape
+    q = F.linear(h[:, positions], parts.q_proj.weight, parts.q_proj.bias).view(b, len(positions), -1, g.head_dim)
+    k = F.linear(h, parts.k_proj.weight, parts.k_proj.bias).view(b, S, -1, g.head_dim)
+    v = F.linear(h, parts.v_proj.weight, parts.v_proj.bias).view(b, S, -1, g.head_dim)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if parts.q_norm is not None:
+        q, k = parts.q_norm(q), parts.k_norm(k)
+    c, s_ = cos[samples], sin[samples]
+    q, _ = apply_rope(q, q, c[:, positions], s_[:, positions])
+    k, _ = apply_rope(k, k, c, s_)
+    key_pos = torch.arange(S, device=x.device)
+    allowed = (key_pos[None, :] <= positions[:, None])  # [s, S] causal
+    window = g.sliding_window[layer_idx]
+    if window is not None:
+        allowed &= positions[:, None] - key_pos[None, :] < window
+    allowed = allowed[None] & vs[:, None, :]         # [b, s, S]
+    query_ok = vs[:, positions]                      # [b, s]
+    allowed = allowed | ~allowed.any(-1, keepdim=True)  # pad queries: any finite row, excluded below
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=g.attn_scaling,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+    attn = attn.transpose(1, 2).reshape(b, len(positions), -1)  # [b, s, H*hd]
+    keep = query_ok.reshape(-1)
+    attn_flat = attn.reshape(-1, attn.shape[-1])[keep]
+    a = F.linear(attn, parts.o_proj.weight, parts.o_proj.bias)
+    if parts.post_attn_norm is not None:
+        a = parts.post_attn_norm(a)
+    r = xs[:, positions] + a
+    m = parts.pre_mlp_norm(r)
+    act = activation_fn(g.activation)
+    hm = act(F.linear(m, parts.gate_proj.weight)) * F.linear(m, parts.up_proj.weight)
+    hm_flat = hm.reshape(-1, hm.shape[-1])[keep]
+    return ProbeStats(
+        attn=attn_flat.float().square().mean(0),
+        mlp=hm_flat.float().square().mean(0),
+        tokens=int(keep.sum()),
+        context=int(vs.sum()),
+    )

@@ -1,0 +1,77 @@
+"""How many heads and MLP channels each layer keeps at a nominal ratio.
+
+The nominal ratio is the fraction of prunable attention+MLP compute removed, averaged
+over layers. As in Probe Pruning, the first `dense_layers` layers stay whole (early
+layers are the most sensitive) and the others are pruned harder to make up for them.
+Kept MLP channels are rounded to a multiple that suits the kernels' tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aapp.errors import AappError
+from aapp.models.adapters import Geometry
+
+
+@dataclass(frozen=True)
+class LayerBudget:
+    """Kept counts for one layer."""
+
+    heads: int      # query heads kept
+    channels: int   # MLP intermediate channels kept
+
+    def to_dict(self) -> dict:
+        return {"heads": self.heads, "channels": self.channels}
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    ratio: float
+    layer_ratios: tuple[float, ...]
+    budgets: tuple[LayerBudget, ...]
+
+    def is_dense(self, layer: int, geometry: Geometry) -> bool:
+        b = self.budgets[layer]
+        return b.heads == geometry.num_heads and b.channels == geometry.intermediate_size
+
+
+def check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise AappError(f"ratio must be in [0, 1), got {ratio}")
+
+
+def make_plan(geometry: Geometry, ratio: float, *, dense_layers: int = 3, channel_multiple: int = 64,
+              max_layer_ratio: float = 0.95) -> PrunePlan:
+    """Per-layer kept counts for `ratio`; see the module docstring for the rules."""
+    check_ratio(ratio)
+    n = geometry.num_layers
+    dense = min(dense_layers, n - 1) if ratio > 0 else n
+    pruned_layers = n - dense
+    layer_ratio = min(ratio * n / pruned_layers, max_layer_ratio) if pruned_layers else 0.0
+    if ratio > 0 and ratio * n / pruned_layers > max_layer_ratio:
+        raise AappError(
+            f"ratio {ratio} needs {ratio * n / pruned_layers:.2f} of each of the {pruned_layers} pruned layers "
+            f"(the first {dense} stay dense); lower the ratio or --dense-layers"
+        )
+    budgets, ratios = [], []
+    for i in range(n):
+        r = 0.0 if i < dense else layer_ratio
+        ratios.append(r)
+        budgets.append(LayerBudget(heads=_kept_heads(geometry.num_heads, r),
+                                   channels=_kept_channels(geometry.intermediate_size, r, channel_multiple)))
+    return PrunePlan(ratio=ratio, layer_ratios=tuple(ratios), budgets=tuple(budgets))
+
+
+def _kept_heads(total: int, r: float) -> int:
+    return max(1, min(total, round(total * (1.0 - r))))
+
+
+def _kept_channels(total: int, r: float, multiple: int) -> int:
+    if r == 0.0:
+        return total
+    keep = total * (1.0 - r)
+    # Round to the kernel tile, but never below one tile, and leave small (test) models exact.
+    if total >= 4 * multiple:
+        keep = max(multiple, multiple * round(keep / multiple))
+    return max(1, min(total, int(round(keep))))

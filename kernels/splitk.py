@@ -1,0 +1,129 @@
+"""The epilogue every kernel shares, and the reduction that finishes a split-K launch.
+
+A split-K decode launch writes fp32 partial sums `ws[plane, split, m, j]` (plane 1 holds the up
+projection of the gated MLP) instead of outputs; `splitk_finish` sums the splits in a fixed order
+(deterministic, no atomics, no zero-fill) and applies the same epilogue a non-split launch applies
+in-kernel: bias[idx[j]], act(gate) * up, the cast, and the scatter of column j to out_cols[j].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+
+
+def activation_code(name: str) -> int:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def activation_reference(name: str, g: torch.Tensor) -> torch.Tensor:
+    activation_code(name)
+    return F.silu(g) if name == "silu" else F.gelu(g, approximate="tanh")
+
+
+@triton.jit
+def gate_up(g, u, ACT: tl.constexpr):
+    """act(g) * u in fp32. Both activations are x * sigmoid(c(x)): 0.5(1 + tanh z) == sigmoid(2z)."""
+    if ACT == 0:
+        z = g
+    else:
+        z = 1.5957691216057308 * (g + 0.044715 * g * g * g)  # 2 * sqrt(2 / pi) * (...)
+    # Clamped so exp stays finite (the interpreter warns on overflow); below -88 the factor is < 1e-38.
+    return g / (1.0 + tl.exp(-tl.maximum(z, -88.0))) * u
+
+
+@triton.jit
+def store_tile(y_ptr, acc, offs_m, offs_j, M, N, stride_ym, stride_yn, bias_ptr, idx_ptr, col_ptr,
+               HAS_BIAS: tl.constexpr, SCATTER: tl.constexpr):
+    """Add bias[idx[j]] (fp32), cast, and write column j to out column col[j] (or j)."""
+    mask_m = offs_m < M
+    mask_j = offs_j < N
+    if HAS_BIAS:
+        rows = tl.load(idx_ptr + offs_j, mask=mask_j, other=0)
+        acc += tl.load(bias_ptr + rows, mask=mask_j, other=0.0).to(tl.float32)[None, :]
+    if SCATTER:
+        cols = tl.load(col_ptr + offs_j, mask=mask_j, other=0)
+    else:
+        cols = offs_j
+    ptrs = y_ptr + offs_m[:, None] * stride_ym + cols[None, :] * stride_yn
+    tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_j[None, :])
+
+
+@triton.jit
+def _splitk_finish_kernel(
+    ws_ptr, y_ptr, bias_ptr, idx_ptr, col_ptr,
+    M, N,
+    stride_wp, stride_ws, stride_wm,
+    stride_ym, stride_yn,
+    SPLIT_K: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SCATTER: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m[:, None] < M) & (offs_j[None, :] < N)
+    ptrs = ws_ptr + offs_m[:, None] * stride_wm + offs_j[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(ptrs + s * stride_ws, mask=mask, other=0.0)
+    if GATED:
+        up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for s in tl.static_range(SPLIT_K):
+            up += tl.load(ptrs + stride_wp + s * stride_ws, mask=mask, other=0.0)
+        acc = gate_up(acc, up, ACT)
+    store_tile(y_ptr, acc, offs_m, offs_j, M, N, stride_ym, stride_yn, bias_ptr, idx_ptr, col_ptr,
+               HAS_BIAS, SCATTER)
+
+
+def splitk_workspace(planes: int, split_k: int, m: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.empty((planes, split_k, m, n), device=device, dtype=torch.float32)
+
+
+def splitk_finish(
+    ws: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None,
+    out_cols: torch.Tensor | None = None,
+    activation: int = -1,
+) -> None:
+    """out[m, out_cols[j]] = epilogue(sum_s ws[:, s, m, j]); activation >= 0 means gated (2 planes)."""
+    planes, split_k, m, n = ws.shape
+    if n == 0 or m == 0:
+        return
+    block_n = 128
+    dummy = ws  # pointer arguments a constexpr flag switches off are never read
+    _splitk_finish_kernel[(triton.cdiv(n, block_n),)](
+        ws, out, bias if bias is not None else dummy, idx if idx is not None else dummy,
+        out_cols if out_cols is not None else dummy,
+        m, n,
+        ws.stride(0), ws.stride(1), ws.stride(2),
+        out.stride(0), out.stride(1),
+        SPLIT_K=split_k, GATED=activation >= 0, ACT=max(activation, 0),
+        HAS_BIAS=bias is not None, SCATTER=out_cols is not None,
+        BLOCK_M=max(triton.next_power_of_2(m), 1), BLOCK_N=block_n,
+    )
+
+
+def splitk_finish_reference(
+    ws: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    idx: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """fp32 result in kept order (the scatter is the caller's)."""
+    acc = ws[0].sum(0)
+    if activation is not None:
+        acc = activation_reference(activation, acc) * ws[1].sum(0)
+    if bias is not None:
+        acc = acc + bias[idx].float()
+    return acc

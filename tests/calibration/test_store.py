@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from aapp.calibration.collect import counted_tokens
+from aapp.calibration.run import TextSettings, calibrate_text, pack_tokens
+from aapp.calibration.store import Calibration, load_calibration, save_calibration
+from aapp.errors import CalibrationError, InputError
+
+TEXT = ["It was a bright cold day in April, and the clocks were striking thirteen. " * 8] * 4
+
+
+def test_calibrate_writes_history_that_matches_hooks(tiny_llama, tmp_path):
+    cal = calibrate_text(tiny_llama, TEXT, TextSettings(samples=3, seq_len=32, batch_size=2), "test text")
+    g = tiny_llama.geometry
+    assert cal.tensors["attn.sq_mean"].shape == (g.num_layers, g.num_heads * g.head_dim)
+    assert cal.tensors["mlp.sq_mean"].shape == (g.num_layers, g.intermediate_size)
+    # Recompute layer 1's down_proj input statistic directly.
+    windows = pack_tokens(tiny_llama.tokenizer, TEXT, 3, 32)
+    seen = []
+    p = tiny_llama.adapter.layer_parts(tiny_llama.model, 1)
+    h = p.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        tiny_llama.model(input_ids=windows, use_cache=False)
+    h.remove()
+    x = torch.cat(seen)
+    torch.testing.assert_close(cal.tensors["mlp.sq_mean"][1], x.square().mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cal.tensors["mlp.mean"][1], x.mean(0), rtol=1e-4, atol=1e-5)
+    assert cal.meta["fingerprint"] == tiny_llama.fingerprint and cal.meta["samples"] == 3
+
+    path = tmp_path / "c.safetensors"
+    save_calibration(cal, path)
+    back = load_calibration(path)
+    assert back.meta["fingerprint"] == cal.meta["fingerprint"]
+    assert torch.equal(back.tensors["attn.sq_mean"], cal.tensors["attn.sq_mean"])
+
+
+def test_fingerprint_mismatch_is_a_clear_error(tiny_llama):
+    cal = Calibration(meta={"fingerprint": "0000", "model": "other"}, tensors={})
+    with pytest.raises(CalibrationError, match="made for model 'other'"):
+        cal.check_model(tiny_llama.fingerprint, tiny_llama.name)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(CalibrationError, match="no such"):
+        load_calibration(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(CalibrationError, match="not a readable"):
+        load_calibration(junk)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(other))
+    with pytest.raises(CalibrationError, match="not an aapp calibration"):
+        load_calibration(other)
+
+
+def test_too_little_text():
+    from aapp.models.synthetic import tiny_tokenizer
+
+    with pytest.raises(InputError, match="fewer than one window"):
+        pack_tokens(tiny_tokenizer(), ["short"], 4, 512)
+
+
+def test_counted_tokens_last_n_with_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert counted_tokens(mask, "last:2").int().tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
+    assert torch.equal(counted_tokens(mask, "all"), mask)

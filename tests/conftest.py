@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random-weight models of every supported family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from aapp.models.adapters import adapter_for
+from aapp.models.loading import LoadedModel, fingerprint
+from aapp.models.synthetic import random_model, tiny_tokenizer
+
+FAMILIES = ["tiny-llama", "tiny-qwen2", "tiny-gemma3"]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_loaded(shape: str, seed: int = 0, **kw) -> LoadedModel:
+    tok = tiny_tokenizer()
+    model = random_model(shape, seed=seed, vocab_size=len(tok), **kw)
+    adapter = adapter_for(model)
+    return LoadedModel(shape, model, tok, adapter, adapter.geometry(model), fingerprint(model))
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny(request) -> LoadedModel:
+    return make_loaded(request.param)
+
+
+@pytest.fixture
+def tiny_llama() -> LoadedModel:
+    return make_loaded("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2 model saved as a transformers directory (safetensors), for CLI tests."""
+    d = tmp_path_factory.mktemp("tiny-qwen2")
+    loaded = make_loaded("tiny-qwen2")
+    loaded.model.save_pretrained(d, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(d)
+    return d
+
+
+PROMPTS = ["hello there", "a much longer prompt with more words in it", "x", "tell me a story about a cat"]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

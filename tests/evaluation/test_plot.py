@@ -1,0 +1,60 @@
+import pytest
+
+from aapp.evaluation.plot import plot_sweep, sweep_figure, sweep_series
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_series_hold_each_method_sorted_by_ratio(sweep):
+    series = sweep_series(sweep)
+    refusal = series["refusal_rate"]
+    assert set(refusal) == {"dense", "pp", "aapp"}
+    assert [(p.ratio, p.value) for p in refusal["pp"]] == [(0.2, 0.8), (0.4, 0.5)]
+    assert [(p.ratio, p.value) for p in refusal["aapp"]] == [(0.2, 0.9), (0.4, 0.9)]
+    assert [p.value for p in series["over_refusal"]["aapp"]] == [0.1, 0.2]
+    for pts in refusal.values():
+        assert all(p.lo <= p.value <= p.hi for p in pts)
+
+
+def _drawn(ax):
+    """{label: (x, y, error bar segments)}: errorbar containers, plus labelled plain lines (dense)."""
+    out = {c.get_label(): (list(c[0].get_xdata()), list(c[0].get_ydata()), c[2][0].get_segments())
+           for c in ax.containers}
+    for ln in ax.get_lines():
+        if not ln.get_label().startswith("_"):
+            out[ln.get_label()] = (list(ln.get_xdata()), list(ln.get_ydata()), None)
+    return out
+
+
+def test_figure_draws_expected_lines(sweep):
+    fig = sweep_figure(sweep)
+    ax_refusal, ax_over = fig.axes[:2]
+    refusal, over = _drawn(ax_refusal), _drawn(ax_over)
+    assert set(refusal) == set(over) == {"dense", "pp", "aapp"}
+    x, y, bars = refusal["pp"]
+    assert x == [0.2, 0.4] and y == pytest.approx([0.8, 0.5])
+    # Error bars span the Wilson interval: 5 of 10 -> [0.2366, 0.7634].
+    assert [bars[1][0][1], bars[1][1][1]] == pytest.approx([0.2366, 0.7634], abs=1e-4)
+    assert refusal["dense"][1] == pytest.approx([0.9, 0.9])  # horizontal reference line
+    assert over["aapp"][1] == pytest.approx([0.1, 0.2])
+    assert {t.get_text() for t in ax_refusal.get_legend().get_texts()} == {"dense", "aapp", "pp"}
+
+
+def test_plot_file_is_a_valid_png(sweep, tmp_path):
+    import matplotlib.image as mpimg
+
+    path = tmp_path / "sub" / "plot.png"
+    plot_sweep(sweep, path)
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_plot_survives_cells_without_labels(make_cell, tmp_path):
+    cells = [make_cell("pp", 0.2, (0, 0), (3, 4))]  # no harmful prompts: refusal rate undefined
+    series = sweep_series(cells)
+    assert series["refusal_rate"] == {} and len(series["over_refusal"]["pp"]) == 1
+    plot_sweep(cells, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from aapp.errors import ModelError
+from aapp.models.adapters import adapter_for_config, supported_model_types
+from aapp.models.synthetic import SHAPES
+
+
+def test_geometry_matches_config(tiny):
+    g, cfg = tiny.geometry, tiny.model.config
+    s = SHAPES[tiny.name]
+    assert (g.num_layers, g.hidden_size, g.num_heads, g.num_kv_heads, g.head_dim, g.intermediate_size) == (
+        s["layers"], s["hidden"], s["heads"], s["kv_heads"], s["head_dim"], s["inter"])
+    assert g.group_size == s["heads"] // s["kv_heads"]
+    assert [g.kv_head_of(h) for h in range(g.num_heads)] == [h // g.group_size for h in range(g.num_heads)]
+    assert g.vocab_size == cfg.vocab_size
+
+
+def test_layer_parts_shapes(tiny):
+    g = tiny.geometry
+    for i in range(g.num_layers):
+        p = tiny.adapter.layer_parts(tiny.model, i)
+        assert p.q_proj.weight.shape == (g.num_heads * g.head_dim, g.hidden_size)
+        assert p.k_proj.weight.shape == (g.num_kv_heads * g.head_dim, g.hidden_size)
+        assert p.v_proj.weight.shape == (g.num_kv_heads * g.head_dim, g.hidden_size)
+        assert p.o_proj.weight.shape == (g.hidden_size, g.num_heads * g.head_dim)
+        assert p.gate_proj.weight.shape == p.up_proj.weight.shape == (g.intermediate_size, g.hidden_size)
+        assert p.down_proj.weight.shape == (g.hidden_size, g.intermediate_size)
+
+
+def test_family_quirks(tiny):
+    p = tiny.adapter.layer_parts(tiny.model, 0)
+    g = tiny.geometry
+    if tiny.name == "tiny-qwen2":
+        assert p.q_proj.bias is not None and p.k_proj.bias is not None and p.o_proj.bias is None
+    if tiny.name == "tiny-gemma3":
+        assert p.q_norm is not None and p.post_attn_norm is not None and p.post_mlp_norm is not None
+        assert g.activation == "gelu_tanh"
+        assert g.head_dim * g.num_heads != g.hidden_size  # head_dim is not hidden / heads
+        assert g.attn_scaling == pytest.approx(tiny.model.config.query_pre_attn_scalar ** -0.5)
+        assert None in g.sliding_window and any(w for w in g.sliding_window)
+    else:
+        assert p.q_norm is None and p.post_attn_norm is None
+        assert g.activation == "silu"
+        assert g.attn_scaling == pytest.approx(g.head_dim ** -0.5)
+
+
+def test_block_equation_matches_layer(tiny):
+    """The LayerParts docstring's block equation reproduces the HF layer: proof the roles are right."""
+    g = tiny.geometry
+    layer_idx = 0
+    p = tiny.adapter.layer_parts(tiny.model, layer_idx)
+    x = torch.randn(1, 5, g.hidden_size)
+    pos = torch.arange(5)[None]
+    rope = tiny.adapter.decoder(tiny.model).rotary_emb
+    pe = rope(x, pos) if tiny.name != "tiny-gemma3" else rope(x, pos, tiny.model.config.layer_types[layer_idx])
+    with torch.no_grad():
+        ref = p.layer(x, position_embeddings=pe, attention_mask=None, position_ids=pos)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        a, _ = p.attn(p.input_norm(x), position_embeddings=pe, attention_mask=None)
+        h = x + (p.post_attn_norm(a) if p.post_attn_norm is not None else a)
+        m = p.mlp(p.pre_mlp_norm(h))
+        y = h + (p.post_mlp_norm(m) if p.post_mlp_norm is not None else m)
+    torch.testing.assert_close(y, ref)
+
+
+def test_unknown_architecture_names_supported():
+    class Cfg:
+        model_type = "gpt2"
+
+    with pytest.raises(ModelError) as e:
+        adapter_for_config(Cfg())
+    for t in supported_model_types():
+        assert t in str(e.value)

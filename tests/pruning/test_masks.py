@@ -1,0 +1,32 @@
+import torch
+
+from aapp.models.adapters import Geometry
+from aapp.pruning.masks import LayerMask, top_k
+
+G = Geometry("llama", 2, 32, 8, 2, 4, 16, 10, "silu", 0.5, (None, None))  # groups of 4
+
+
+def test_top_k_deterministic_and_protected():
+    s = torch.tensor([0.5, 3.0, 1.0, 3.0, 0.1])
+    assert top_k(s, 2).tolist() == [1, 3]
+    assert top_k(s, 2, protect=torch.tensor([4])).tolist() == [1, 4]
+    # More protected than k: the best protected win.
+    assert top_k(s, 1, protect=torch.tensor([0, 4])).tolist() == [0]
+
+
+def test_kv_head_dropped_only_when_all_its_queries_are():
+    m = LayerMask.from_kept(torch.tensor([5, 0, 1]), torch.tensor([3, 1]), G)
+    assert m.heads.tolist() == [0, 1, 5] and m.channels.tolist() == [1, 3]
+    assert m.kv_heads.tolist() == [0, 1]
+    m2 = LayerMask.from_kept(torch.tensor([4, 7]), torch.tensor([0]), G)
+    assert m2.kv_heads.tolist() == [1]
+
+
+def test_rows_and_kv_mapping():
+    m = LayerMask.from_kept(torch.tensor([0, 1, 5]), torch.tensor([0]), G)
+    assert m.q_rows(4).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 20, 21, 22, 23]
+    assert m.kv_rows(4).tolist() == list(range(8))
+    # Two queries on kv head 0, one on kv head 1: uneven, so each query gets its kv index.
+    assert m.kv_for_heads(G).tolist() == [0, 0, 1]
+    even = LayerMask.from_kept(torch.tensor([0, 1, 4, 5]), torch.tensor([0]), G)
+    assert even.kv_for_heads(G) is None

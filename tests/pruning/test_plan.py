@@ -1,0 +1,45 @@
+import pytest
+
+from aapp.errors import AappError
+from aapp.models.adapters import Geometry
+from aapp.pruning.plan import make_plan
+
+
+def geometry(layers=24, heads=14, kv=2, inter=4864):
+    return Geometry("qwen2", layers, 896, heads, kv, 64, inter, 1000, "silu", 0.125, (None,) * layers)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.3, 0.4])
+def test_layer_ratios_average_to_nominal(ratio):
+    plan = make_plan(geometry(), ratio)
+    assert sum(plan.layer_ratios) / len(plan.layer_ratios) == pytest.approx(ratio)
+    assert plan.layer_ratios[:3] == (0.0, 0.0, 0.0)
+    assert len(set(plan.layer_ratios[3:])) == 1
+
+
+def test_kept_counts_follow_layer_ratio_and_tile():
+    g = geometry()
+    plan = make_plan(g, 0.3)
+    r = plan.layer_ratios[5]
+    b = plan.budgets[5]
+    assert b.channels % 64 == 0
+    assert abs(b.channels - g.intermediate_size * (1 - r)) <= 32
+    assert b.heads == round(g.num_heads * (1 - r))
+    assert plan.budgets[0].channels == g.intermediate_size and plan.budgets[0].heads == g.num_heads
+
+
+def test_ratio_zero_is_dense():
+    g = geometry()
+    plan = make_plan(g, 0.0)
+    assert all(plan.is_dense(i, g) for i in range(g.num_layers))
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
+def test_ratio_out_of_range(ratio):
+    with pytest.raises(AappError, match="ratio"):
+        make_plan(geometry(), ratio)
+
+
+def test_ratio_too_high_for_dense_layers():
+    with pytest.raises(AappError, match="dense"):
+        make_plan(geometry(layers=4), 0.9, dense_layers=3)

@@ -82,32 +82,47 @@ def calibrate(
     text: Annotated[str, typer.Option(help="General text: 'builtin' (public-domain novels) or a text file.")] = "builtin",
     samples: Annotated[int, typer.Option(help="Windows of general text.", min=1)] = 64,
     seq_len: Annotated[int, typer.Option(help="Tokens per window.", min=8)] = 256,
+    harmful: Annotated[str, typer.Option(help="Harmful prompts for AAPP's alignment statistics.")] = "calib-harmful",
+    harmless: Annotated[str, typer.Option(help="Harmless prompts for AAPP's alignment statistics.")] = "calib-harmless",
+    alignment: Annotated[bool, typer.Option(help="Collect alignment statistics (needed by --method aapp).")] = True,
+    limit: Limit = None,
+    sample: Sample = None,
+    seed: Seed = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 4,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
-    """Dense passes over calibration text; writes the pruning history for `aapp prune`."""
-    from aapp.calibration.run import TextSettings, calibrate_text
+    """Dense passes over calibration text (and harmful/harmless prompts); writes what `aapp prune` needs."""
+    from aapp.calibration.run import TextSettings, add_alignment, calibrate_text
     from aapp.calibration.store import save_calibration
     from aapp.models.loading import load_model
+    from aapp.prompts import load_prompts
     from aapp.text import load_text
 
     _out_path(out)
     texts = load_text(text, split="calib")
+    harm = load_prompts(harmful, limit=limit, sample=sample, seed=seed) if alignment else []
+    safe = load_prompts(harmless, limit=limit, sample=sample, seed=seed) if alignment else []
     loaded = load_model(model, device=device, dtype=dtype)
     settings = TextSettings(samples=samples, seq_len=seq_len, batch_size=batch_size)
     with progress() as bar:
-        task = bar.add_task("calibrate", total=samples)
+        task = bar.add_task("general text", total=samples)
         cal = calibrate_text(loaded, texts, settings, description=text, on_batch=lambda n: bar.advance(task, n))
+        if alignment:
+            task = bar.add_task("harmful/harmless", total=len(harm) + len(safe))
+            add_alignment(cal, loaded, [p.text for p in harm], [p.text for p in safe],
+                          {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n))
     save_calibration(cal, out)
-    info(f"wrote {out}: {cal.meta['samples']} windows x {seq_len} tokens, model {loaded.fingerprint}")
+    info(f"wrote {out}: {cal.meta['samples']} windows x {seq_len} tokens"
+         + (f", {len(harm)} harmful + {len(safe)} harmless prompts" if alignment else "")
+         + f", model {loaded.fingerprint}")
 
 
 # -- prune --------------------------------------------------------------------------------
 @app.command()
 def prune(
     model: Model = DEFAULT_MODEL,
-    method: Annotated[str, typer.Option(help="dense | pp | wanda-sp | flap")] = "pp",
+    method: Annotated[str, typer.Option(help="dense | pp | aapp | wanda-sp | flap")] = "pp",
     ratio: Annotated[float, typer.Option(help="Fraction of attention+MLP compute removed, in [0, 1).")] = 0.3,
     calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate`.")] = None,
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="Prompts: .jsonl/.csv/.txt, a built-in set, or stdin.")] = None,
@@ -121,6 +136,12 @@ def prune(
     reprobe: Annotated[int, typer.Option(help="Re-pick MLP channels every N decode steps (0: never).", min=0)] = 0,
     ema: Annotated[Optional[float], typer.Option(help="Update history by EMA with this momentum (PP: 0.99).")] = None,
     backend: Annotated[str, typer.Option(help="Pruned matmuls: auto | torch | triton.")] = "auto",
+    gate: Annotated[str, typer.Option(help="aapp risk gate: direction | kl | always | never.")] = "direction",
+    protect: Annotated[float, typer.Option(help="aapp: fraction of heads/channels per layer protected on fire.")] = 0.1,
+    critical: Annotated[str, typer.Option(help="aapp critical channels: diff | setdiff.")] = "diff",
+    gate_layer: Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")] = None,
+    per_sample: Annotated[bool, typer.Option(help="aapp: gate each prompt, splitting batches into gated/ungated.")] = False,
+    refresh: Annotated[int, typer.Option(help="aapp: refresh gate history every N batches (0: off).", min=0)] = 0,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
@@ -134,8 +155,11 @@ def prune(
     from aapp.pruning.run import GenerationSettings, generate_rows
     from aapp.prompts import load_prompts
 
+    from aapp.methods.aapp import AAPPOptions
+
     check_ratio(ratio)
-    meth = make_method(method)
+    meth = make_method(method, AAPPOptions(gate=gate, protect=protect, critical=critical, gate_layer=gate_layer,
+                                           per_sample=per_sample, refresh=refresh))
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
     _out_path(out)

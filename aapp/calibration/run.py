@@ -70,3 +70,18 @@ def calibrate_text(loaded: LoadedModel, texts: Sequence[str], settings: TextSett
     meta = calibration_meta(loaded, text=description, seq_len=settings.seq_len, samples=len(windows),
                             tokens=int(windows.numel()))
     return Calibration(meta=meta, tensors=tensors)
+
+
+def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str],
+                  description: dict, batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> None:
+    """Add AAPP's alignment statistics (see aapp.calibration.alignment) to `cal` in place."""
+    from aapp.calibration.alignment import alignment_tensors, collect_set, post_instruction_tokens
+
+    if not harmful or not harmless:
+        raise InputError("alignment calibration needs both harmful and harmless prompts")
+    stats = {name: collect_set(loaded, list(prompts), batch_size, on_batch)
+             for name, prompts in (("harmful", harmful), ("harmless", harmless))}
+    cal.tensors.update(alignment_tensors(stats["harmful"], stats["harmless"]))
+    cal.meta.update(harmful=description.get("harmful"), harmless=description.get("harmless"),
+                    harmful_count=len(harmful), harmless_count=len(harmless),
+                    post_instruction_tokens=post_instruction_tokens(loaded.tokenizer))

@@ -11,7 +11,7 @@ import torch
 from aapp.calibration.store import Calibration
 from aapp.models.adapters import Geometry, LayerParts
 from aapp.pruning.forward import ProbeStats
-from aapp.pruning.masks import LayerMask, top_k
+from aapp.pruning.masks import LayerMask, top_heads_in_groups, top_k
 from aapp.pruning.plan import LayerBudget, PrunePlan
 
 
@@ -50,6 +50,13 @@ class Method(ABC):
     def begin_batch(self) -> None:
         """Called at the start of every new batch (prefill), before the first layer."""
 
+    def watch_layers(self) -> set[int]:
+        """Layers whose block input `observe` should see at prefill (pruned or not)."""
+        return set()
+
+    def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor) -> None:
+        """See a watched layer's block input [B, S, D] before any selection at that layer."""
+
     @abstractmethod
     def select(self, ctx: LayerContext) -> Selection: ...
 
@@ -61,8 +68,9 @@ class Method(ABC):
 def select_top(head_scores: torch.Tensor, channel_scores: torch.Tensor, budget: LayerBudget, g: Geometry,
                protect_heads: torch.Tensor | None = None,
                protect_channels: torch.Tensor | None = None) -> LayerMask:
-    """Keep the budget's highest-scoring heads and channels (protected ones first)."""
-    heads = top_k(head_scores, budget.heads, protect_heads)
+    """Keep the budget's highest-scoring heads (in exactly budget.kv_heads GQA groups) and
+    channels, protected ones first."""
+    heads = top_heads_in_groups(head_scores, budget.heads, g.group_size, budget.kv_heads, protect_heads)
     channels = top_k(channel_scores, budget.channels, protect_channels)
     return LayerMask.from_kept(heads, channels, g)
 

@@ -49,7 +49,6 @@ class BatchRecord:
 
     kept: list[dict] = field(default_factory=list)  # per layer: heads, kv_heads, channels
     flops: flops.FlopCount = field(default_factory=flops.FlopCount)
-    method_info: dict = field(default_factory=dict)
 
 
 class PrunedModel:
@@ -81,19 +80,21 @@ class PrunedModel:
         self.runtimes: dict[int, LayerRuntime] = {}
         model = loaded.model
         self._handles.append(model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
+        watched = method.watch_layers()
         for i in range(g.num_layers):
-            if self.plan.is_dense(i, g):
-                continue
             parts = loaded.adapter.layer_parts(model, i)
-            rt = LayerRuntime(index=i, parts=parts, geometry=g, backend=self.backend)
-            if options.ema_momentum is not None and self.history is not None:
-                rt.observe = self._ema_observer(i)
-            if method.uses_probe and options.reprobe_every:
-                rt.reselect = self._mlp_reprobe(i)
-            self.runtimes[i] = rt
-            self._swap(parts.layer, "self_attn", PrunedAttention(rt, parts.attn))
-            self._swap(parts.layer, "mlp", PrunedMLP(rt, parts.mlp))
-            self._handles.append(parts.layer.register_forward_pre_hook(self._layer_hook(i), with_kwargs=True))
+            if not self.plan.is_dense(i, g):
+                rt = LayerRuntime(index=i, parts=parts, geometry=g, backend=self.backend)
+                if options.ema_momentum is not None and self.history is not None:
+                    rt.observe = self._ema_observer(i)
+                if method.uses_probe and options.reprobe_every:
+                    rt.reselect = self._mlp_reprobe(i)
+                self.runtimes[i] = rt
+                self._swap(parts.layer, "self_attn", PrunedAttention(rt, parts.attn))
+                self._swap(parts.layer, "mlp", PrunedMLP(rt, parts.mlp))
+            if i in self.runtimes or i in watched:
+                self._handles.append(parts.layer.register_forward_pre_hook(self._layer_hook(i, i in watched),
+                                                                           with_kwargs=True))
 
     # -- lifecycle -------------------------------------------------------------------------
     def _swap(self, parent, name, new):
@@ -144,11 +145,15 @@ class PrunedModel:
         dense_layers = g.num_layers - len(self.runtimes)
         return flops.FlopCount(dense=per_block * g.num_layers + lm, pruned=per_block * dense_layers + lm)
 
-    def _layer_hook(self, i: int):
+    def _layer_hook(self, i: int, watched: bool):
         def hook(layer, args, kwargs):
             x = kwargs.get("hidden_states", args[0] if args else None)
             cache = kwargs.get("past_key_values")
             past = cache.get_seq_length(i) if cache is not None else 0
+            if past == 0 and watched:
+                self.method.observe(i, x, self._token_mask)
+            if i not in self.runtimes:
+                return
             if past == 0:
                 self._select(i, x, kwargs["position_embeddings"])
             else:
@@ -173,8 +178,6 @@ class PrunedModel:
         sel = self.method.select(ctx)
         rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
         self._last_probe[i] = probe
-        if i == min(self.runtimes):
-            self.record.method_info = self.method.batch_info()
         self._record_kept(i, sel.mask)
 
     def _record_kept(self, i: int, mask: LayerMask) -> None:

@@ -71,3 +71,39 @@ def top_k(scores: torch.Tensor, k: int, protect: torch.Tensor | None = None) -> 
         flags = is_protected[order]
         order = torch.cat([order[flags], order[~flags]])
     return order[:k].sort().values
+
+
+def top_heads_in_groups(scores: torch.Tensor, k: int, group_size: int, n_groups: int,
+                        protect: torch.Tensor | None = None) -> torch.Tensor:
+    """k query heads spread over exactly `n_groups` kv groups, protected heads first.
+
+    The plan fixes how many kv groups a layer keeps (so compute does not depend on which
+    heads win). Groups holding a protected head come first (best protected score first),
+    then the groups with the best heads; each chosen group gets at least one head, so
+    exactly `n_groups` survive; the remaining slots go to protected, then top heads.
+    """
+    scores = scores.float()
+    n_total = scores.shape[0] // group_size
+    group_of = torch.arange(scores.shape[0], device=scores.device) // group_size
+    protect = protect if protect is not None else torch.empty(0, dtype=torch.long, device=scores.device)
+    prot_flag = torch.zeros_like(scores, dtype=torch.bool)
+    prot_flag[protect] = True
+    prot_best = torch.where(prot_flag, scores, torch.full_like(scores, -torch.inf)).view(n_total, group_size).max(-1).values
+    best = scores.view(n_total, group_size).max(-1).values
+    has_prot = torch.isfinite(prot_best)
+    by_best = torch.sort(best, descending=True, stable=True).indices
+    by_prot = torch.sort(prot_best, descending=True, stable=True).indices
+    ordered = [int(g) for g in by_prot if has_prot[g]] + [int(g) for g in by_best if not has_prot[g]]
+    chosen = set(ordered[:n_groups])
+    head_order = [int(h) for h in torch.sort(scores, descending=True, stable=True).indices]
+    in_chosen = [h for h in head_order if int(group_of[h]) in chosen]
+    # One head per chosen group first (its best protected head, else its best head)...
+    firsts = []
+    for g in ordered[:n_groups]:
+        members = [h for h in in_chosen if int(group_of[h]) == g]
+        firsts.append(next((h for h in members if prot_flag[h]), members[0]))
+    # ...then the other protected heads, then the rest, by score.
+    rest_protected = [h for h in in_chosen if prot_flag[h] and h not in firsts]
+    rest = [h for h in in_chosen if not prot_flag[h] and h not in firsts]
+    picked = (firsts + rest_protected + rest)[:k]
+    return torch.tensor(sorted(picked), dtype=torch.long, device=scores.device)

@@ -4,10 +4,17 @@ The nominal ratio is the fraction of prunable attention+MLP compute removed, ave
 over layers. As in Probe Pruning, the first `dense_layers` layers stay whole (early
 layers are the most sensitive) and the others are pruned harder to make up for them.
 Kept MLP channels are rounded to a multiple that suits the kernels' tiles.
+
+Under GQA the number of kept kv heads is fixed by the plan too: the fewest groups
+that can hold the kept query heads, ceil(heads / group_size). A kv head is still
+dropped only when all its query heads are; fixing the count makes a layer's compute
+a function of the ratio alone, so every method (PP, AAPP, the baselines) costs
+exactly the same FLOPs at a ratio, and kernels see one shape per layer.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from aapp.errors import AappError
@@ -19,10 +26,11 @@ class LayerBudget:
     """Kept counts for one layer."""
 
     heads: int      # query heads kept
+    kv_heads: int   # key/value heads (GQA groups) kept
     channels: int   # MLP intermediate channels kept
 
     def to_dict(self) -> dict:
-        return {"heads": self.heads, "channels": self.channels}
+        return {"heads": self.heads, "kv_heads": self.kv_heads, "channels": self.channels}
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,8 @@ class PrunePlan:
 
     def is_dense(self, layer: int, geometry: Geometry) -> bool:
         b = self.budgets[layer]
-        return b.heads == geometry.num_heads and b.channels == geometry.intermediate_size
+        return (b.heads, b.kv_heads, b.channels) == (geometry.num_heads, geometry.num_kv_heads,
+                                                      geometry.intermediate_size)
 
 
 def check_ratio(ratio: float) -> None:
@@ -58,7 +67,8 @@ def make_plan(geometry: Geometry, ratio: float, *, dense_layers: int = 3, channe
     for i in range(n):
         r = 0.0 if i < dense else layer_ratio
         ratios.append(r)
-        budgets.append(LayerBudget(heads=_kept_heads(geometry.num_heads, r),
+        heads = _kept_heads(geometry.num_heads, r)
+        budgets.append(LayerBudget(heads=heads, kv_heads=math.ceil(heads / geometry.group_size),
                                    channels=_kept_channels(geometry.intermediate_size, r, channel_multiple)))
     return PrunePlan(ratio=ratio, layer_ratios=tuple(ratios), budgets=tuple(budgets))
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
+
 from aapp.calibration.store import Calibration
-from aapp.generation import batched, generate_batch
+from aapp.generation import batched, encode, generate_batch, positions
 from aapp.methods import Method
 from aapp.models.loading import LoadedModel
-from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.pruning import flops
+from aapp.pruning.engine import PrunedModel, PruneOptions, prune_model
+from aapp.pruning.flops import FlopCount
 
 
 @dataclass(frozen=True)
@@ -23,34 +27,101 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
                   on_batch: Callable[[int], None] | None = None) -> Iterator[dict]:
     """Yield one output row per prompt (aapp.prompts.Prompt objects), batch by batch.
 
-    FLOPs in a row are its share of its batch (batch FLOPs / batch size); latency is
-    the batch's wall time, since rows of a batch finish together.
+    FLOPs and `latency_s` in a row are its share of its batch (batch total / batch
+    size), so sums over rows are totals; `batch_latency_s` is the batch's wall time.
     """
     handle = prune_model(loaded, method, options, calib)
+    split = getattr(method, "splits_batches", False)
     try:
         for chunk in batched(list(prompts), settings.batch_size):
-            out = generate_batch(loaded.model, loaded.tokenizer, [p.text for p in chunk],
-                                 max_new_tokens=settings.max_new_tokens)
-            rec = handle.record
-            n = len(chunk)
-            share = {k: v / n for k, v in rec.flops.to_dict().items() if k != "fraction"}
-            share["fraction"] = rec.flops.fraction
-            kept = full_kept(loaded, rec.kept)
-            for j, p in enumerate(chunk):
-                row = {
-                    "id": p.id, "prompt": p.text, "label": p.label, "completion": out.completions[j],
-                    "method": method.name, "ratio": options.ratio,
-                    "flops": share, "kept": kept,
-                    "latency_s": out.prefill_s + out.decode_s, "prefill_s": out.prefill_s, "decode_s": out.decode_s,
-                    "prompt_tokens": out.prompt_tokens[j], "new_tokens": out.new_tokens[j],
-                }
-                if rec.method_info:
-                    row.update(rec.method_info)
-                yield row
+            if split:
+                rows = _per_sample_rows(handle, chunk, settings)
+            else:
+                rows = _batch_rows(handle, chunk, settings)
+            yield from rows
             if on_batch:
-                on_batch(n)
+                on_batch(len(chunk))
     finally:
         handle.remove()
+
+
+def _batch_rows(handle: PrunedModel, chunk: Sequence, settings: GenerationSettings,
+                extra_flops: FlopCount | None = None) -> list[dict]:
+    """Generate one (sub-)batch and turn it into rows."""
+    loaded, method = handle.loaded, handle.method
+    out = generate_batch(loaded.model, loaded.tokenizer, [p.text for p in chunk],
+                         max_new_tokens=settings.max_new_tokens)
+    rec = handle.record
+    total = FlopCount()
+    total.add(rec.flops)
+    if extra_flops is not None:
+        total.add(extra_flops)
+    n = len(chunk)
+    share = {k: v / n for k, v in total.to_dict().items() if k != "fraction"}
+    share["fraction"] = total.fraction
+    kept = full_kept(loaded, rec.kept)
+    info = method.batch_info()
+    rows = []
+    for j, p in enumerate(chunk):
+        row = {
+            "id": p.id, "prompt": p.text, "label": p.label, "completion": out.completions[j],
+            "method": method.name, "ratio": handle.options.ratio,
+            "flops": share, "kept": kept,
+            "latency_s": (out.prefill_s + out.decode_s) / n, "batch_latency_s": out.prefill_s + out.decode_s,
+            "prefill_s": out.prefill_s, "decode_s": out.decode_s,
+            "prompt_tokens": out.prompt_tokens[j], "new_tokens": out.new_tokens[j],
+        }
+        row.update(info)
+        rows.append(row)
+    return rows
+
+
+class _GateReached(Exception):
+    pass
+
+
+def gate_scores(handle: PrunedModel, texts: Sequence[str]):
+    """Per-sample gate scores from a forward that stops at the gate layer; returns (scores, flops)."""
+    loaded, method = handle.loaded, handle.method
+    layer = loaded.adapter.layers(loaded.model)[method.gate_layer]
+
+    def stop(module, args, kwargs):
+        raise _GateReached
+
+    h = layer.register_forward_pre_hook(stop, with_kwargs=True)
+    ids, attn = encode(loaded.tokenizer, texts, loaded.device)
+    try:
+        with torch.inference_mode():
+            loaded.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), use_cache=False)
+    except _GateReached:
+        pass
+    finally:
+        h.remove()
+    tokens = ids.shape[0] * ids.shape[1]
+    cost = flops.dense_block_flops(loaded.geometry, tokens, (ids.shape[1] + 1) / 2) * method.gate_layer
+    return method.last_sample_scores, FlopCount(probe=cost)
+
+
+def _per_sample_rows(handle: PrunedModel, chunk: Sequence, settings: GenerationSettings) -> list[dict]:
+    """Split the batch into gated and ungated sub-batches by each prompt's own gate score."""
+    method = handle.method
+    scores, gate_cost = gate_scores(handle, [p.text for p in chunk])
+    rows: dict[int, dict] = {}
+    groups = {True: [i for i in range(len(chunk)) if scores[i] > 0],
+              False: [i for i in range(len(chunk)) if scores[i] <= 0]}
+    try:
+        for fired, idx in groups.items():
+            if not idx:
+                continue
+            method.forced = fired
+            share = FlopCount(probe=gate_cost.probe * len(idx) / len(chunk))
+            sub = _batch_rows(handle, [chunk[i] for i in idx], settings, extra_flops=share)
+            for i, row in zip(idx, sub):
+                row["gate"] = {**row["gate"], "fired": fired, "score": float(scores[i]), "per_sample": True}
+                rows[i] = row
+    finally:
+        method.forced = None
+    return [rows[i] for i in range(len(chunk))]
 
 
 def full_kept(loaded: LoadedModel, kept: list[dict]) -> dict:

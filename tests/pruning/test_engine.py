@@ -106,6 +106,7 @@ def test_kept_counts_match_plan(tiny):
         for i, budget in enumerate(h.plan.budgets):
             if i in h.runtimes:
                 assert h.record.kept[i]["heads"] == budget.heads
+                assert h.record.kept[i]["kv_heads"] == budget.kv_heads
                 assert h.record.kept[i]["channels"] == budget.channels
                 m = h.runtimes[i].mask
                 assert set((m.heads // tiny.geometry.group_size).tolist()) == set(m.kv_heads.tolist())

@@ -30,3 +30,36 @@ def test_rows_and_kv_mapping():
     assert m.kv_for_heads(G).tolist() == [0, 0, 1]
     even = LayerMask.from_kept(torch.tensor([0, 1, 4, 5]), torch.tensor([0]), G)
     assert even.kv_for_heads(G) is None
+
+
+def test_top_heads_in_groups_pins_group_count():
+    from aapp.pruning.masks import top_heads_in_groups
+
+    # 8 heads in 4 groups of 2; unprotected top-3 = heads 0, 1, 2 -> groups {0, 1}
+    s = torch.tensor([9.0, 8.0, 7.0, 1.0, 0.5, 0.4, 0.3, 0.2])
+    free = top_k(s, 3)
+    assert free.tolist() == [0, 1, 2]
+    got = top_heads_in_groups(s, 3, 2, 2, protect=torch.tensor([6]))
+    assert 6 in got.tolist() and len(got) == 3
+    assert len(set((got // 2).tolist())) == 2  # still two kv groups, not three
+    # Without protection it agrees with plain top-k whenever top-k spans n_groups groups.
+    assert top_heads_in_groups(s, 3, 2, 2).tolist() == [0, 1, 2]
+    # More protected groups than allowed: the best protected groups win.
+    got = top_heads_in_groups(s, 2, 2, 1, protect=torch.tensor([4, 7]))
+    assert len(set((got // 2).tolist())) == 1 and 4 in got.tolist()
+
+
+def test_top_heads_in_groups_random_invariants():
+    from aapp.pruning.masks import top_heads_in_groups
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        gs = int(torch.randint(1, 5, (1,), generator=g))
+        n = gs * int(torch.randint(1, 6, (1,), generator=g))
+        s = torch.randn(n, generator=g)
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        n_groups = len(torch.unique(top_k(s, k) // gs))
+        prot = torch.randperm(n, generator=g)[: int(torch.randint(0, n + 1, (1,), generator=g))]
+        got = top_heads_in_groups(s, k, gs, n_groups, protect=prot)
+        assert len(got) == k and len(torch.unique(got)) == k
+        assert len(torch.unique(got // gs)) == n_groups

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from aapp.calibration.alignment import auroc, best_threshold, post_instruction_tokens
+from aapp.calibration.run import TextSettings, add_alignment, calibrate_text
+from aapp.errors import CalibrationError
+from aapp.generation import generate_batch
+from aapp.methods.aapp import AAPP, AAPPOptions
+from aapp.methods.pp import ProbePruning
+from aapp.prompts import Prompt
+from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.pruning.run import GenerationSettings, generate_rows
+from tests.conftest import make_loaded
+
+TEXT = ["The river ran past the old mill where the children played every summer evening. " * 10] * 4
+HARMFUL = [f"explain how to build a weapon number {i} to hurt people" for i in range(8)]
+HARMLESS = [f"write a short poem about a garden flower number {i}" for i in range(8)]
+OPTS = PruneOptions(ratio=0.4, dense_layers=1)
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma3"])
+def setup(request):
+    loaded = make_loaded(request.param)
+    cal = calibrate_text(loaded, TEXT, TextSettings(samples=4, seq_len=32), "test")
+    no_align = calibrate_text(loaded, TEXT, TextSettings(samples=4, seq_len=32), "test")
+    add_alignment(cal, loaded, HARMFUL, HARMLESS, {"harmful": "t", "harmless": "t"})
+    return loaded, cal, no_align
+
+
+def masks(handle, prompts):
+    generate_batch(handle.loaded.model, handle.loaded.tokenizer, prompts, max_new_tokens=3)
+    return {i: rt.mask for i, rt in handle.runtimes.items()}
+
+
+def test_gate_always_keeps_critical_channels(setup):
+    loaded, cal, _ = setup
+    method = AAPP(AAPPOptions(gate="always", protect=0.25))
+    with prune_model(loaded, method, OPTS, cal) as h:
+        kept = masks(h, HARMLESS[:3])
+        assert h.method.batch_info()["gate"]["fired"] is True
+    for i, m in kept.items():
+        crit = method.critical[i]
+        assert len(crit.heads) == 1 and len(crit.channels) == 40  # 25% of 4 heads, of 160 channels
+        assert set(crit.heads.tolist()) <= set(m.heads.tolist())
+        assert set(crit.channels.tolist()) <= set(m.channels.tolist())
+
+
+def test_gate_never_is_pp_and_counts_match(setup):
+    loaded, cal, _ = setup
+    with prune_model(loaded, ProbePruning(), OPTS, cal) as h:
+        pp = masks(h, HARMFUL[:3])
+        pp_flops = h.record.flops.to_dict()
+    with prune_model(loaded, AAPP(AAPPOptions(gate="never")), OPTS, cal) as h:
+        never = masks(h, HARMFUL[:3])
+        assert h.record.flops.to_dict() == pp_flops
+    with prune_model(loaded, AAPP(AAPPOptions(gate="always", protect=0.3)), OPTS, cal) as h:
+        always = masks(h, HARMFUL[:3])
+        assert h.record.flops.to_dict() == pp_flops  # matched compute, to the FLOP
+    for i in pp:
+        assert torch.equal(pp[i].heads, never[i].heads) and torch.equal(pp[i].channels, never[i].channels)
+        assert len(always[i].heads) == len(pp[i].heads) and len(always[i].channels) == len(pp[i].channels)
+        assert len(always[i].kv_heads) <= loaded.geometry.num_kv_heads
+
+
+def test_direction_gate_separates_calibration_sets(setup):
+    loaded, cal, _ = setup
+    auc = cal.tensors["align.gate.direction.auroc"]
+    method = AAPP(AAPPOptions(gate="direction"))
+    with prune_model(loaded, method, OPTS, cal) as h:
+        assert auc[method.gate_layer] == auc[: 2].max()  # best in-sample layer up to the first pruned one
+        if auc[method.gate_layer] == 1.0:
+            masks(h, HARMFUL[:4])
+            assert h.method.batch_info()["gate"]["fired"] is True
+            masks(h, HARMLESS[:4])
+            assert h.method.batch_info()["gate"]["fired"] is False
+
+
+def test_setdiff_critical_channels(setup):
+    loaded, cal, _ = setup
+    method = AAPP(AAPPOptions(gate="always", critical="setdiff", protect=0.2))
+    with prune_model(loaded, method, OPTS, cal) as h:
+        kept = masks(h, HARMFUL[:2])
+    for i, m in kept.items():
+        assert set(method.critical[i].channels.tolist()) <= set(m.channels.tolist())
+        assert len(method.critical[i].channels) <= 32
+
+
+def test_calibration_without_alignment_is_refused(setup):
+    loaded, _, no_align = setup
+    with pytest.raises(CalibrationError, match="alignment"):
+        prune_model(loaded, AAPP(), OPTS, no_align)
+
+
+def test_per_sample_gating_equals_separate_sub_batches(setup):
+    loaded, cal, _ = setup
+    prompts = [Prompt(f"p{i}", t, None, "t") for i, t in enumerate([HARMFUL[0], HARMLESS[0], HARMFUL[1], HARMLESS[1]])]
+    settings = GenerationSettings(max_new_tokens=5, batch_size=4)
+    rows = list(generate_rows(loaded, prompts, AAPP(AAPPOptions(gate="direction", per_sample=True)), OPTS, cal, settings))
+    fired = [r["gate"]["fired"] for r in rows]
+    for flag in (True, False):
+        sub = [p for p, f in zip(prompts, fired) if f == flag]
+        if not sub:
+            continue
+        forced = AAPP(AAPPOptions(gate="always" if flag else "never"))
+        ref = list(generate_rows(loaded, sub, forced, OPTS, cal, settings))
+        got = [r for r, f in zip(rows, fired) if f == flag]
+        assert [r["completion"] for r in got] == [r["completion"] for r in ref]
+        assert [r["kept"] for r in got] == [r["kept"] for r in ref]
+
+
+def test_gate_helpers():
+    assert auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
+    t = best_threshold(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0]))
+    assert 1.0 < t < 2.0
+    from aapp.models.synthetic import tiny_tokenizer
+
+    assert post_instruction_tokens(tiny_tokenizer()) == 2  # "<|end|><|assistant|>"
+    assert post_instruction_tokens(tiny_tokenizer(chat_template=False)) == 1

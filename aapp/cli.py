@@ -7,6 +7,7 @@ the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,18 @@ Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | flo
 Limit = Annotated[Optional[int], typer.Option(help="Use only the first N prompts (after --sample).", min=1)]
 Sample = Annotated[Optional[int], typer.Option(help="Draw N prompts at random (seeded by --seed).", min=1)]
 Seed = Annotated[int, typer.Option(help="Seed for --sample and any other random choice.")]
+MaxNew = Annotated[int, typer.Option(help="Greedy tokens to generate per prompt.", min=1)]
+BatchSize = Annotated[int, typer.Option(help="Prompts per batch (PP picks channels per batch).", min=1)]
+DenseLayers = Annotated[int, typer.Option(help="First layers kept dense (PP: 3).", min=0)]
+Reprobe = Annotated[int, typer.Option(help="Re-pick MLP channels every N decode steps (0: never).", min=0)]
+Ema = Annotated[Optional[float], typer.Option(help="Update history by EMA with this momentum (PP: 0.99).")]
+Backend = Annotated[str, typer.Option(help="Pruned matmuls: auto | torch | triton.")]
+Gate = Annotated[str, typer.Option(help="aapp risk gate: direction | kl | always | never.")]
+Protect = Annotated[float, typer.Option(help="aapp: fraction of heads/channels per layer protected on fire.")]
+Critical = Annotated[str, typer.Option(help="aapp critical channels: diff | setdiff.")]
+GateLayer = Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")]
+PerSample = Annotated[bool, typer.Option(help="aapp: gate each prompt, splitting batches into gated/ungated.")]
+Refresh = Annotated[int, typer.Option(help="aapp: refresh gate history every N batches (0: off).", min=0)]
 
 
 def _out_path(out: Optional[str]) -> Optional[str]:
@@ -53,15 +66,15 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 
     rows = registry.list_models()
     if as_json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return
     table = Table(title="aapp models")
-    for col in ("alias", "architecture", "params", "download", "cached", "description"):
+    for col in ("alias", "architecture", "params", "download", "on disk", "description"):
         table.add_column(col)
     for r in rows:
-        d = r.to_dict()
-        table.add_row(d["alias"], d["architecture"], d.get("params_human", ""), d.get("download_human", ""),
-                      "yes" if d["cached"] else "no", d["description"])
+        table.add_row(r.alias + (" (default)" if r.default else ""), r.architecture, f"{r.params / 1e6:.0f}M",
+                      f"{r.download_size / 1e6:.0f} MB", f"{r.disk_size / 1e9:.2f} GB" if r.cached else "not cached",
+                      r.description)
     console.print(table)
 
 
@@ -130,18 +143,19 @@ def prune(
     limit: Limit = None,
     sample: Sample = None,
     seed: Seed = 0,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    dense_layers: Annotated[int, typer.Option(help="First layers kept dense (PP: 3).", min=0)] = 3,
-    reprobe: Annotated[int, typer.Option(help="Re-pick MLP channels every N decode steps (0: never).", min=0)] = 0,
-    ema: Annotated[Optional[float], typer.Option(help="Update history by EMA with this momentum (PP: 0.99).")] = None,
-    backend: Annotated[str, typer.Option(help="Pruned matmuls: auto | torch | triton.")] = "auto",
-    gate: Annotated[str, typer.Option(help="aapp risk gate: direction | kl | always | never.")] = "direction",
-    protect: Annotated[float, typer.Option(help="aapp: fraction of heads/channels per layer protected on fire.")] = 0.1,
-    critical: Annotated[str, typer.Option(help="aapp critical channels: diff | setdiff.")] = "diff",
-    gate_layer: Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")] = None,
-    per_sample: Annotated[bool, typer.Option(help="aapp: gate each prompt, splitting batches into gated/ungated.")] = False,
-    refresh: Annotated[int, typer.Option(help="aapp: refresh gate history every N batches (0: off).", min=0)] = 0,
+    max_new_tokens: MaxNew = 128,
+    batch_size: BatchSize = 8,
+    dense_layers: DenseLayers = 3,
+    reprobe: Reprobe = 0,
+    ema: Ema = None,
+    backend: Backend = "auto",
+    gate: Gate = "direction",
+    protect: Protect = 0.1,
+    critical: Critical = "diff",
+    gate_layer: GateLayer = None,
+    per_sample: PerSample = False,
+    refresh: Refresh = 0,
+    export: Annotated[Optional[str], typer.Option(help="wanda-sp/flap: write a physically smaller HF checkpoint to DIR (every layer pruned alike) instead of generating.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
@@ -155,13 +169,22 @@ def prune(
     from aapp.pruning.run import GenerationSettings, generate_rows
     from aapp.prompts import load_prompts
 
-    from aapp.methods.aapp import AAPPOptions
-
     check_ratio(ratio)
-    meth = make_method(method, AAPPOptions(gate=gate, protect=protect, critical=critical, gate_layer=gate_layer,
-                                           per_sample=per_sample, refresh=refresh))
+    meth = make_method(method, _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh))
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
+    if export is not None:
+        from aapp.pruning.export import check_export, export_static
+
+        check_export(meth, export)  # before loading anything
+        cal = load_calibration(calib)
+        loaded = load_model(model, device=device, dtype=dtype)
+        report = export_static(loaded, meth, PruneOptions(ratio=ratio, dense_layers=dense_layers, backend=backend),
+                               cal, export)
+        for note in report.notes:
+            info(note)
+        info(report.summary())
+        return
     _out_path(out)
     prompts = load_prompts(input, limit=limit, sample=sample, seed=seed)
     cal = load_calibration(calib) if calib else None
@@ -185,40 +208,85 @@ def prune(
 # -- eval-refusal -------------------------------------------------------------------------
 @app.command("eval-refusal")
 def eval_refusal(
-    generations: Annotated[Optional[str], typer.Argument(help="JSONL with prompt and completion (default stdin).")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="Dense generations to compare refuse/comply decisions with.")] = None,
+    generations: Annotated[Optional[str], typer.Argument(help="Pipe mode: JSONL with prompt and completion (default stdin).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
+    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs).")] = "dense,pp,aapp",
+    ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
+    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt set (refusal rate).")] = None,
+    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt set (over-refusal).")] = None,
+    text: Annotated[Optional[str], typer.Option(help="Sweep mode: 'builtin' or a text file for held-out perplexity.")] = None,
+    ppl_seq_len: Annotated[int, typer.Option(min=8)] = 256,
+    ppl_windows: Annotated[int, typer.Option(min=1)] = 32,
+    limit: Limit = None,
+    sample: Sample = None,
+    seed: Seed = 0,
+    max_new_tokens: MaxNew = 128,
+    batch_size: BatchSize = 8,
+    dense_layers: DenseLayers = 3,
+    reprobe: Reprobe = 0,
+    ema: Ema = None,
+    backend: Backend = "auto",
+    gate: Gate = "direction",
+    protect: Protect = 0.1,
+    critical: Critical = "diff",
+    gate_layer: GateLayer = None,
+    per_sample: PerSample = False,
+    refresh: Refresh = 0,
+    resume: Annotated[bool, typer.Option(help="Sweep mode: continue an interrupted run in --out.")] = False,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    device_map: Annotated[Optional[str], typer.Option(help="Sweep mode: e.g. 'auto' to spread a large model over GPUs.")] = None,
     judge: Annotated[str, typer.Option(help="'keyword' or a local HF judge model directory.")] = "keyword",
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv, plot.png.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ):
-    """Judge generations: refusal, over-refusal, agreement with dense, compute."""
-    from aapp.evaluation.judges import get_judge
-    from aapp.evaluation.pipe import evaluate_generations
-    from aapp.evaluation.report import print_table, write_outputs
-    from aapp.io import read_jsonl
+    """Judge generations (pipe mode), or generate and judge every method x ratio (sweep mode, --model).
 
-    if out is not None:
-        _check_out_dir(out)
-    rows = read_jsonl(generations)
-    ref = read_jsonl(reference) if reference else None
-    judged, summaries = evaluate_generations(rows, ref, judge=get_judge(judge))
-    print_table(summaries)
-    if out is not None:
-        write_outputs(Path(out), judged, summaries)
-    if as_json:
-        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+    Reports refusal on harmful prompts, over-refusal on benign ones, agreement with the dense model's decisions (F1, accuracy, FAR), FLOPs, wall time and the aapp gate's fire rate, with 95% Wilson intervals. Sweep mode also runs under torchrun, sharding batches over ranks.
+    """
+    from aapp.evaluation.report import print_table
+
+    if model is not None:
+        from aapp.evaluation.sweep import SweepConfig, parse_methods, parse_ratios, run_sweep
+        from aapp.pruning.engine import PruneOptions
+
+        if generations or reference:
+            raise AappError("sweep mode (--model) takes no generations file or --reference")
+        if out is None:
+            raise AappError("sweep mode needs --out DIR")
+        summaries = run_sweep(SweepConfig(
+            model=model, out=out, calib=calib, methods=parse_methods(methods), ratios=parse_ratios(ratios),
+            harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed, text=text,
+            ppl_seq_len=ppl_seq_len, ppl_windows=ppl_windows, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, device=device, dtype=dtype, device_map=device_map, judge=judge, resume=resume,
+            prune=PruneOptions(dense_layers=dense_layers, reprobe_every=reprobe, ema_momentum=ema, backend=backend),
+            aapp=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh)))
+    else:
+        from aapp.evaluation.judges import get_judge
+        from aapp.evaluation.pipe import evaluate_generations
+        from aapp.evaluation.report import check_out_dir, write_outputs
+        from aapp.io import read_jsonl
+
+        if out is not None:
+            check_out_dir(out)
+        rows = read_jsonl(generations)
+        ref = read_jsonl(reference) if reference else None
+        judged, summaries = evaluate_generations(rows, ref, judge=get_judge(judge))
+        if out is not None:
+            write_outputs(Path(out), judged, summaries)
+    if summaries:  # empty on the non-zero ranks of a torchrun sweep
+        print_table(summaries)
+        if as_json:
+            print(json.dumps([s.to_dict() for s in summaries], indent=2))
 
 
-def _check_out_dir(out: str) -> None:
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise AappError(f"--out {out} exists and is not a directory")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AappError(f"cannot create --out {out}: {e.strerror}") from None
-    if not os.access(p, os.W_OK):
-        raise AappError(f"--out {out} is not writable")
+def _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh):
+    from aapp.methods.aapp import AAPPOptions
+
+    return AAPPOptions(gate=gate, protect=protect, critical=critical, gate_layer=gate_layer,
+                       per_sample=per_sample, refresh=refresh)
 
 
 def main() -> None:

@@ -123,17 +123,20 @@ def _check_row(row: Mapping[str, Any], where: str) -> None:
         raise InputError(f"{where}: 'method' must be a string")
     for field in ("ratio", "latency_s"):
         value = row.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+        if value is not None and not _is_number(value):
             raise InputError(f"{where}: {field!r} must be a number, got {value!r}")
     flops = row.get("flops")
     if flops is not None:
-        numeric = isinstance(flops, Mapping) and all(
-            isinstance(flops.get(k, 0.0), Real) and not isinstance(flops.get(k), bool) for k in ("dense", "pruned", "probe"))
-        if not numeric or "dense" not in flops or "pruned" not in flops:
+        if not (isinstance(flops, Mapping) and _is_number(flops.get("dense")) and _is_number(flops.get("pruned"))
+                and _is_number(flops.get("probe", 0.0))):
             raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' (and 'probe')")
     gate = row.get("gate")
     if gate is not None and not (isinstance(gate, Mapping) and isinstance(gate.get("fired"), bool)):
         raise InputError(f"{where}: 'gate' must be an object with a boolean 'fired'")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _judge_rows(judge: Judge, rows: Sequence[Mapping[str, Any]], source: str) -> list[Verdict]:

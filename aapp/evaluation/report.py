@@ -46,7 +46,8 @@ def summary_json(summaries: Sequence[CellSummary], meta: Mapping[str, Any] | Non
 
 def _rate_cols(name: str, rate: Rate | None) -> dict[str, Any]:
     ci = rate.ci if rate else None
-    return {name: rate.value if rate else None, f"{name}_lo": ci[0] if ci else None, f"{name}_hi": ci[1] if ci else None}
+    lo, hi = ci if ci else (None, None)
+    return {name: rate.value if rate else None, f"{name}_lo": lo, f"{name}_hi": hi}
 
 
 def flat_row(s: CellSummary) -> dict[str, Any]:
@@ -128,10 +129,13 @@ def write_outputs(
 def commit_files(out: Path, files: Mapping[str, bytes]) -> None:
     """Stage every file beside its target, fsync, then rename all; on failure remove the stage."""
     staged: list[tuple[str, Path]] = []
+    mode_mask = os.umask(0)
+    os.umask(mode_mask)
     try:
         for name, data in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
             staged.append((tmp, out / name))
+            os.chmod(tmp, 0o666 & ~mode_mask)  # mkstemp makes 0600; outputs are for sharing
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -154,7 +158,7 @@ def _pct(rate: Rate | None) -> str:
     if rate is None or rate.value is None:
         return "n/a"
     lo, hi = rate.ci
-    return f"{100 * rate.value:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] n={rate.n}"
+    return f"{100 * rate.value:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}]"
 
 
 def _num(x: float | None, fmt: str) -> str:
@@ -162,22 +166,44 @@ def _num(x: float | None, fmt: str) -> str:
 
 
 def summary_table(summaries: Sequence[CellSummary]):
-    """A rich Table of the cells; "n/a" marks undefined values (e.g. F1 with no dense refusals)."""
+    """A rich Table of the cells; "n/a" marks undefined values (e.g. F1 with no dense refusals).
+
+    Rates read "value% [Wilson 95% CI]". Columns undefined for every cell (no reference, no
+    gate, no perplexity, ...) are left out so the table fits a terminal.
+    """
     from rich.table import Table
 
-    table = Table(title=f"refusal evaluation ({summaries[0].judge} judge)" if summaries else "refusal evaluation")
-    for col in ("method", "ratio", "refusal (harmful)", "over-refusal (benign)", "acc", "F1", "FAR", "FRR",
-                "FLOPs", "wall s", "gate", "ppl"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for s in summaries:
+    def agree(s: CellSummary, name: str) -> str:
         a = s.agreement
-        table.add_row(
-            s.method, _num(s.ratio, "g"), _pct(s.refusal_rate), _pct(s.over_refusal),
-            _pct(a.accuracy) if a else "n/a", _num(a.f1 if a else None, ".3f"),
-            _pct(a.far) if a else "n/a", _pct(a.frr) if a else "n/a",
-            _num(s.flops_fraction, ".3f"), _num(s.wall_time_s, ".1f"), _pct(s.gate_fire_rate),
-            _num(s.perplexity, ".2f"),
-        )
+        if a is None:
+            return "n/a"
+        return _num(a.f1, ".2f") if name == "f1" else _pct(getattr(a, name))
+
+    columns = {
+        "method": lambda s: s.method,
+        "ratio": lambda s: _num(s.ratio, "g"),
+        "n h/b": lambda s: f"{s.n_harmful}/{s.n_benign}" + (f" (+{s.n - s.n_harmful - s.n_benign})"
+                                                            if s.n > s.n_harmful + s.n_benign else ""),
+        "refusal": lambda s: _pct(s.refusal_rate),
+        "over-refusal": lambda s: _pct(s.over_refusal),
+        "acc": lambda s: agree(s, "accuracy"),
+        "F1": lambda s: agree(s, "f1"),
+        "FAR": lambda s: agree(s, "far"),
+        "FRR": lambda s: agree(s, "frr"),
+        "FLOPs": lambda s: _num(s.flops_fraction, ".2f"),
+        "wall s": lambda s: _num(s.wall_time_s, ".1f"),
+        "gate": lambda s: _pct(s.gate_fire_rate),
+        "ppl": lambda s: _num(s.perplexity, ".2f"),
+    }
+    cells = {name: [f(s) for s in summaries] for name, f in columns.items()}
+    keep = [name for name, col in cells.items() if name in ("method", "ratio", "refusal", "over-refusal")
+            or any(v != "n/a" for v in col)]
+    title = f"refusal evaluation, {summaries[0].judge} judge" if summaries else "refusal evaluation"
+    table = Table(title=title, caption="rates: value [Wilson 95% CI]; n/a: undefined")
+    for name in keep:
+        table.add_column(name, justify="left" if name == "method" else "right", no_wrap=name == "method")
+    for i in range(len(summaries)):
+        table.add_row(*(cells[name][i] for name in keep))
     return table
 
 

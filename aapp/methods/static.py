@@ -18,17 +18,25 @@ class _Static(Method):
             parts = adapter.layer_parts(model, i)
             attn = self.scores("attn", i, parts.o_proj.weight)
             mlp = self.scores("mlp", i, parts.down_proj.weight)
-            mask = select_top(per_head(attn, geometry.head_dim), mlp, budget, geometry)
+            mask = self.choose(per_head(attn, geometry.head_dim), mlp, budget)
             self._selection[i] = self.finish(i, mask, parts)
 
     def scores(self, site: str, layer: int, weight):
         raise NotImplementedError
 
+    def choose(self, head_scores, channel_scores, budget) -> LayerMask:
+        """Which heads and channels a layer keeps; export overrides it (aapp.pruning.export)."""
+        return select_top(head_scores, channel_scores, budget, self.geometry)
+
     def finish(self, layer: int, mask: LayerMask, parts) -> Selection:
         return Selection(mask)
 
+    def selection(self, layer: int) -> Selection:
+        """The bound selection of one layer (the same for every batch)."""
+        return self._selection[layer]
+
     def select(self, ctx: LayerContext) -> Selection:
-        return self._selection[ctx.layer]
+        return self.selection(ctx.layer)
 
 
 class WandaSP(_Static):

@@ -88,7 +88,9 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto") -> Loade
     Only safetensors or GGUF weights are read (`use_safetensors=True`), and no remote code runs.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress goes to stderr; HF's bars would interleave
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     location, extra = _source(name)

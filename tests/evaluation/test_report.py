@@ -55,7 +55,7 @@ def test_table_says_n_a_for_undefined(cells):
     print_table(cells, Console(file=buf, width=250, color_system=None))
     out = buf.getvalue()
     pp_line = next(line for line in out.splitlines() if " pp " in line)
-    assert "n/a" in pp_line and "25.0%" in pp_line  # FRR defined, F1/FAR not
+    assert "n/a" in pp_line and "25% [5-70]" in pp_line  # FRR defined, F1/FAR not
     assert "nan" not in out.lower()
 
 

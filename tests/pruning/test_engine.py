@@ -177,3 +177,17 @@ def test_ema_updates_only_kept_history(tiny_llama):
         assert torch.all(hist[dropped] == 1.0)
         assert not torch.allclose(hist[kept], torch.ones_like(hist[kept]))
     assert torch.all(cal.history("mlp") == 1.0)  # the file's history is never mutated
+
+
+def test_hf_generate_runs_pruned(tiny):
+    """The documented Python API: a wrapped model's own generate() runs pruned, then dense again."""
+    tok = tiny.tokenizer
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True, padding_side="left")
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    dense = tiny.model.generate(**enc, **kwargs)
+    with prune_model(tiny, ProbeOnly(), PruneOptions(ratio=0.5, dense_layers=1)) as h:
+        pruned = tiny.model.generate(**enc, **kwargs)
+        assert h.record.flops.pruned < h.record.flops.dense
+        assert h.record.kept[2]["heads"] == h.plan.budgets[2].heads
+    assert pruned.shape[0] == 2 and not torch.equal(pruned, dense)
+    assert torch.equal(tiny.model.generate(**enc, **kwargs), dense)

@@ -1,0 +1,161 @@
+"""End-to-end speed: dense vs pp vs aapp on LLaMA-2-7B- and Gemma-3-12B-shaped models.
+
+Random bf16 weights with the real shapes (speed depends on shapes, not on training),
+batch 8, prompt 512, 128 new tokens, ratio 0.4; the probe, the selection and the
+weight preparation are inside the timed prefill. Prints a table on stderr and writes
+JSON with device, versions and the command.
+
+    python scripts/bench_e2e.py --shapes llama2-7b,gemma3-12b --json e2e.json      # on a GPU
+    python scripts/bench_e2e.py --shapes tiny-llama --batch 2 --prompt 16 --new 4 --dense-layers 1  # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from aapp.calibration.store import Calibration
+from aapp.methods import make_method
+from aapp.models.adapters import adapter_for
+from aapp.models.loading import LoadedModel, fingerprint
+from aapp.models.synthetic import random_model, tiny_tokenizer
+from aapp.pruning.engine import PruneOptions, prune_model
+
+
+def synthetic_calibration(loaded: LoadedModel, seed: int = 0) -> Calibration:
+    """Plausible statistics of the right shapes: speed does not depend on their values."""
+    g = loaded.geometry
+    gen = torch.Generator().manual_seed(seed)
+    L, A, M, D = g.num_layers, g.num_heads * g.head_dim, g.intermediate_size, g.hidden_size
+    t = {}
+    for site, c in (("attn", A), ("mlp", M)):
+        t[f"{site}.mean"] = torch.randn(L, c, generator=gen) * 0.1
+        t[f"{site}.sq_mean"] = torch.rand(L, c, generator=gen) + 0.1
+        for s in ("harmful", "harmless"):
+            t[f"align.{site}.{s}.mean"] = torch.randn(L, c, generator=gen) * 0.1
+            t[f"align.{site}.{s}.sq_mean"] = torch.rand(L, c, generator=gen) + 0.1
+            t[f"align.{site}.{s}.prompt_mean"] = torch.randn(L, c, generator=gen) * 0.1
+    for s in ("harmful", "harmless"):
+        t[f"align.resid.{s}.mean"] = torch.randn(L, D, generator=gen)
+        t[f"align.resid.{s}.energy"] = torch.rand(L, D, generator=gen) + 0.1
+    for gate in ("direction", "kl"):
+        t[f"align.gate.{gate}.auroc"] = torch.full((L,), 0.5)
+        t[f"align.gate.{gate}.threshold"] = torch.zeros(L)
+    meta = {"fingerprint": loaded.fingerprint, "model": loaded.name, "post_instruction_tokens": 5}
+    return Calibration(meta=meta, tensors=t)
+
+
+def build(shape: str, device: str, dtype: torch.dtype, layers: int | None) -> LoadedModel:
+    tok = tiny_tokenizer()
+    vocab = len(tok) if shape.startswith("tiny") else 32000
+    model = random_model(shape, dtype=dtype, device=device, layers=layers, vocab_size=vocab)
+    adapter = adapter_for(model)
+    return LoadedModel(shape, model, tok, adapter, adapter.geometry(model), fingerprint(model))
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def time_generation(loaded: LoadedModel, batch: int, prompt: int, new: int, device: str) -> tuple[float, float]:
+    """(prefill seconds, decode seconds) of one greedy generation from random prompt tokens."""
+    from transformers import DynamicCache
+
+    model = loaded.model
+    ids = torch.randint(10, loaded.geometry.vocab_size, (batch, prompt), device=device,
+                        generator=torch.Generator(device=device).manual_seed(0))
+    attn = torch.ones_like(ids)
+    cache = DynamicCache(config=model.config)
+    sync(device)
+    t0 = time.perf_counter()
+    logits = model(input_ids=ids, attention_mask=attn, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    sync(device)
+    prefill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(new):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        attn = torch.cat([attn, torch.ones_like(nxt)], dim=1)
+        logits = model(input_ids=nxt, attention_mask=attn, past_key_values=cache, use_cache=True).logits
+    sync(device)
+    return prefill, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="llama2-7b,gemma3-12b")
+    ap.add_argument("--methods", default="dense,pp,aapp")
+    ap.add_argument("--ratio", type=float, default=0.4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=None, help="cut the layer count (memory); default: real")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--dense-layers", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
+
+    rows = []
+    for shape in args.shapes.split(","):
+        loaded = build(shape, args.device, dtype, args.layers)
+        calib = synthetic_calibration(loaded)
+        for name in args.methods.split(","):
+            ratio = 0.0 if name == "dense" else args.ratio
+            handle = prune_model(loaded, make_method(name), PruneOptions(ratio=ratio, backend=args.backend, dense_layers=args.dense_layers),
+                                 calib=calib if name != "dense" else None)
+            try:
+                time_generation(loaded, args.batch, min(args.prompt, 32), 2, args.device)  # warm-up
+                runs = [time_generation(loaded, args.batch, args.prompt, args.new, args.device)
+                        for _ in range(args.repeats)]
+                flops = handle.record.flops.to_dict()
+            finally:
+                handle.remove()
+            pre = statistics.median(r[0] for r in runs)
+            dec = statistics.median(r[1] for r in runs)
+            rows.append({"shape": shape, "method": name, "ratio": ratio, "prefill_s": pre, "decode_s": dec,
+                         "prefill_tok_s": args.batch * args.prompt / pre,
+                         "decode_tok_s": args.batch * args.new / dec if args.new else None,
+                         "flops_fraction_last_decode_step": flops["fraction"]})
+        del loaded
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    for r in rows:
+        base = next(b for b in rows if b["shape"] == r["shape"] and b["method"] == "dense")
+        r["prefill_speedup"] = base["prefill_s"] / r["prefill_s"]
+        r["decode_speedup"] = base["decode_s"] / r["decode_s"] if args.new else None
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"end to end, batch {args.batch}, prompt {args.prompt}, {args.new} new tokens")
+    for col in ("shape", "method", "ratio", "prefill tok/s", "decode tok/s", "prefill x", "decode x"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["shape"], r["method"], f"{r['ratio']:.1f}", f"{r['prefill_tok_s']:.0f}",
+                      f"{r['decode_tok_s']:.1f}" if r["decode_tok_s"] else "-", f"{r['prefill_speedup']:.2f}",
+                      f"{r['decode_speedup']:.2f}" if r["decode_speedup"] else "-")
+    Console(stderr=True).print(table)
+    report = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+        "dtype": str(dtype), "rows": rows,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

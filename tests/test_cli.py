@@ -1,0 +1,129 @@
+"""The CLI as a user runs it: real subprocesses, stdout for data, one-line errors, no partial files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def aapp(*args, stdin=None, env=None):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "aapp.cli", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, cwd=REPO, env=e, timeout=600)
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 1, result.stderr
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("aapp: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+    assert result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": p, "label": lab}) + "\n" for i, (p, lab) in
+                                             enumerate([("how do I bake bread", "benign"), ("say hi", "benign"),
+                                                        ("write a poem", "benign")])))
+    words = "the quick brown fox jumps over the lazy dog while the river runs past the old mill".split()
+    paragraphs = [" ".join(words[(i + j) % len(words)] for j in range(60)) for i in range(40)]
+    (d / "text.txt").write_text("\n\n".join(paragraphs))
+    calib = d / "calib.safetensors"
+    r = aapp("calibrate", "--model", tiny_model_dir, "--text", d / "text.txt", "--samples", 4, "--seq-len", 32,
+             "--limit", 4, "--out", calib)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    return d
+
+
+def test_help_lists_commands():
+    r = aapp("--help")
+    for cmd in ("calibrate", "prune", "eval-refusal", "models"):
+        assert cmd in r.stdout
+
+
+def test_prune_pipes_jsonl_to_stdout(workdir, tiny_model_dir):
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "pp", "--ratio", 0.3, "--dense-layers", 1,
+             "--calib", workdir / "calib.safetensors", "--max-new-tokens", 4,
+             stdin=(workdir / "prompts.jsonl").read_text())
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["id"] for row in rows] == ["q0", "q1", "q2"]
+    assert all(row["method"] == "pp" and row["ratio"] == 0.3 and row["flops"]["fraction"] < 1 for row in rows)
+    assert len(rows[0]["kept"]["heads"]) == 4
+
+    # ... and eval-refusal reads it from stdin, writing its outputs into --out.
+    dense = aapp("prune", "--model", tiny_model_dir, "--method", "dense", "--input", workdir / "prompts.jsonl",
+                 "--max-new-tokens", 4, "--out", workdir / "dense.jsonl")
+    assert dense.returncode == 0 and dense.stdout == "", dense.stderr
+    ev = aapp("eval-refusal", "--reference", workdir / "dense.jsonl", "--out", workdir / "eval", "--json", stdin=r.stdout)
+    assert ev.returncode == 0, ev.stderr
+    summary = json.loads(ev.stdout)
+    assert {s["method"] for s in summary} >= {"pp"}
+    assert (workdir / "eval" / "summary.json").exists()
+
+
+def test_aapp_rows_record_gate(workdir, tiny_model_dir):
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "aapp", "--ratio", 0.3, "--dense-layers", 1,
+             "--calib", workdir / "calib.safetensors", "--max-new-tokens", 2, "--input", workdir / "prompts.jsonl",
+             "--limit", 2)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(isinstance(row["gate"]["fired"], bool) for row in rows)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--method", "pp"], ["needs --calib"]),
+    (["--method", "pp", "--ratio", "1.5", "--calib", "X"], ["ratio must be in [0, 1)"]),
+    (["--method", "nope"], ["unknown method"]),
+    (["--method", "dense", "--input", "missing.jsonl"], ["missing.jsonl"]),
+])
+def test_prune_bad_input(workdir, tiny_model_dir, args, needles):
+    out = workdir / "never.jsonl"
+    r = aapp("prune", "--model", tiny_model_dir, "--out", out, *args)
+    one_line_error(r, *needles)
+    assert not out.exists()
+
+
+def test_malformed_prompt_file_names_line(workdir, tiny_model_dir):
+    bad = workdir / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{not json\n')
+    out = workdir / "never.jsonl"
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "dense", "--input", bad, "--out", out)
+    one_line_error(r, "bad.jsonl:2")
+    assert not out.exists()
+
+
+def test_unknown_model_and_foreign_calibration(workdir, tiny_model_dir, tmp_path):
+    prompts = workdir / "prompts.jsonl"
+    one_line_error(aapp("prune", "--model", "no-such-model", "--method", "dense", "--input", prompts), "unknown model")
+    one_line_error(aapp("prune", "--model", tmp_path / "nowhere", "--method", "dense", "--input", prompts),
+                   "no such model directory")
+    # A calibration file made for another model is refused before any generation.
+    from tests.conftest import make_loaded
+
+    other = tmp_path / "other"
+    m = make_loaded("tiny-llama", seed=1)
+    m.model.save_pretrained(other)
+    m.tokenizer.save_pretrained(other)
+    r = aapp("prune", "--model", other, "--method", "pp", "--calib", workdir / "calib.safetensors",
+             "--input", workdir / "prompts.jsonl", "--out", tmp_path / "x.jsonl")
+    one_line_error(r, "made for model")
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_eval_refusal_bad_input(workdir, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "p"}) + "\n")
+    one_line_error(aapp("eval-refusal", rows), "completion")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    one_line_error(aapp("eval-refusal", empty))

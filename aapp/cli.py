@@ -42,7 +42,7 @@ Ema = Annotated[Optional[float], typer.Option(help="Update history by EMA with t
 Backend = Annotated[str, typer.Option(help="Pruned matmuls: auto | torch | triton.")]
 Gate = Annotated[str, typer.Option(help="aapp risk gate: direction | kl | always | never.")]
 Protect = Annotated[float, typer.Option(help="aapp: fraction of heads/channels per layer protected on fire.")]
-Critical = Annotated[str, typer.Option(help="aapp critical channels: diff | setdiff.")]
+Critical = Annotated[str, typer.Option(help="aapp critical channels: diff | setdiff | attribution.")]
 GateLayer = Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")]
 PerSample = Annotated[bool, typer.Option(help="aapp: gate each prompt, splitting batches into gated/ungated.")]
 Refresh = Annotated[int, typer.Option(help="aapp: refresh gate history every N batches (0: off).", min=0)]

@@ -5,7 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+# Logs and CI capture stderr without a terminal; rich would squeeze tables into 80 columns.
 console = Console(stderr=True)
+if not console.is_terminal:
+    console = Console(stderr=True, width=160)
 
 
 def progress() -> Progress:

@@ -126,9 +126,10 @@ class TorchBackend:
 class _KernelInput:
     weight: torch.Tensor  # [N, K], full, not copied
     idx: torch.Tensor
+    run: int  # aligned run length of idx, for vector loads along a row-major W
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aapp.gather_in(x, self.weight, self.idx)
+        return torch.ops.aapp.gather_in(x, self.weight, self.idx, self.run)
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,13 @@ class TritonBackend:
         import kernels.ops  # noqa: F401  registers torch.ops.aapp.*
 
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
+        from kernels.gather_in import aligned_run
+
         _check_prepare([weight], idx, axis=1)
-        return _KernelInput(weight, idx.contiguous())
+        idx = idx.contiguous()
+        # Runs only help where kept channels are neighbours in memory; finding them synchronises once.
+        run = aligned_run(idx) if weight.stride(1) == 1 else 1
+        return _KernelInput(weight, idx, run)
 
     def output_gather(self, weight: torch.Tensor, bias: torch.Tensor | None, idx: torch.Tensor) -> PreparedLinear:
         _check_prepare([weight], idx, axis=0)

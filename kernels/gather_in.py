@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels import _runtime as rt
-from kernels.splitk import splitk_finish, splitk_workspace, store_tile
+from kernels.splitk import splitk_finish, splitk_workspace, store_tile, sum_axis0
 
 
 @triton.jit
@@ -26,7 +26,7 @@ def _gather_in_decode_kernel(
     x_ptr, w_ptr, idx_ptr, xcol_ptr, y_ptr, ws_ptr,
     M, N, KK,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn, stride_ws,
-    X_GATHER: tl.constexpr, DOT_F32: tl.constexpr,
+    X_GATHER: tl.constexpr, DOT_F32: tl.constexpr, RUN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     # Program (pid_n, pid_s): outputs [pid_n*BLOCK_N, +BLOCK_N) over split pid_s of the kept channels.
@@ -35,14 +35,16 @@ def _gather_in_decode_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     mask_n = offs_n < N
-    blocks_per_split = tl.cdiv(tl.cdiv(KK, BLOCK_K), SPLIT_K)
+    blocks_per_split = ((KK + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K
     j_start = pid_s * blocks_per_split * BLOCK_K
     j_end = tl.minimum(j_start + blocks_per_split * BLOCK_K, KK)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for j0 in range(j_start, j_end, BLOCK_K):
         offs_j = j0 + tl.arange(0, BLOCK_K)
-        mask_j = offs_j < j_end
+        mask_j = offs_j < KK  # splits are block-aligned, so KK (often a multiple of 16) bounds them all
         cols = tl.load(idx_ptr + offs_j, mask=mask_j, other=0)
+        if RUN > 1:  # idx is made of aligned runs of RUN channels (kept heads): vector loads along K
+            cols = tl.max_contiguous(tl.multiple_of(cols, RUN), RUN)
         if X_GATHER:
             xcols = tl.load(xcol_ptr + offs_j, mask=mask_j, other=0)
         else:
@@ -52,14 +54,14 @@ def _gather_in_decode_kernel(
                     mask=mask_j[:, None] & mask_n[None, :], other=0.0)
         if BLOCK_M == 1:
             xv = tl.load(x_ptr + xcols * stride_xk, mask=mask_j, other=0.0)
-            acc += tl.sum(w.to(tl.float32) * xv.to(tl.float32)[:, None], axis=0)[None, :]
+            acc += sum_axis0(w.to(tl.float32) * xv.to(tl.float32)[:, None])[None, :]
         else:
             xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + xcols[None, :] * stride_xk,
                          mask=(offs_m[:, None] < M) & mask_j[None, :], other=0.0)
             if DOT_F32:
                 acc = tl.dot(xt.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
             else:
-                acc = tl.dot(xt, w, acc, input_precision="ieee")
+                acc = tl.dot(xt, w, acc)
     if SPLIT_K == 1:
         store_tile(y_ptr, acc, offs_m, offs_n, M, N, stride_ym, stride_yn, y_ptr, y_ptr, y_ptr, False, False)
     else:
@@ -72,13 +74,13 @@ def _gather_in_gemm_kernel(
     x_ptr, w_ptr, idx_ptr, xcol_ptr, y_ptr,
     M, N, KK,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
-    X_GATHER: tl.constexpr, DOT_F32: tl.constexpr,
+    X_GATHER: tl.constexpr, DOT_F32: tl.constexpr, RUN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped order: GROUP_M consecutive programs walk down M under the same W column tile (L2 reuse).
     pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
+    grid_m = (M + BLOCK_M - 1) // BLOCK_M
+    grid_n = (N + BLOCK_N - 1) // BLOCK_N
     group = pid // (GROUP_M * grid_n)
     first_m = group * GROUP_M
     group_size = tl.minimum(grid_m - first_m, GROUP_M)
@@ -89,11 +91,13 @@ def _gather_in_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for j0 in range(0, KK, BLOCK_K):
         offs_j = j0 + tl.arange(0, BLOCK_K)
         mask_j = offs_j < KK
         cols = tl.load(idx_ptr + offs_j, mask=mask_j, other=0)
+        if RUN > 1:  # idx is made of aligned runs of RUN channels (kept heads): vector loads along K
+            cols = tl.max_contiguous(tl.multiple_of(cols, RUN), RUN)
         if X_GATHER:
             xcols = tl.load(xcol_ptr + offs_j, mask=mask_j, other=0)
         else:
@@ -105,7 +109,7 @@ def _gather_in_gemm_kernel(
         if DOT_F32:
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+            acc = tl.dot(a, b, acc)
     store_tile(y_ptr, acc, offs_m, offs_n, M, N, stride_ym, stride_yn, y_ptr, y_ptr, y_ptr, False, False)
 
 
@@ -116,20 +120,42 @@ def gather_in_reference(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor
     return (x_kept.float() @ weight[:, idx].float().T).to(x.dtype)
 
 
+def aligned_run(idx: torch.Tensor, longest: int = 16) -> int:
+    """The largest power of two r <= longest such that idx is a sequence of runs a, a+1, ..., a+r-1
+    with a % r == 0 (kept heads give head_dim-long runs). One host synchronisation.
+
+    With it the kernels may load r neighbouring channels of a row-major W as one vector; without it
+    (r = 1) every element is a separate 2-byte load. Sorted idx keeps its runs.
+    """
+    k = idx.numel()
+    candidates = [r for r in (16, 8, 4, 2) if r <= longest and k and k % r == 0]
+    if not candidates:
+        return 1
+    checks = []
+    for r in candidates:
+        groups = idx.view(-1, r)
+        steps = torch.arange(r, device=idx.device, dtype=idx.dtype)
+        checks.append(((groups[:, 0] % r == 0) & (groups - groups[:, :1] == steps).all(1)).all())
+    flags = torch.stack(checks).tolist()
+    return next((r for r, ok in zip(candidates, flags, strict=True) if ok), 1)
+
+
 def gather_in(
     x: torch.Tensor,
     weight: torch.Tensor,
     idx: torch.Tensor,
     *,
     sort: bool = True,
+    run: int | None = None,
     out: torch.Tensor | None = None,
     config: rt.DecodeConfig | rt.GemmConfig | None = None,
 ) -> torch.Tensor:
     """y[..., N] = x_kept @ weight[:, idx].T with x [..., len(idx)] (compact) or [..., K] (full).
 
     sort=True sorts idx for coalesced reads (one small sort per call); pass sort=False when idx is
-    already sorted, as the prepared backends do. `out` [..., N] is written in full; `config` skips
-    tuning (tests force split-K with it).
+    already sorted, as the prepared backends do. `run` is `aligned_run(idx)` (a promise the kernel
+    relies on; None computes it, with a synchronisation). `out` [..., N] is written in full;
+    `config` skips tuning (tests force split-K with it).
     """
     rt.check_operands("gather_in", x, [weight], idx)
     n, k_full = weight.shape
@@ -152,13 +178,15 @@ def gather_in(
         x_cols = order if compact else idx
     elif not compact:
         x_cols = idx
+    if run is None:
+        run = aligned_run(idx)
     x2 = rt.flatten_rows(x)
     y2 = out.view(-1, n)
-    _launch(x2, weight, idx, x_cols, y2, config)
+    _launch(x2, weight, idx, x_cols, y2, run, config)
     return out
 
 
-def _launch(x, weight, idx, x_cols, y, config) -> None:
+def _launch(x, weight, idx, x_cols, y, run_len, config) -> None:
     m, kk, n = x.shape[0], idx.numel(), weight.shape[0]
     interp = rt.interpreted(_gather_in_decode_kernel)
     dot_f32 = rt.dot_in_f32(x.dtype, _gather_in_decode_kernel)
@@ -177,7 +205,7 @@ def _launch(x, weight, idx, x_cols, y, config) -> None:
                 m, n, kk,
                 x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
                 ws.stride(1) if c.split_k > 1 else 0,
-                X_GATHER=x_gather, DOT_F32=dot_f32,
+                X_GATHER=x_gather, DOT_F32=dot_f32, RUN=run_len,
                 BLOCK_M=block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
                 num_warps=c.num_warps, num_stages=c.num_stages,
             )
@@ -193,11 +221,11 @@ def _launch(x, weight, idx, x_cols, y, config) -> None:
                 x, weight, idx, xcol_arg, y,
                 m, n, kk,
                 x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
-                X_GATHER=x_gather, DOT_F32=dot_f32,
+                X_GATHER=x_gather, DOT_F32=dot_f32, RUN=run_len,
                 BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m,
                 num_warps=c.num_warps, num_stages=c.num_stages,
             )
 
         configs = [config] if config is not None else rt.gemm_configs(m, n, kk, x.device, interp)
-    key = ("gather_in", rt.m_bucket(m), n, kk, x.dtype, weight.stride(), x_gather, x.device)
+    key = ("gather_in", rt.m_bucket(m), n, kk, x.dtype, weight.stride(), x_gather, run_len, x.device)
     run(rt.pick_config(key, configs, run))

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels import _runtime as rt
-from kernels.splitk import gate_up, splitk_finish, splitk_workspace, store_tile
+from kernels.splitk import gate_up, splitk_finish, splitk_workspace, store_tile, sum_axis0
 
 
 @triton.jit
@@ -36,14 +36,14 @@ def _row_gather_decode_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     mask_j = offs_j < N
     rows = tl.load(idx_ptr + offs_j, mask=mask_j, other=0)
-    blocks_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+    blocks_per_split = ((K + BLOCK_K - 1) // BLOCK_K + SPLIT_K - 1) // SPLIT_K
     k_start = pid_s * blocks_per_split * BLOCK_K
     k_end = tl.minimum(k_start + blocks_per_split * BLOCK_K, K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    acc2 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k_end
+        mask_k = offs_k < K  # splits are block-aligned, so K (often a multiple of 16) bounds them all
         mask_w = mask_k[:, None] & mask_j[None, :]
         # w: [BLOCK_K, BLOCK_N] = W[idx[j], k]
         w = tl.load(w_ptr + rows[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=mask_w, other=0.0)
@@ -51,9 +51,9 @@ def _row_gather_decode_kernel(
             w2 = tl.load(w2_ptr + rows[None, :] * stride_w2n + offs_k[:, None] * stride_w2k, mask=mask_w, other=0.0)
         if BLOCK_M == 1:
             xv = tl.load(x_ptr + offs_k * stride_xk, mask=mask_k, other=0.0).to(tl.float32)[:, None]
-            acc += tl.sum(w.to(tl.float32) * xv, axis=0)[None, :]
+            acc += sum_axis0(w.to(tl.float32) * xv)[None, :]
             if GATED:
-                acc2 += tl.sum(w2.to(tl.float32) * xv, axis=0)[None, :]
+                acc2 += sum_axis0(w2.to(tl.float32) * xv)[None, :]
         else:
             xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                          mask=(offs_m[:, None] < M) & mask_k[None, :], other=0.0)
@@ -62,9 +62,9 @@ def _row_gather_decode_kernel(
                 if GATED:
                     acc2 = tl.dot(xt.to(tl.float32), w2.to(tl.float32), acc2, input_precision="ieee")
             else:
-                acc = tl.dot(xt, w, acc, input_precision="ieee")
+                acc = tl.dot(xt, w, acc)
                 if GATED:
-                    acc2 = tl.dot(xt, w2, acc2, input_precision="ieee")
+                    acc2 = tl.dot(xt, w2, acc2)
     if SPLIT_K == 1:
         if GATED:
             acc = gate_up(acc, acc2, ACT)
@@ -89,8 +89,8 @@ def _row_gather_gemm_kernel(
 ):
     # Grouped order: GROUP_M consecutive programs walk down M under the same W row tile (L2 reuse).
     pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
+    grid_m = (M + BLOCK_M - 1) // BLOCK_M
+    grid_n = (N + BLOCK_N - 1) // BLOCK_N
     group = pid // (GROUP_M * grid_n)
     first_m = group * GROUP_M
     group_size = tl.minimum(grid_m - first_m, GROUP_M)
@@ -102,8 +102,8 @@ def _row_gather_gemm_kernel(
     mask_m = offs_m < M
     mask_j = offs_j < N
     rows = tl.load(idx_ptr + offs_j, mask=mask_j, other=0)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    acc2 = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    acc2 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
@@ -115,13 +115,13 @@ def _row_gather_gemm_kernel(
             a = a.to(tl.float32)
             acc = tl.dot(a, b.to(tl.float32), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+            acc = tl.dot(a, b, acc)
         if GATED:
             b2 = tl.load(w2_ptr + rows[None, :] * stride_w2n + offs_k[:, None] * stride_w2k, mask=mask_w, other=0.0)
             if DOT_F32:
                 acc2 = tl.dot(a, b2.to(tl.float32), acc2, input_precision="ieee")
             else:
-                acc2 = tl.dot(a, b2, acc2, input_precision="ieee")
+                acc2 = tl.dot(a, b2, acc2)
     if GATED:
         acc = gate_up(acc, acc2, ACT)
     store_tile(y_ptr, acc, offs_m, offs_j, M, N, stride_ym, stride_yn, b_ptr, idx_ptr, col_ptr, HAS_BIAS, SCATTER)
@@ -155,7 +155,9 @@ def gather_out(
     """
     rt.check_operands("gather_out", x, [weight], idx)
     if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != x.dtype or bias.device != x.device):
-        raise ValueError(f"gather_out: bias must be [{weight.shape[0]}] {x.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+        raise ValueError(
+            f"gather_out: bias must be [{weight.shape[0]}] {x.dtype}, got {tuple(bias.shape)} {bias.dtype}"
+        )
     return launch_rows("gather_out", x, (weight,), bias, idx, -1, sort=sort, out=out, config=config)
 
 

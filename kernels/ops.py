@@ -15,13 +15,16 @@ from kernels.gather_out import gather_out
 
 
 @torch.library.custom_op("aapp::gather_in", mutates_args=())
-def gather_in_op(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [..., len(idx)] (compact) or [..., K] -> x_kept @ weight[:, idx].T  [..., N]."""
-    return gather_in(x, weight, idx, sort=False)
+def gather_in_op(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, run: int = 1) -> torch.Tensor:
+    """x [..., len(idx)] (compact) or [..., K] -> x_kept @ weight[:, idx].T  [..., N].
+
+    run: `gather_in.aligned_run(idx)`, computed once at prepare time (1 is always safe).
+    """
+    return gather_in(x, weight, idx, sort=False, run=run)
 
 
 @gather_in_op.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, run: int = 1) -> torch.Tensor:
     torch._check(x.shape[-1] == idx.shape[0] or x.shape[-1] == weight.shape[1])
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 

@@ -15,6 +15,17 @@ import triton.language as tl
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 
+# The kernels call only triton.language builtins and our own @triton.jit helpers, never the library's
+# @jit helpers (tl.sum, tl.cdiv, tl.zeros): those are decorated when triton is first imported, and if
+# that was before TRITON_INTERPRET=1 (torch._dynamo imports triton) the interpreter cannot call them.
+
+
+@triton.jit
+def sum_axis0(x):
+    """tl.sum(x, axis=0), spelled as the builtin reduce it wraps. The interpreter recognises this
+    combine function and sums with numpy without calling it; any other one it calls per element."""
+    return tl.reduce(x, 0, tl.standard._sum_combine)
+
 
 def activation_code(name: str) -> int:
     if name not in ACTIVATIONS:
@@ -70,11 +81,11 @@ def _splitk_finish_kernel(
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (offs_m[:, None] < M) & (offs_j[None, :] < N)
     ptrs = ws_ptr + offs_m[:, None] * stride_wm + offs_j[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for s in tl.static_range(SPLIT_K):
         acc += tl.load(ptrs + s * stride_ws, mask=mask, other=0.0)
     if GATED:
-        up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        up = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
         for s in tl.static_range(SPLIT_K):
             up += tl.load(ptrs + stride_wp + s * stride_ws, mask=mask, other=0.0)
         acc = gate_up(acc, up, ACT)

@@ -114,7 +114,7 @@ def test_unknown_model_and_foreign_calibration(workdir, tiny_model_dir, tmp_path
     m = make_loaded("tiny-llama", seed=1)
     m.model.save_pretrained(other)
     m.tokenizer.save_pretrained(other)
-    r = aapp("prune", "--model", other, "--method", "pp", "--calib", workdir / "calib.safetensors",
+    r = aapp("prune", "--model", other, "--method", "pp", "--dense-layers", 1, "--calib", workdir / "calib.safetensors",
              "--input", workdir / "prompts.jsonl", "--out", tmp_path / "x.jsonl")
     one_line_error(r, "made for model")
     assert not (tmp_path / "x.jsonl").exists()
@@ -127,3 +127,17 @@ def test_eval_refusal_bad_input(workdir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     one_line_error(aapp("eval-refusal", empty))
+
+
+def test_export_static_checkpoint(workdir, tiny_model_dir, tmp_path):
+    out = tmp_path / "small"
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "wanda-sp", "--ratio", 0.3,
+             "--calib", workdir / "calib.safetensors", "--export", out)
+    assert r.returncode == 0, r.stderr
+    from transformers import AutoModelForCausalLM
+
+    small = AutoModelForCausalLM.from_pretrained(out)
+    assert small.config.intermediate_size < 160
+    one_line_error(aapp("prune", "--model", tiny_model_dir, "--method", "pp", "--ratio", 0.3,
+                        "--calib", workdir / "calib.safetensors", "--export", tmp_path / "nope"), "static")
+    assert not (tmp_path / "nope").exists()

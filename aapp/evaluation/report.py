@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aapp.console import console as default_console
 from aapp.errors import InputError
 from aapp.evaluation.metrics import CellSummary, Rate
 from aapp.io import atomic_write, dumps_row
@@ -209,6 +210,4 @@ def summary_table(summaries: Sequence[CellSummary]):
 
 def print_table(summaries: Sequence[CellSummary], console=None) -> None:
     """Print the table to stderr (stdout stays machine-readable)."""
-    from rich.console import Console
-
-    (console or Console(stderr=True)).print(summary_table(summaries))
+    (console or default_console).print(summary_table(summaries))

@@ -12,6 +12,9 @@ Choices the paper leaves open, each an option:
   critical = "diff"     standardised harmful-minus-harmless mean activation, |z| (default)
            | "setdiff"  Wei et al. 2024: top channels by importance on harmful prompts minus
                         top channels by importance on general text
+           | "attribution"  how much a channel writes the refusal direction into the
+                        residual: |(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)|, with d
+                        the unit difference-of-means direction at the layer's output
   gate     = "direction" (default) projection of the post-instruction residual on the
                         difference-of-means refusal direction (Arditi et al. 2024)
            | "kl"       the paper's: KL(input || safe) - KL(input || harmful) of the
@@ -40,7 +43,7 @@ from aapp.pruning.masks import top_k
 from aapp.pruning.scores import per_head, wanda_sp
 
 GATES = ("direction", "kl", "always", "never")
-CRITICAL = ("diff", "setdiff")
+CRITICAL = ("diff", "setdiff", "attribution")
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,12 @@ class AAPP(ProbePruning):
         g, frac = self.geometry, self.aapp.protect
         n_heads = math.floor(frac * g.num_heads + 0.5)
         n_channels = math.floor(frac * g.intermediate_size + 0.5)
-        if self.aapp.critical == "diff":
-            attn, mlp = (self._z(site, layer, t).abs() for site in ("attn", "mlp"))
+        if self.aapp.critical in ("diff", "attribution"):
+            if self.aapp.critical == "diff":
+                attn, mlp = (self._z(site, layer, t).abs() for site in ("attn", "mlp"))
+            else:
+                attn = self._attribution("attn", layer, parts.o_proj.weight, t)
+                mlp = self._attribution("mlp", layer, parts.down_proj.weight, t)
             heads = top_k(per_head(attn, g.head_dim), n_heads)
             channels = top_k(mlp, n_channels)
         else:
@@ -127,6 +134,18 @@ class AAPP(ProbePruning):
         vh = (t[f"align.{site}.harmful.sq_mean"][layer] - mh * mh).clamp(min=0)
         vs = (t[f"align.{site}.harmless.sq_mean"][layer] - ms * ms).clamp(min=0)
         return (mh - ms) / ((vh + vs) / 2 + 1e-6).sqrt()
+
+    @staticmethod
+    def _attribution(site: str, layer: int, weight: torch.Tensor, t) -> torch.Tensor:
+        """|(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)|: the channel's share of the
+        harmful-minus-harmless shift along the refusal direction d at this layer's output."""
+        resid_h, resid_s = t["align.resid.harmful.mean"], t["align.resid.harmless.mean"]
+        out = min(layer + 1, resid_h.shape[0] - 1)  # the next layer's input is this layer's output
+        d = resid_h[out] - resid_s[out]
+        d = d / d.norm().clamp(min=1e-12)
+        gain = d.to(weight.device, torch.float32) @ weight.float()  # [channels]
+        shift = (t[f"align.{site}.harmful.mean"][layer] - t[f"align.{site}.harmless.mean"][layer]).to(gain.device)
+        return (gain * shift).abs().cpu()
 
     @staticmethod
     def _importance(site, layer, weight, t, subset) -> torch.Tensor:

@@ -76,7 +76,7 @@ class PrunedModel:
         self._lm_tokens = 0
         self._decode_steps: dict[int, int] = {}
         self._last_probe: dict[int, ProbeStats | None] = {}
-        self._handles, self._swapped = [], []
+        self._handles, self._swapped, self._relaid = [], [], []
         self.runtimes: dict[int, LayerRuntime] = {}
         model = loaded.model
         self._handles.append(model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
@@ -90,6 +90,8 @@ class PrunedModel:
                 if method.uses_probe and options.reprobe_every:
                     rt.reselect = self._mlp_reprobe(i)
                 self.runtimes[i] = rt
+                if self.backend.name == "triton":
+                    self._store_k_major(parts.down_proj)
                 self._swap(parts.layer, "self_attn", PrunedAttention(rt, parts.attn))
                 self._swap(parts.layer, "mlp", PrunedMLP(rt, parts.mlp))
             if i in self.runtimes or i in watched:
@@ -101,8 +103,19 @@ class PrunedModel:
         self._swapped.append((parent, name, getattr(parent, name)))
         setattr(parent, name, new)
 
+    def _store_k_major(self, linear) -> None:
+        """down_proj's kept input channels are gathered one by one: store W K-major so each
+        is a contiguous row for the kernel (same values, another layout; undone by remove)."""
+        from kernels.backend import k_major
+
+        self._relaid.append((linear, linear.weight.data))
+        linear.weight.data = k_major(linear.weight.data)
+
     def remove(self) -> None:
-        """Restore the original modules and drop every hook."""
+        """Restore the original modules (and weight layouts) and drop every hook."""
+        for linear, data in self._relaid:
+            linear.weight.data = data
+        self._relaid = []
         for h in self._handles:
             h.remove()
         for parent, name, original in reversed(self._swapped):

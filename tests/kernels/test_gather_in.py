@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels._runtime import DecodeConfig, GemmConfig
-from kernels.gather_in import gather_in, gather_in_reference
+from kernels.gather_in import aligned_run, gather_in, gather_in_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # 1 row: GEMV reduce; 3 rows: decode tl.dot (rows padded to 16); 37 rows: tiled GEMM, ragged in M.
@@ -85,7 +85,7 @@ def test_tolerance_catches_a_wrong_channel(helpers, gen, device):
     x, w = helpers.operands(gen, torch.bfloat16, device, 3, K, N)
     idx = helpers.idx(gen, "partial", K, device)
     wrong = idx.clone()
-    wrong[0] = (idx[0] + 1) % K if (idx[0] + 1) % K not in idx else (idx.max() + 1) % K
+    wrong[0] = next(c for c in range(K) if c not in set(idx.tolist()))
     with pytest.raises(AssertionError):
         helpers.assert_matches(gather_in(x, w, wrong), gather_in_reference(x, w, idx))
 
@@ -98,3 +98,28 @@ def test_rejects_bad_operands(helpers, gen, device):
         gather_in(x, w, torch.arange(4.0, device=device))
     with pytest.raises(ValueError, match="does not match"):
         gather_in(x, w.double(), torch.arange(4, device=device))
+
+
+@pytest.mark.parametrize("idx, run", [
+    ([], 1),
+    ([3, 9, 4], 1),
+    (list(range(8, 16)) + list(range(32, 40)), 8),  # two kept heads of 8
+    (list(range(16, 48)), 16),  # capped at 16
+    (list(range(4, 12)), 4),  # a run of 8 that starts at 4 is two aligned runs of 4
+    (list(range(1, 9)), 1),
+    (list(range(0, 6)), 2),
+])
+def test_aligned_run(device, idx, run):
+    assert aligned_run(torch.tensor(idx, dtype=torch.long, device=device)) == run
+
+
+@pytest.mark.parametrize("rows", [1, 3, 37])
+def test_kept_heads_with_vector_hint(helpers, gen, device, rows):
+    # Kept heads of 16 channels, shuffled: the sort restores aligned runs and the kernel is told so.
+    x, w = helpers.operands(gen, torch.bfloat16, device, rows, 128, N)
+    heads = torch.randperm(8, generator=gen)[:5].to(device)
+    idx = (heads[:, None] * 16 + torch.arange(16, device=device)).flatten()
+    assert aligned_run(idx.sort().values) == 16
+    out = helpers.poisoned((rows, N), torch.bfloat16, device)
+    gather_in(x, w, idx, out=out)  # run detected after sorting
+    helpers.assert_matches(out, gather_in_reference(x, w, idx))

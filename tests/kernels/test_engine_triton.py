@@ -1,0 +1,31 @@
+"""The pruned forward on the triton backend (interpreted on CPU) computes what the torch backend does."""
+
+import torch
+
+from aapp.generation import encode, positions
+from aapp.methods.pp import PPOptions, ProbePruning
+from aapp.pruning.engine import PruneOptions, prune_model
+from tests.conftest import PROMPTS, make_loaded
+
+
+class ProbeOnly(ProbePruning):
+    needs_calibration = False
+
+    def __init__(self):
+        super().__init__(PPOptions(fuse_history=False))
+
+
+def test_triton_backend_matches_torch_backend():
+    loaded = make_loaded("tiny-qwen2")  # q/k/v biases and GQA on the kernel path
+    ids, attn = encode(loaded.tokenizer, PROMPTS[:2], "cpu")
+    down = loaded.adapter.layer_parts(loaded.model, 2).down_proj
+    layout = down.weight.stride()
+    outs = {}
+    for backend in ("torch", "triton"):
+        with prune_model(loaded, ProbeOnly(), PruneOptions(ratio=0.4, dense_layers=1, backend=backend)) as h:
+            assert h.backend.name == backend
+            with torch.no_grad():
+                outs[backend] = loaded.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
+        assert down.weight.stride() == layout  # the K-major relayout is undone
+    valid = attn.bool()
+    torch.testing.assert_close(outs["triton"][valid], outs["torch"][valid], rtol=1e-4, atol=1e-4)

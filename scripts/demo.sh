@@ -6,14 +6,14 @@ set -euo pipefail
 OUT="${1:-demo-out}"
 AAPP="${AAPP:-.venv/bin/aapp}"
 MODEL="${MODEL:-qwen2.5-coder-0.5b-instruct}"
-N="${DEMO_PROMPTS:-16}"        # prompts per set; keeps the demo near 10 minutes on 2 cores
+N="${DEMO_PROMPTS:-12}"        # prompts per set; keeps the demo near 10 minutes on 2 cores
 RATIOS="${DEMO_RATIOS:-0.2,0.4}"
 mkdir -p "$OUT"
 
 "$AAPP" models pull "$MODEL"
 
 if [ ! -f "$OUT/calib.safetensors" ]; then
-  "$AAPP" calibrate --model "$MODEL" --samples 16 --seq-len 256 --limit 64 --out "$OUT/calib.safetensors"
+  "$AAPP" calibrate --model "$MODEL" --samples 16 --seq-len 256 --limit 48 --out "$OUT/calib.safetensors"
 fi
 
 # AdvBench and XSTest come from the shared data folder when present; HarmBench (in the
@@ -29,6 +29,6 @@ fi
 RESUME=()
 [ -d "$OUT/eval/.partial" ] && RESUME=(--resume)
 "$AAPP" eval-refusal --model "$MODEL" --calib "$OUT/calib.safetensors" --methods dense,pp,aapp \
-  --ratios "$RATIOS" "${SETS[@]}" --sample "$N" --max-new-tokens 48 --batch-size 8 \
+  --ratios "$RATIOS" "${SETS[@]}" --sample "$N" --max-new-tokens 40 --batch-size 8 \
   --out "$OUT/eval" "${RESUME[@]}"
 echo "demo: results in $OUT/eval (summary.json, summary.csv, results.jsonl, refusal_vs_ratio.png)" >&2

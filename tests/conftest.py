@@ -48,3 +48,10 @@ PROMPTS = ["hello there", "a much longer prompt with more words in it", "x", "te
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tiny-model matmuls gain nothing from threads, and on a loaded 2-core CI machine OpenMP
+    # threads waiting on each other made them 15-20x slower.
+    torch.set_num_threads(1)

@@ -183,7 +183,9 @@ def run_probe(parts: LayerParts, g: Geometry, layer_idx: int, x: torch.Tensor, s
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if parts.q_norm is not None:
         q, k = parts.q_norm(q), parts.k_norm(k)
-    c, s_ = cos[samples], sin[samples]
+    # Without explicit position_ids HF builds one RoPE table for the whole batch ([1, S, hd]).
+    c = cos.expand(x.shape[0], -1, -1)[samples]
+    s_ = sin.expand(x.shape[0], -1, -1)[samples]
     q, _ = apply_rope(q, q, c[:, positions], s_[:, positions])
     k, _ = apply_rope(k, k, c, s_)
     key_pos = torch.arange(S, device=x.device)

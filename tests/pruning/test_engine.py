@@ -191,3 +191,12 @@ def test_hf_generate_runs_pruned(tiny):
         assert h.record.kept[2]["heads"] == h.plan.budgets[2].heads
     assert pruned.shape[0] == 2 and not torch.equal(pruned, dense)
     assert torch.equal(tiny.model.generate(**enc, **kwargs), dense)
+
+
+def test_forward_without_position_ids(tiny_llama):
+    """HF builds a batch-1 RoPE table when no position_ids are given; the probe must cope."""
+    ids = tiny_llama.tokenizer(PROMPTS[:1] * 3, return_tensors="pt").input_ids
+    with prune_model(tiny_llama, ProbeOnly(), PruneOptions(ratio=0.4, dense_layers=1)) as h:
+        with torch.no_grad():
+            out = tiny_llama.model(input_ids=ids).logits
+        assert out.shape[0] == 3 and h.record.flops.probe > 0

@@ -104,8 +104,12 @@ class ArchAdapter:
             layer=layer, attn=attn, mlp=mlp,
             q_proj=attn.q_proj, k_proj=attn.k_proj, v_proj=attn.v_proj, o_proj=attn.o_proj,
             gate_proj=mlp.gate_proj, up_proj=mlp.up_proj, down_proj=mlp.down_proj,
-            input_norm=layer.input_layernorm, pre_mlp_norm=layer.post_attention_layernorm,
+            input_norm=layer.input_layernorm, **self.norms(layer),
         )
+
+    def norms(self, layer: nn.Module) -> dict:
+        """The family's norms around the two halves of a block (see LayerParts)."""
+        return {"pre_mlp_norm": layer.post_attention_layernorm}
 
     def embed_tokens(self, model: nn.Module) -> nn.Module:
         return self.decoder(model).embed_tokens
@@ -166,18 +170,14 @@ class Gemma3Adapter(ArchAdapter):
         inner = model.model
         return getattr(inner, "language_model", inner)
 
-    def layer_parts(self, model, index):
-        layer = self.layers(model)[index]
-        attn, mlp = layer.self_attn, layer.mlp
-        return LayerParts(
-            layer=layer, attn=attn, mlp=mlp,
-            q_proj=attn.q_proj, k_proj=attn.k_proj, v_proj=attn.v_proj, o_proj=attn.o_proj,
-            gate_proj=mlp.gate_proj, up_proj=mlp.up_proj, down_proj=mlp.down_proj,
-            input_norm=layer.input_layernorm, pre_mlp_norm=layer.pre_feedforward_layernorm,
-            post_attn_norm=layer.post_attention_layernorm,
-            post_mlp_norm=layer.post_feedforward_layernorm,
-            q_norm=attn.q_norm, k_norm=attn.k_norm,
-        )
+    def norms(self, layer):
+        return {
+            "pre_mlp_norm": layer.pre_feedforward_layernorm,
+            "post_attn_norm": layer.post_attention_layernorm,  # Gemma names its sandwich norms this way
+            "post_mlp_norm": layer.post_feedforward_layernorm,
+            "q_norm": layer.self_attn.q_norm,
+            "k_norm": layer.self_attn.k_norm,
+        }
 
     def activation_name(self, cfg):
         return getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "gelu_pytorch_tanh")

@@ -8,7 +8,6 @@ model (aapp.pruning wraps modules in place) generates through the same code.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-log = logging.getLogger("aapp")
 
 
 @dataclass(frozen=True)

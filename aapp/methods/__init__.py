@@ -10,6 +10,10 @@ from aapp.methods.static import Flap, WandaSP
 from aapp.pruning.masks import LayerMask
 
 
+__all__ = ["AAPP", "AAPPOptions", "Dense", "Flap", "LayerContext", "METHODS", "Method", "PPOptions",
+           "ProbePruning", "Selection", "WandaSP", "make_method", "method_names"]
+
+
 class Dense(Method):
     """No pruning; runs through the engine only so FLOPs are counted the same way."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from torch import nn
 from aapp.errors import AappError, ModelError
 from aapp.models.adapters import ArchAdapter, Geometry, adapter_for_config
 
-log = logging.getLogger("aapp")
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

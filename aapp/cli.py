@@ -212,10 +212,10 @@ def eval_refusal(
     reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
-    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs).")] = "dense,pp,aapp",
+    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs); aapp:GATE picks a gate per cell, e.g. aapp:kl.")] = "dense,pp,aapp",
     ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
-    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt set (refusal rate).")] = None,
-    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt set (over-refusal).")] = None,
+    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set).")] = None,
+    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal).")] = None,
     text: Annotated[Optional[str], typer.Option(help="Sweep mode: 'builtin' or a text file for held-out perplexity.")] = None,
     ppl_seq_len: Annotated[int, typer.Option(min=8)] = 256,
     ppl_windows: Annotated[int, typer.Option(min=1)] = 32,
@@ -244,7 +244,7 @@ def eval_refusal(
 ):
     """Judge generations (pipe mode), or generate and judge every method x ratio (sweep mode, --model).
 
-    Reports refusal on harmful prompts, over-refusal on benign ones, agreement with the dense model's decisions (F1, accuracy, FAR), FLOPs, wall time and the aapp gate's fire rate, with 95% Wilson intervals. Sweep mode also runs under torchrun, sharding batches over ranks.
+    Reports refusal on harmful prompts, over-refusal on benign ones, agreement with the dense model's decisions (F1, accuracy, FAR), FLOPs, wall time and the aapp gate's fire rate and held-out AUROC, with 95% Wilson intervals. Sweep mode also runs under torchrun, sharding batches over ranks.
     """
     from aapp.evaluation.report import print_table
 

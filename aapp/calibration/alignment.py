@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from aapp.calibration.collect import Collector
+from aapp.evaluation import metrics
 from aapp.generation import encode
 from aapp.models.loading import LoadedModel
 
@@ -102,8 +103,7 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """Probability that a random positive outscores a random negative (ties count half)."""
-    diff = pos[:, None] - neg[None, :]
-    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+    return metrics.auroc(pos.tolist(), neg.tolist())
 
 
 def best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> float:

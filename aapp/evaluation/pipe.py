@@ -133,6 +133,8 @@ def _check_row(row: Mapping[str, Any], where: str) -> None:
     gate = row.get("gate")
     if gate is not None and not (isinstance(gate, Mapping) and isinstance(gate.get("fired"), bool)):
         raise InputError(f"{where}: 'gate' must be an object with a boolean 'fired'")
+    if gate is not None and gate.get("sample_score") is not None and not _is_number(gate["sample_score"]):
+        raise InputError(f"{where}: gate 'sample_score' must be a number, got {gate['sample_score']!r}")
 
 
 def _is_number(value: Any) -> bool:
@@ -165,6 +167,7 @@ def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl) -> CellS
     latencies = [r.get("latency_s") for r in cell_rows]
     flops = [r.get("flops") for r in cell_rows]
     gates = [r["gate"]["fired"] for r in cell_rows if r.get("gate") is not None]
+    scores = [(r.get("gate") or {}).get("sample_score") for r in cell_rows]
     return summarize(
         key[0], key[1],
         [verdicts[i].refused for i in idx],
@@ -176,6 +179,8 @@ def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl) -> CellS
         wall_time_s=sum(latencies) if all(t is not None for t in latencies) else None,
         gate_fired=gates or None,
         perplexity=ppl,
+        sets=[r.get("set") for r in cell_rows],
+        gate_scores=scores if any(sc is not None for sc in scores) else None,
     )
 
 

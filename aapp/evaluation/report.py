@@ -31,7 +31,8 @@ CSV_COLUMNS = (
     "overall_refusal", "overall_refusal_lo", "overall_refusal_hi",
     "n_agreement", "accuracy", "accuracy_lo", "accuracy_hi", "f1",
     "far", "far_lo", "far_hi", "frr", "frr_lo", "frr_hi",
-    "flops_fraction", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi", "perplexity",
+    "flops_fraction", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi",
+    "gate_fire_harmful", "gate_fire_benign", "gate_auroc", "perplexity",
 )
 
 
@@ -63,6 +64,10 @@ def flat_row(s: CellSummary) -> dict[str, Any]:
         row |= _rate_cols(name, getattr(a, name) if a else None)
     row["f1"] = a.f1 if a else None
     row |= _rate_cols("gate_fire_rate", s.gate_fire_rate)
+    for label in ("harmful", "benign"):
+        rate = s.gate_fire_by_label.get(label)
+        row[f"gate_fire_{label}"] = rate.value if rate else None
+    row["gate_auroc"] = s.gate_auroc
     row |= {"flops_fraction": s.flops_fraction, "wall_time_s": s.wall_time_s, "perplexity": s.perplexity}
     return {c: row[c] for c in CSV_COLUMNS}
 
@@ -166,6 +171,14 @@ def _num(x: float | None, fmt: str) -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _gate_by_label(s: CellSummary) -> str:
+    """Gate fire rates on harmful / benign prompts, e.g. "94%/12%"."""
+    if not s.gate_fire_by_label:
+        return "n/a"
+    rates = (s.gate_fire_by_label.get(label) for label in ("harmful", "benign"))
+    return "/".join("-" if r is None or r.value is None else f"{100 * r.value:.0f}%" for r in rates)
+
+
 def summary_table(summaries: Sequence[CellSummary]):
     """A rich Table of the cells; "n/a" marks undefined values (e.g. F1 with no dense refusals).
 
@@ -186,6 +199,8 @@ def summary_table(summaries: Sequence[CellSummary]):
         "n h/b": lambda s: f"{s.n_harmful}/{s.n_benign}" + (f" (+{s.n - s.n_harmful - s.n_benign})"
                                                             if s.n > s.n_harmful + s.n_benign else ""),
         "refusal": lambda s: _pct(s.refusal_rate),
+        **{f"refusal {name}": (lambda s, name=name: _pct(s.refusal_by_set.get(name)))
+           for name in dict.fromkeys(n for s in summaries for n in s.refusal_by_set)},
         "over-refusal": lambda s: _pct(s.over_refusal),
         "acc": lambda s: agree(s, "accuracy"),
         "F1": lambda s: agree(s, "f1"),
@@ -194,6 +209,8 @@ def summary_table(summaries: Sequence[CellSummary]):
         "FLOPs": lambda s: _num(s.flops_fraction, ".2f"),
         "wall s": lambda s: _num(s.wall_time_s, ".1f"),
         "gate": lambda s: _pct(s.gate_fire_rate),
+        "gate h/b": _gate_by_label,
+        "gate AUROC": lambda s: _num(s.gate_auroc, ".2f"),
         "ppl": lambda s: _num(s.perplexity, ".2f"),
     }
     cells = {name: [f(s) for s in summaries] for name, f in columns.items()}

@@ -90,16 +90,18 @@ class SweepConfig:
     resume: bool = False
 
     def __post_init__(self):
-        from aapp.methods import method_names
+        from aapp.errors import AappError
+        from aapp.methods import check_method_spec
 
         object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
         object.__setattr__(self, "ratios", tuple(dict.fromkeys(float(r) for r in self.ratios)))
         if not self.methods:
             raise InputError("--methods: name at least one method")
-        unknown = [m for m in self.methods if m not in method_names()]
-        if unknown:
-            raise InputError(f"--methods: unknown {', '.join(map(repr, unknown))}; "
-                             f"choose from {', '.join(method_names())}")
+        for m in self.methods:
+            try:
+                check_method_spec(m)
+            except AappError as e:
+                raise InputError(f"--methods: {e}") from None
         if any(m != DENSE for m in self.methods) and not self.ratios:
             raise InputError("--ratios: give at least one ratio for the pruned methods")
         bad = [r for r in self.ratios if not 0.0 < r < 1.0]
@@ -141,6 +143,11 @@ def parse_ratios(text: str) -> tuple[float, ...]:
         raise InputError(f"--ratios {text!r}: expected comma-separated numbers, e.g. 0.1,0.2,0.3") from None
 
 
+def split_sets(specs: str | None) -> list[str]:
+    """'advbench,harmbench' -> ['advbench', 'harmbench']; None -> []."""
+    return [part.strip() for part in (specs or "").split(",") if part.strip()]
+
+
 def sweep_cells(methods: Sequence[str], ratios: Sequence[float]) -> list[Cell]:
     """Dense at ratio 0 first (the reference, always run), then each other method at each ratio."""
     return [Cell(DENSE, 0.0)] + [Cell(m, float(r)) for m in methods if m != DENSE for r in ratios]
@@ -150,7 +157,9 @@ def is_stateful(cell: Cell, cfg: SweepConfig) -> bool:
     """Whether a batch's channels depend on the batches before it (so it cannot be split or skipped)."""
     if cell.method == DENSE:
         return False
-    return cfg.prune.ema_momentum is not None or (cell.method == "aapp" and cfg.aapp.refresh > 0)
+    from aapp.methods import base_name
+
+    return cfg.prune.ema_momentum is not None or (base_name(cell.method) == "aapp" and cfg.aapp.refresh > 0)
 
 
 def batches_of(n_prompts: int, batch_size: int) -> list[range]:
@@ -166,12 +175,16 @@ def plan_batches(cell_index: int, n_batches: int, dist: Dist, stateful: bool) ->
 
 
 def load_sweep_prompts(cfg: SweepConfig) -> list:
-    """Harmful prompts (labelled harmful), then benign ones (labelled benign); ids unique across both."""
+    """Harmful prompts (labelled harmful), then benign ones (labelled benign); ids unique across all.
+
+    --harmful and --benign may each list several sets, comma-separated (`advbench,harmbench`);
+    `limit` and `sample` apply to each set, and summaries report refusal per set too.
+    """
     from aapp.prompts import load_prompts
 
     prompts = []
-    for spec, label in ((cfg.harmful, "harmful"), (cfg.benign, "benign")):
-        if spec is not None:
+    for specs, label in ((cfg.harmful, "harmful"), (cfg.benign, "benign")):
+        for spec in split_sets(specs):
             prompts += load_prompts(spec, limit=cfg.limit, sample=cfg.sample, seed=cfg.seed, label=label)
     seen: dict[str, str] = {}
     for p in prompts:

@@ -1,17 +1,37 @@
-"""Pruning methods, by the name the CLI uses."""
+"""Pruning methods, by the name the CLI uses.
+
+A method spec is a name, or `aapp:GATE` for AAPP with that risk gate (e.g. `aapp:kl`),
+so one sweep can compare gates side by side; the spec is the method's name in output rows.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aapp.errors import AappError
-from aapp.methods.aapp import AAPP, AAPPOptions
+from aapp.methods.aapp import AAPP, GATES, AAPPOptions
 from aapp.methods.base import LayerContext, Method, Selection
 from aapp.methods.pp import PPOptions, ProbePruning
 from aapp.methods.static import Flap, WandaSP
 from aapp.pruning.masks import LayerMask
 
-
-__all__ = ["AAPP", "AAPPOptions", "Dense", "Flap", "LayerContext", "METHODS", "Method", "PPOptions",
-           "ProbePruning", "Selection", "WandaSP", "make_method", "method_names"]
+__all__ = [
+    "AAPP",
+    "METHODS",
+    "AAPPOptions",
+    "Dense",
+    "Flap",
+    "LayerContext",
+    "Method",
+    "PPOptions",
+    "ProbePruning",
+    "Selection",
+    "WandaSP",
+    "base_name",
+    "check_method_spec",
+    "make_method",
+    "method_names",
+]
 
 
 class Dense(Method):
@@ -31,10 +51,29 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def make_method(name: str, aapp_options: AAPPOptions | None = None) -> Method:
-    """A fresh method instance by CLI name; AAPP takes its options, the others have none."""
-    if name not in METHODS:
-        raise AappError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    if name == "aapp":
-        return AAPP(aapp_options or AAPPOptions())
-    return METHODS[name]()
+def base_name(spec: str) -> str:
+    """'aapp:kl' -> 'aapp'; plain names are their own base."""
+    return spec.split(":", 1)[0]
+
+
+def check_method_spec(spec: str) -> None:
+    """Raise AappError unless `spec` names a method (or an aapp gate variant)."""
+    base, colon, variant = spec.partition(":")
+    if base not in METHODS:
+        raise AappError(f"unknown method {spec!r}; choose one of {', '.join(METHODS)} "
+                        f"(or aapp:GATE with GATE one of {', '.join(GATES)})")
+    if colon and (base != "aapp" or variant not in GATES):
+        raise AappError(f"unknown method variant {spec!r}: only aapp takes one, a gate "
+                        f"({', '.join('aapp:' + g for g in GATES)})")
+
+
+def make_method(spec: str, aapp_options: AAPPOptions | None = None) -> Method:
+    """A fresh method instance by spec; AAPP takes its options (a spec's gate overrides theirs)."""
+    check_method_spec(spec)
+    base, _, gate = spec.partition(":")
+    if base == "aapp":
+        options = aapp_options or AAPPOptions()
+        method = AAPP(replace(options, gate=gate) if gate else options)
+        method.name = spec
+        return method
+    return METHODS[base]()

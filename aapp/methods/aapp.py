@@ -80,6 +80,7 @@ class AAPP(ProbePruning):
         self.forced: bool | None = None  # set by per-sample splitting
         self._fired = False
         self._score = float("nan")
+        self.last_sample_scores: torch.Tensor | None = None
 
     # -- calibration-time facts -------------------------------------------------------------
     def bind(self, model, adapter, geometry, plan, calib):
@@ -172,6 +173,7 @@ class AAPP(ProbePruning):
     def begin_batch(self) -> None:
         self._fired = {"always": True, "never": False}.get(self.aapp.gate, False)
         self._score = float("nan")
+        self.last_sample_scores = None
         if self.forced is not None:
             self._fired = self.forced
         self._batches += 1
@@ -232,3 +234,10 @@ class AAPP(ProbePruning):
         return {"gate": {"kind": self.aapp.gate, "fired": bool(self._fired),
                          "score": None if math.isnan(self._score) else self._score,
                          "layer": self.gate_layer}}
+
+    def sample_info(self, batch_size: int) -> dict[str, list[dict]]:
+        """Each prompt's own gate score (the batch's `score` is their max): held-out AUROC reads it."""
+        scores = self.last_sample_scores
+        if scores is None or len(scores) != batch_size:
+            return {}
+        return {"gate": [{"sample_score": float(v)} for v in scores]}

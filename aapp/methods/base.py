@@ -64,6 +64,10 @@ class Method(ABC):
         """Per-batch facts for output rows (e.g. a gate decision)."""
         return {}
 
+    def sample_info(self, batch_size: int) -> dict[str, list[dict]]:
+        """Per-sample refinements of `batch_info` for the batch just run: {key: [one dict per sample]}."""
+        return {}
+
 
 def select_top(head_scores: torch.Tensor, channel_scores: torch.Tensor, budget: LayerBudget, g: Geometry,
                protect_heads: torch.Tensor | None = None,

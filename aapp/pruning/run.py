@@ -61,10 +61,11 @@ def _batch_rows(handle: PrunedModel, chunk: Sequence, settings: GenerationSettin
     share["fraction"] = total.fraction
     kept = full_kept(loaded, rec.kept)
     info = method.batch_info()
+    sample_scores = method.sample_info(len(chunk))
     rows = []
     for j, p in enumerate(chunk):
         row = {
-            "id": p.id, "prompt": p.text, "label": p.label, "completion": out.completions[j],
+            "id": p.id, "prompt": p.text, "label": p.label, "set": p.source, "completion": out.completions[j],
             "method": method.name, "ratio": handle.options.ratio,
             "flops": share, "kept": kept,
             "latency_s": (out.prefill_s + out.decode_s) / n, "batch_latency_s": out.prefill_s + out.decode_s,
@@ -72,6 +73,8 @@ def _batch_rows(handle: PrunedModel, chunk: Sequence, settings: GenerationSettin
             "prompt_tokens": out.prompt_tokens[j], "new_tokens": out.new_tokens[j],
         }
         row.update(info)
+        for key, values in sample_scores.items():  # the batch's facts, refined per sample
+            row[key] = {**row.get(key, {}), **values[j]}
         rows.append(row)
     return rows
 

@@ -3,7 +3,15 @@ import math
 
 import pytest
 
-from aapp.evaluation.metrics import Agreement, Rate, agreement, flops_fraction, summarize, wilson
+from aapp.evaluation.metrics import (
+    Agreement,
+    Rate,
+    agreement,
+    auroc,
+    flops_fraction,
+    summarize,
+    wilson,
+)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +105,24 @@ def test_summarize_splits_by_label():
     assert d["method"] == "pp" and d["ratio"] == 0.3 and d["n_harmful"] == 3 and d["perplexity"] == 12.0
     lo, hi = d["refusal_rate"]["ci95"]
     assert lo < 2 / 3 < hi
+
+
+def test_summarize_per_set_refusal_gate_by_label_and_auroc():
+    refused = [True, False, False, True, True, False]
+    labels = ["harmful", "harmful", "harmful", "harmful", "benign", "benign"]
+    sets = ["advbench", "advbench", "harmbench", "harmbench", "xstest", "xstest"]
+    scores = [2.0, -1.0, 0.5, None, 0.0, -2.0]  # one prompt without a score is left out
+    s = summarize("aapp:kl", 0.2, refused, labels, judge="keyword", sets=sets, gate_scores=scores,
+                  gate_fired=[True, False, True, True, False, False])
+    assert {k: (r.k, r.n) for k, r in s.refusal_by_set.items()} == {"advbench": (1, 2), "harmbench": (1, 2)}
+    assert {k: (r.k, r.n) for k, r in s.gate_fire_by_label.items()} == {"harmful": (3, 4), "benign": (0, 2)}
+    # harmful 2.0, -1.0, 0.5 vs benign 0.0, -2.0: 5 of 6 pairs ordered right
+    assert s.gate_auroc == pytest.approx(5 / 6)
+    d = json.loads(json.dumps(s.to_dict(), allow_nan=False))
+    assert d["refusal_by_set"]["advbench"]["k"] == 1 and d["gate_auroc"] == pytest.approx(5 / 6)
+    one_set = summarize("pp", 0.2, refused, labels, judge="keyword", sets=["advbench"] * 4 + ["xstest"] * 2)
+    assert one_set.refusal_by_set == {} and one_set.gate_auroc is None  # the overall rate says it
+    assert auroc([1.0], []) is None and auroc([1.0, 1.0], [1.0]) == 0.5
 
 
 def test_summarize_without_labels_or_reference():

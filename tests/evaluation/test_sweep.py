@@ -181,6 +181,44 @@ def test_sweep_reports_every_cell_against_dense(inputs, tmp_path, capsys):
     assert not (out / PARTIAL).exists()
 
 
+def test_gate_variants_and_several_harmful_sets_in_one_sweep(inputs, tmp_path):
+    """The evidence table's shape: aapp per gate side by side, refusal per harmful set, held-out AUROC."""
+    second = tmp_path / "more-harmful.jsonl"
+    second.write_text("".join(json.dumps({"id": f"x{i}", "prompt": t}) + "\n" for i, t in enumerate(HARMFUL[5:])))
+    cfg = make_config(inputs, tmp_path / "o", methods=("dense", "aapp:always", "aapp:never", "aapp:direction"),
+                      ratios=(0.5,), harmful=f"{inputs.harmful},{second}")
+    summaries = {(s.method, s.ratio): s for s in run_sweep(cfg, progress=False)}
+    assert list(summaries) == [("dense", 0.0), ("aapp:always", 0.5), ("aapp:never", 0.5), ("aapp:direction", 0.5)]
+    rows = read_rows(tmp_path / "o" / "results.jsonl")
+    sets = {str(inputs.harmful): 5, str(second): 3, str(inputs.benign): 4}
+    for key, s in summaries.items():
+        cell = [r for r in rows if (r["method"], r["ratio"]) == key]
+        assert {name: sum(r["set"] == name for r in cell) for name in sets} == sets
+        assert {k: r.n for k, r in s.refusal_by_set.items()} == {str(inputs.harmful): 5, str(second): 3}
+        for name, rate in s.refusal_by_set.items():
+            assert rate.k == sum(r["refused"] for r in cell if r["set"] == name)
+        if key[0] == "dense":
+            assert s.gate_auroc is None and not s.gate_fire_by_label
+            continue
+        assert {r["gate"]["kind"] for r in cell} == {key[0].split(":")[1]}
+        fired = {lab: [r["gate"]["fired"] for r in cell if r["label"] == lab] for lab in ("harmful", "benign")}
+        assert {lab: (rate.k, rate.n) for lab, rate in s.gate_fire_by_label.items()} == {
+            lab: (sum(f), len(f)) for lab, f in fired.items()}
+    # Only a scoring gate has per-prompt scores, so only it has an AUROC, computed from the rows.
+    assert summaries[("aapp:always", 0.5)].gate_auroc is None
+    cell = [r for r in rows if r["method"] == "aapp:direction"]
+    pos = [r["gate"]["sample_score"] for r in cell if r["label"] == "harmful"]
+    neg = [r["gate"]["sample_score"] for r in cell if r["label"] == "benign"]
+    expected = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+    assert summaries[("aapp:direction", 0.5)].gate_auroc == pytest.approx(expected)
+    # The batch's score is the max of its prompts' own scores.
+    for i in range(0, len(cell), 2):
+        batch = cell[i:i + 2]
+        assert batch[0]["gate"]["score"] == pytest.approx(max(r["gate"]["sample_score"] for r in batch))
+    # `never` is pp: same channels, so the same completions as a pp run would give.
+    assert all(not r["gate"]["fired"] for r in rows if r["method"] == "aapp:never")
+
+
 def test_only_dense_and_no_text(inputs, tmp_path):
     summaries = run_sweep(make_config(inputs, tmp_path / "o", methods=("dense",), ratios=(), benign=None),
                           progress=False)
@@ -375,3 +413,8 @@ def test_parse_lists():
         parse_ratios("0.1;0.2")
     cfg = SweepConfig(model="m", out="o", harmful="h", methods=("pp", "dense", "pp"), ratios=(0.2, 0.1, 0.2))
     assert cfg.methods == ("pp", "dense") and cfg.ratios == (0.2, 0.1)
+    assert SweepConfig(model="m", out="o", harmful="h", methods=("aapp:kl", "aapp")).methods == ("aapp:kl", "aapp")
+    for bad, why in (("aapp:loud", "method variant 'aapp:loud'"), ("pp:kl", "method variant 'pp:kl'"),
+                     ("ppp", "method 'ppp'")):
+        with pytest.raises(InputError, match=f"--methods: unknown {why}"):
+            SweepConfig(model="m", out="o", harmful="h", methods=(bad,))

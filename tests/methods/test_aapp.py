@@ -117,3 +117,19 @@ def test_gate_helpers():
 
     assert post_instruction_tokens(tiny_tokenizer()) == 2  # "<|end|><|assistant|>"
     assert post_instruction_tokens(tiny_tokenizer(chat_template=False)) == 1
+
+
+def test_gate_variant_spec_sets_the_gate_and_names_the_rows(setup):
+    from aapp.errors import AappError
+    from aapp.methods import make_method
+
+    loaded, cal, _ = setup
+    method = make_method("aapp:always", AAPPOptions(gate="direction", protect=0.25))
+    assert method.name == "aapp:always" and method.aapp.gate == "always" and method.aapp.protect == 0.25
+    assert make_method("aapp", AAPPOptions(gate="kl")).aapp.gate == "kl"
+    prompts = [Prompt(f"p{i}", t, "harmful", "t") for i, t in enumerate(HARMFUL[:2])]
+    rows = list(generate_rows(loaded, prompts, method, OPTS, cal, GenerationSettings(max_new_tokens=2, batch_size=2)))
+    assert [r["method"] for r in rows] == ["aapp:always"] * 2 and all(r["gate"]["fired"] for r in rows)
+    for bad in ("aapp:", "aapp:loud", "pp:kl", "nope"):
+        with pytest.raises(AappError, match="unknown method"):
+            make_method(bad)

@@ -9,9 +9,11 @@ every layer keeps exactly PP's counts of heads, kv heads and channels, which the
 fixes per layer (matched compute by construction; see aapp.pruning.plan).
 
 Choices the paper leaves open, each an option:
-  critical = "diff"     standardised harmful-minus-harmless mean activation, |z| (default)
-           | "setdiff"  Wei et al. 2024: top channels by importance on harmful prompts minus
-                        top channels by importance on general text
+  critical = "setdiff"  (default) Wei et al. 2024: of the top 2n channels by importance
+                        (Wanda-sp) on harmful prompts, those not among the top 2n on general
+                        text, best n kept; n = protect x channels, so protect must stay below
+                        0.5 (at 0.5 both pools are every channel and nothing is protected)
+           | "diff"     standardised harmful-minus-harmless mean activation, |z|
            | "attribution"  how much a channel writes the refusal direction into the
                         residual: |(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)|, with d
                         the unit difference-of-means direction at the layer's output
@@ -49,8 +51,8 @@ CRITICAL = ("diff", "setdiff", "attribution")
 @dataclass(frozen=True)
 class AAPPOptions:
     gate: str = "direction"
-    protect: float = 0.1          # fraction of heads and of MLP channels per layer protected on fire
-    critical: str = "diff"
+    protect: float = 0.3          # fraction of heads and of MLP channels per layer protected on fire
+    critical: str = "setdiff"
     gate_layer: int | None = None  # None: calibrated, see module docstring
     per_sample: bool = False
     refresh: int = 0              # batches between gate-history refreshes (0: off)
@@ -63,6 +65,9 @@ class AAPPOptions:
             raise AappError(f"unknown critical-channel scoring {self.critical!r}; choose one of {', '.join(CRITICAL)}")
         if not 0.0 <= self.protect <= 1.0:
             raise AappError(f"--protect must be in [0, 1], got {self.protect}")
+        if self.critical == "setdiff" and self.protect >= 0.5:
+            raise AappError(f"--critical setdiff needs --protect below 0.5 (got {self.protect}): its pools are the "
+                            "top 2 x protect of channels, and at 0.5 both are every channel")
 
 
 @dataclass(frozen=True)

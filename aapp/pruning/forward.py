@@ -41,7 +41,7 @@ class LayerRuntime:
     backend: object
     mask: LayerMask | None = None
     linears: dict = field(default_factory=dict)
-    kv_expand: torch.Tensor | None = None
+    query_slots: tuple[torch.Tensor, int] | None = None  # see LayerMask.query_slots
     attn_bias: torch.Tensor | None = None  # FLAP-style compensation added to o_proj's output
     mlp_bias: torch.Tensor | None = None
     observe: object = None  # callable(site, kept_idx, x_kept) for history updates, or None
@@ -64,7 +64,7 @@ class LayerRuntime:
             "up": b.gated_up(p.gate_proj.weight, p.up_proj.weight, mask.channels, g.activation),
             "down": b.input_gather(p.down_proj.weight, mask.channels),
         }
-        self.kv_expand = mask.kv_for_heads(g)
+        self.query_slots = mask.query_slots(g)
 
 
 class _GroupedView:
@@ -108,9 +108,12 @@ class PrunedAttention(nn.Module):
         q, k = apply_rope(q, k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
-        if rt.kv_expand is not None:
-            # Kept query heads are spread unevenly over the kept kv heads: give each its own copy.
-            k, v = k.index_select(1, rt.kv_expand), v.index_select(1, rt.kv_expand)
+        if rt.query_slots is not None:
+            # Kept query heads are spread unevenly over the kept kv heads: pad each group with zero queries.
+            slots, width = rt.query_slots
+            padded = q.new_zeros(B, k.shape[1] * width, S, g.head_dim)
+            padded[:, slots] = q
+            q = padded
         groups = q.shape[1] // k.shape[1]
         original = self.original
         out, _ = _attention_fn(original)(
@@ -118,6 +121,8 @@ class PrunedAttention(nn.Module):
             scaling=g.attn_scaling, sliding_window=g.sliding_window[self.layer_idx],
             **{k_: v_ for k_, v_ in kwargs.items() if k_ not in ("position_ids", "use_cache", "cache_position")},
         )
+        if rt.query_slots is not None:
+            out = out[:, :, rt.query_slots[0]]  # [B, S, hq_padded, hd] -> the kept heads
         out = out.reshape(B, S, -1)  # [B, S, hq_kept * hd]
         if rt.observe is not None:
             rt.observe("attn", rt.mask.q_rows(g.head_dim), out)

@@ -39,18 +39,24 @@ class LayerMask:
     def kv_rows(self, head_dim: int) -> torch.Tensor:
         return _expand(self.kv_heads, head_dim)
 
-    def kv_for_heads(self, g: Geometry) -> torch.Tensor | None:
-        """For each kept query head, the position of its kv head among the kept kv heads.
+    def query_slots(self, g: Geometry) -> tuple[torch.Tensor, int] | None:
+        """Where each kept query head sits when every kept kv head gets `width` query slots.
 
-        None when every kept kv head serves the same number of kept query heads in
-        order, so attention can use its usual grouped (repeat) path.
+        None when the kept query heads already split evenly over the kept kv heads, so
+        attention runs its usual grouped path. Otherwise attention runs on the query heads
+        padded to `width` per kv head (zero rows whose outputs are dropped): still one
+        grouped call, where giving each query head its own copy of its kv head would copy
+        the whole KV cache at every decode step. Returns (slot of each kept head, width).
         """
         owner = self.heads // g.group_size
         local = torch.searchsorted(self.kv_heads, owner)
         per_kv = torch.bincount(local, minlength=len(self.kv_heads))
         if len(per_kv) and bool((per_kv == per_kv[0]).all()):
             return None
-        return local
+        width = int(per_kv.max())
+        first = torch.cumsum(per_kv, 0) - per_kv  # position of each kv head's first kept query head
+        rank = torch.arange(len(self.heads), device=self.heads.device) - first[local]
+        return local * width + rank, width
 
 
 def _expand(units: torch.Tensor, width: int) -> torch.Tensor:

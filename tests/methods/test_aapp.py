@@ -34,7 +34,7 @@ def masks(handle, prompts):
 
 def test_gate_always_keeps_critical_channels(setup):
     loaded, cal, _ = setup
-    method = AAPP(AAPPOptions(gate="always", protect=0.25))
+    method = AAPP(AAPPOptions(gate="always", protect=0.25, critical="diff"))
     with prune_model(loaded, method, OPTS, cal) as h:
         kept = masks(h, HARMLESS[:3])
         assert h.method.batch_info()["gate"]["fired"] is True
@@ -133,3 +133,18 @@ def test_gate_variant_spec_sets_the_gate_and_names_the_rows(setup):
     for bad in ("aapp:", "aapp:loud", "pp:kl", "nope"):
         with pytest.raises(AappError, match="unknown method"):
             make_method(bad)
+
+
+def test_cli_defaults_are_the_library_defaults():
+    import inspect
+
+    from aapp import cli
+    from aapp.errors import AappError
+
+    for command in (cli.prune, cli.eval_refusal):
+        params = inspect.signature(command).parameters
+        for name in ("gate", "protect", "critical", "per_sample", "refresh"):
+            assert params[name].default == getattr(AAPPOptions(), name), (command.__name__, name)
+    with pytest.raises(AappError, match="setdiff needs --protect below 0.5"):
+        AAPPOptions(critical="setdiff", protect=0.5)
+    assert AAPPOptions(critical="diff", protect=0.5).protect == 0.5

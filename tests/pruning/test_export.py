@@ -131,7 +131,7 @@ def test_group_uniform_mask():
     channels = torch.arange(g.intermediate_size, dtype=torch.float32)
     m = group_uniform_mask(head_scores, channels, LayerBudget(heads=2, kv_heads=2, channels=10), g)
     assert m.heads.tolist() == [1, 2]  # the best of each group, though heads 1 and 3 are the top two overall
-    assert m.kv_heads.tolist() == [0, 1] and m.kv_for_heads(g) is None
+    assert m.kv_heads.tolist() == [0, 1] and m.query_slots(g) is None
     assert m.channels.tolist() == list(range(g.intermediate_size - 10, g.intermediate_size))
     # A budget too small for one head per group still keeps one per group.
     m = group_uniform_mask(head_scores, channels, LayerBudget(heads=1, kv_heads=1, channels=10), g)

@@ -26,10 +26,14 @@ def test_rows_and_kv_mapping():
     m = LayerMask.from_kept(torch.tensor([0, 1, 5]), torch.tensor([0]), G)
     assert m.q_rows(4).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 20, 21, 22, 23]
     assert m.kv_rows(4).tolist() == list(range(8))
-    # Two queries on kv head 0, one on kv head 1: uneven, so each query gets its kv index.
-    assert m.kv_for_heads(G).tolist() == [0, 0, 1]
+    # Two queries on kv head 0, one on kv head 1: uneven, so queries are padded to 2 per kv head.
+    slots, width = m.query_slots(G)
+    assert width == 2 and slots.tolist() == [0, 1, 2]
+    m3 = LayerMask.from_kept(torch.tensor([1, 4, 5, 6]), torch.tensor([0]), G)  # 1 + 3 queries
+    slots, width = m3.query_slots(G)
+    assert width == 3 and slots.tolist() == [0, 3, 4, 5]
     even = LayerMask.from_kept(torch.tensor([0, 1, 4, 5]), torch.tensor([0]), G)
-    assert even.kv_for_heads(G) is None
+    assert even.query_slots(G) is None
 
 
 def test_top_heads_in_groups_pins_group_count():

@@ -16,7 +16,7 @@ N="${N:-32}"                          # prompts drawn (seeded) from each set
 RATIOS="${RATIOS:-0.1,0.2,0.3,0.4}"
 METHODS="${METHODS:-dense,pp,aapp:direction,aapp:kl,aapp:always}"
 # AdvBench and XSTest are read from the shared data folder beside the checkout.
-export AAPP_SHARED_DATA="${AAPP_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
+export AAPP_SHARED_DATA="${AAPP_SHARED_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}"
 mkdir -p "$OUT"
 
 "$AAPP" models pull "$MODEL"

@@ -103,7 +103,8 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """Probability that a random positive outscores a random negative (ties count half)."""
-    return metrics.auroc(pos.tolist(), neg.tolist())
+    value = metrics.auroc(pos.tolist(), neg.tolist())
+    return float("nan") if value is None else value
 
 
 def best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> float:

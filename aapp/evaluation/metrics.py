@@ -16,8 +16,9 @@ Definitions (every rate carries a Wilson 95% interval; a rate over zero items is
   Wilson interval.
 
 With several harmful sets (rows carry `set`), the refusal rate is also given per set. With
-per-prompt gate scores, the gate's AUROC for harmful vs benign prompts is given too: these
-are the evaluation prompts, disjoint from calibration, so it is a held-out AUROC.
+per-prompt gate scores, the gate's AUROC for harmful vs benign prompts is given too: a
+held-out AUROC when, as with the built-in sets, the evaluation prompts are not the
+calibration ones.
 
 None stands for "undefined" everywhere, so summaries serialise to NaN-free JSON.
 """

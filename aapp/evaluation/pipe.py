@@ -130,6 +130,8 @@ def _check_row(row: Mapping[str, Any], where: str) -> None:
         if not (isinstance(flops, Mapping) and _is_number(flops.get("dense")) and _is_number(flops.get("pruned"))
                 and _is_number(flops.get("probe", 0.0))):
             raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' (and 'probe')")
+    if not isinstance(row.get("set", ""), (str, type(None))):
+        raise InputError(f"{where}: 'set' must be a string (the prompt set's name)")
     gate = row.get("gate")
     if gate is not None and not (isinstance(gate, Mapping) and isinstance(gate.get("fired"), bool)):
         raise InputError(f"{where}: 'gate' must be an object with a boolean 'fired'")

@@ -58,6 +58,7 @@ CONFIG = "config.json"
 ROWS_LOG = "results.rank{rank}.jsonl"
 PPL_LOG = "perplexity.rank{rank}.jsonl"
 DENSE = "dense"
+ROW_FORMAT = 2  # rows carry `set` and `gate.sample_score`; a resume must not mix in older rows
 
 CellKey = tuple[str, float]
 
@@ -320,6 +321,7 @@ def run_key(cfg: SweepConfig, loaded, prompts: Sequence, texts: Sequence[str] | 
     prune = asdict(cfg.prune)
     prune.pop("ratio")
     return {
+        "row_format": ROW_FORMAT,
         "model": cfg.model, "fingerprint": loaded.fingerprint, "device": loaded.device.type,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "calib": _digest(Path(cfg.calib).read_bytes()) if cfg.calib else None,

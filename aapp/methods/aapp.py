@@ -11,8 +11,8 @@ fixes per layer (matched compute by construction; see aapp.pruning.plan).
 Choices the paper leaves open, each an option:
   critical = "setdiff"  (default) Wei et al. 2024: of the top 2n channels by importance
                         (Wanda-sp) on harmful prompts, those not among the top 2n on general
-                        text, best n kept; n = protect x channels, so protect must stay below
-                        0.5 (at 0.5 both pools are every channel and nothing is protected)
+                        text, best n kept (so up to n); n = protect x channels, so protect
+                        must stay below 0.5 (at 0.5 both pools are every channel: an error)
            | "diff"     standardised harmful-minus-harmless mean activation, |z|
            | "attribution"  how much a channel writes the refusal direction into the
                         residual: |(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)|, with d
@@ -65,9 +65,6 @@ class AAPPOptions:
             raise AappError(f"unknown critical-channel scoring {self.critical!r}; choose one of {', '.join(CRITICAL)}")
         if not 0.0 <= self.protect <= 1.0:
             raise AappError(f"--protect must be in [0, 1], got {self.protect}")
-        if self.critical == "setdiff" and self.protect >= 0.5:
-            raise AappError(f"--critical setdiff needs --protect below 0.5 (got {self.protect}): its pools are the "
-                            "top 2 x protect of channels, and at 0.5 both are every channel")
 
 
 @dataclass(frozen=True)
@@ -94,6 +91,13 @@ class AAPP(ProbePruning):
             raise CalibrationError("the calibration file has no alignment statistics; run `aapp calibrate` "
                                    "with --harmful and --harmless (the defaults do)")
         t = calib.tensors
+        if self.aapp.critical == "setdiff":
+            for what, total in (("heads", geometry.num_heads), ("channels", geometry.intermediate_size)):
+                n = self._protected_count(total)
+                if n and 2 * n >= total:
+                    raise AappError(f"--critical setdiff with --protect {self.aapp.protect} protects nothing: its "
+                                    f"pools are the top {2 * n} of {total} {what}, i.e. all of them; "
+                                    "use a smaller --protect")
         self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
         self.gate_layer = self._choose_gate_layer(t, plan)
         self.critical = {i: self._critical(i, adapter.layer_parts(model, i), t) for i in range(geometry.num_layers)}
@@ -114,9 +118,8 @@ class AAPP(ProbePruning):
         return int(torch.argmax(auc))
 
     def _critical(self, layer: int, parts, t) -> CriticalSet:
-        g, frac = self.geometry, self.aapp.protect
-        n_heads = math.floor(frac * g.num_heads + 0.5)
-        n_channels = math.floor(frac * g.intermediate_size + 0.5)
+        g = self.geometry
+        n_heads, n_channels = self._protected_count(g.num_heads), self._protected_count(g.intermediate_size)
         if self.aapp.critical in ("diff", "attribution"):
             if self.aapp.critical == "diff":
                 attn, mlp = (self._z(site, layer, t).abs() for site in ("attn", "mlp"))
@@ -132,6 +135,9 @@ class AAPP(ProbePruning):
             channels = self._setdiff(self._importance("mlp", layer, parts.down_proj.weight, t, "harmful"),
                                      self._importance("mlp", layer, parts.down_proj.weight, t, None), n_channels)
         return CriticalSet(heads=heads.to(parts.o_proj.weight.device), channels=channels.to(parts.o_proj.weight.device))
+
+    def _protected_count(self, total: int) -> int:
+        return math.floor(self.aapp.protect * total + 0.5)
 
     @staticmethod
     def _z(site: str, layer: int, t) -> torch.Tensor:

@@ -120,7 +120,8 @@ def _per_sample_rows(handle: PrunedModel, chunk: Sequence, settings: GenerationS
             share = FlopCount(probe=gate_cost.probe * len(idx) / len(chunk))
             sub = _batch_rows(handle, [chunk[i] for i in idx], settings, extra_flops=share)
             for i, row in zip(idx, sub):
-                row["gate"] = {**row["gate"], "fired": fired, "score": float(scores[i]), "per_sample": True}
+                row["gate"] = {**row["gate"], "fired": fired, "score": float(scores[i]),
+                               "sample_score": float(scores[i]), "per_sample": True}
                 rows[i] = row
     finally:
         method.forced = None

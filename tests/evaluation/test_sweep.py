@@ -215,7 +215,6 @@ def test_gate_variants_and_several_harmful_sets_in_one_sweep(inputs, tmp_path):
     for i in range(0, len(cell), 2):
         batch = cell[i:i + 2]
         assert batch[0]["gate"]["score"] == pytest.approx(max(r["gate"]["sample_score"] for r in batch))
-    # `never` is pp: same channels, so the same completions as a pp run would give.
     assert all(not r["gate"]["fired"] for r in rows if r["method"] == "aapp:never")
 
 

@@ -145,6 +145,11 @@ def test_cli_defaults_are_the_library_defaults():
         params = inspect.signature(command).parameters
         for name in ("gate", "protect", "critical", "per_sample", "refresh"):
             assert params[name].default == getattr(AAPPOptions(), name), (command.__name__, name)
-    with pytest.raises(AappError, match="setdiff needs --protect below 0.5"):
-        AAPPOptions(critical="setdiff", protect=0.5)
-    assert AAPPOptions(critical="diff", protect=0.5).protect == 0.5
+
+def test_setdiff_with_a_pool_of_every_channel_is_refused(setup):
+    from aapp.errors import AappError
+
+    loaded, cal, _ = setup
+    with pytest.raises(AappError, match="protects nothing"):
+        prune_model(loaded, AAPP(AAPPOptions(critical="setdiff", protect=0.5)), OPTS, cal)
+    prune_model(loaded, AAPP(AAPPOptions(critical="diff", protect=0.5)), OPTS, cal).remove()

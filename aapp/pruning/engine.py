@@ -21,9 +21,9 @@ import torch
 from aapp.calibration.store import Calibration
 from aapp.errors import AappError, CalibrationError
 from aapp.methods.base import LayerContext, Method
+from aapp.models.adapters import activation_fn
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
-from aapp.models.adapters import activation_fn
 from aapp.pruning.forward import LayerRuntime, ProbeStats, PrunedAttention, PrunedMLP, run_probe
 from aapp.pruning.masks import LayerMask, top_k
 from aapp.pruning.plan import PrunePlan, make_plan

@@ -1,7 +1,6 @@
 """scripts/evidence_table.py: the markdown table and AAPP's target verdicts from a sweep summary."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 from aapp.evaluation.metrics import summarize

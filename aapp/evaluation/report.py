@@ -30,7 +30,7 @@ CSV_COLUMNS = (
     "n_benign", "over_refusal", "over_refusal_lo", "over_refusal_hi",
     "overall_refusal", "overall_refusal_lo", "overall_refusal_hi",
     "n_agreement", "accuracy", "accuracy_lo", "accuracy_hi", "f1",
-    "far", "far_lo", "far_hi", "frr", "frr_lo", "frr_hi",
+    "far", "far_lo", "far_hi", "frr", "frr_lo", "frr_hi", "far_harmful", "far_harmful_lo", "far_harmful_hi",
     "flops_fraction", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi",
     "gate_fire_harmful", "gate_fire_benign", "gate_auroc", "perplexity",
 )
@@ -63,6 +63,7 @@ def flat_row(s: CellSummary) -> dict[str, Any]:
     for name in _AGREEMENT_RATES:
         row |= _rate_cols(name, getattr(a, name) if a else None)
     row["f1"] = a.f1 if a else None
+    row |= _rate_cols("far_harmful", s.harmful_agreement.far if s.harmful_agreement else None)
     row |= _rate_cols("gate_fire_rate", s.gate_fire_rate)
     for label in ("harmful", "benign"):
         rate = s.gate_fire_by_label.get(label)
@@ -205,6 +206,7 @@ def summary_table(summaries: Sequence[CellSummary]):
         "acc": lambda s: agree(s, "accuracy"),
         "F1": lambda s: agree(s, "f1"),
         "FAR": lambda s: agree(s, "far"),
+        "FAR harmful": lambda s: _pct(s.harmful_agreement.far) if s.harmful_agreement else "n/a",
         "FRR": lambda s: agree(s, "frr"),
         "FLOPs": lambda s: _num(s.flops_fraction, ".2f"),
         "wall s": lambda s: _num(s.wall_time_s, ".1f"),

@@ -101,6 +101,8 @@ def test_summarize_splits_by_label():
     assert s.overall_refusal.value == pytest.approx(3 / 6)
     assert s.agreement == Agreement(tp=2, fn=1, fp=1, tn=2)
     assert s.gate_fire_rate.value == 0.5 and s.flops_fraction is None
+    # Over the harmful prompts only, the benign prompt dense refused and pruned answered is no loss.
+    assert s.harmful_agreement == Agreement(tp=2, fn=1, fp=0, tn=0)
     d = json.loads(json.dumps(s.to_dict(), allow_nan=False))
     assert d["method"] == "pp" and d["ratio"] == 0.3 and d["n_harmful"] == 3 and d["perplexity"] == 12.0
     lo, hi = d["refusal_rate"]["ci95"]

@@ -371,7 +371,7 @@ def test_bad_input_is_a_clear_error_before_any_work(inputs, tmp_path):
         (dict(out=str(a_file)), "not a directory"),
         (dict(out=str(a_file / "sub")), "cannot create"),
         (dict(harmful=None, benign=None), "needs prompts"),
-        (dict(methods=("dense", "magic")), "unknown 'magic'"),
+        (dict(methods=("dense", "magic")), "unknown method 'magic'"),
         (dict(ratios=(0.3, 1.0)), r"must be in \(0, 1\)"),
         (dict(calib=None), "need --calib"),
         (dict(benign=str(inputs.harmful)), "in both"),

@@ -55,3 +55,15 @@ def _one_thread():
     # Tiny-model matmuls gain nothing from threads, and on a loaded 2-core CI machine OpenMP
     # threads waiting on each other made them 15-20x slower.
     torch.set_num_threads(1)
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module (e.g. "bench_cpu"): in-process, as importing torch and
+    transformers again in a subprocess would cost more than the smoke test itself."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

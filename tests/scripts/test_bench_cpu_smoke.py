@@ -1,27 +1,17 @@
 """scripts/bench_cpu.py on a tiny random model: it checks, times every config and writes its JSON."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    # Loaded in-process: a subprocess would pay for importing torch and transformers again.
-    spec = importlib.util.spec_from_file_location("bench_cpu", REPO / "scripts" / "bench_cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def test_bench_cpu_smoke(tmp_path, capsys):
     out = tmp_path / "cpu.json"
     threads = torch.get_num_threads()
     try:
-        rc = _script().main(["--tiny", "--repeats", "1", "--warmup", "0", "--batch", "4", "--prompt-len", "16",
+        rc = load_script("bench_cpu").main(["--tiny", "--repeats", "1", "--warmup", "0", "--batch", "4", "--prompt-len", "16",
                              "--decode-steps", "3", "--calib-windows", "2", "--threads", "1", "--json", str(out)])
     finally:
         torch.set_num_threads(threads)

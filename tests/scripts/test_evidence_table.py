@@ -1,22 +1,15 @@
 """scripts/evidence_table.py: the markdown table and AAPP's target verdicts from a sweep summary."""
 
-import importlib.util
-from pathlib import Path
 
 from aapp.evaluation.metrics import summarize
 from aapp.evaluation.report import summary_json
+from tests.conftest import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 LABELS = ["harmful"] * 10 + ["benign"] * 10
 SETS = ["advbench"] * 5 + ["harmbench"] * 5 + ["xstest-safe"] * 10
 DENSE = [True] * 6 + [False] * 4 + [True] * 2 + [False] * 8  # refuses 6/10 harmful, 2/10 benign
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("evidence_table", REPO / "scripts" / "evidence_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def cell(method, ratio, refused, ppl, scores=None):
@@ -36,7 +29,7 @@ def test_table_and_targets(tmp_path, capsys):
                  cell("pp", 0.1, pp, 11.0), cell("aapp:kl", 0.1, bad, 30.0, scores)]
     path = tmp_path / "summary.json"
     path.write_text(summary_json(summaries, {"model": "m", "judge": "keyword"}))
-    assert _script().main([str(path)]) == 0
+    assert load_script("evidence_table").main([str(path)]) == 0
     out = capsys.readouterr().out
     table, targets = out.split("Targets")
     assert "| refusal advbench | refusal harmbench |" in table
@@ -55,6 +48,6 @@ def test_table_and_targets(tmp_path, capsys):
 def test_not_a_summary_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text("[1, 2]")
-    assert _script().main([str(bad)]) == 1
+    assert load_script("evidence_table").main([str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a sweep summary.json" in err

@@ -1,20 +1,10 @@
 """scripts/tune_aapp.py on a tiny random model: tuning set from dense refusals, every config, JSON."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from aapp.evaluation.judges import Verdict
+from tests.conftest import load_script
 from tests.evaluation.test_sweep import make_inputs
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("tune_aapp", REPO / "scripts" / "tune_aapp.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class EveryOtherRefused:
@@ -26,7 +16,7 @@ class EveryOtherRefused:
 
 def test_tune_aapp_smoke(tiny_model_dir, tmp_path, monkeypatch):
     inputs = make_inputs(tmp_path, tiny_model_dir, n_harmful=8)
-    script = _script()
+    script = load_script("tune_aapp")
     monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
     out = tmp_path / "tune.json"
     rc = script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--prompts", str(inputs.harmful),

@@ -135,7 +135,7 @@ def calibrate(
 @app.command()
 def prune(
     model: Model = DEFAULT_MODEL,
-    method: Annotated[str, typer.Option(help="dense | pp | aapp | wanda-sp | flap")] = "pp",
+    method: Annotated[str, typer.Option(help="dense | pp | aapp | wanda-sp | flap; aapp:GATE picks a gate; pp+comp / aapp+comp add back the pruned channels' mean output.")] = "pp",
     ratio: Annotated[float, typer.Option(help="Fraction of attention+MLP compute removed, in [0, 1).")] = 0.3,
     calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate`.")] = None,
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="Prompts: .jsonl/.csv/.txt, a built-in set, or stdin.")] = None,
@@ -212,7 +212,7 @@ def eval_refusal(
     reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
-    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs); aapp:GATE picks a gate per cell, e.g. aapp:kl.")] = "dense,pp,aapp",
+    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs); aapp:GATE picks a gate per cell, e.g. aapp:kl; +comp adds mean compensation, e.g. pp+comp.")] = "dense,pp,aapp",
     ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
     harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set).")] = None,
     benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal).")] = None,

@@ -2,6 +2,10 @@
 
     python scripts/ppl_sweep.py --json ppl.json                # the BENCHMARKS.md table
     python scripts/ppl_sweep.py --tiny --calib-windows 4 --eval-windows 4 --seq-len 32 --ratios 0.2,0.4
+    python scripts/ppl_sweep.py --methods pp,flap,pp-history-only,flap-no-comp --eval-windows 8 --ratios 0.3
+
+`--methods` takes any method spec (`pp`, `pp+comp`, `flap`, ...) and the ablations in
+ABLATIONS below, which take PP and FLAP apart to show where the gap between them comes from.
 
 Calibrates once on the calibration split of the text, then measures perplexity on the
 held-out split (disjoint documents) for the dense model and every method x ratio, with the
@@ -27,9 +31,12 @@ from aapp.calibration.store import load_calibration, save_calibration
 from aapp.console import info
 from aapp.evaluation.perplexity import window_perplexity
 from aapp.io import atomic_write
-from aapp.methods import make_method
+from aapp.methods import Flap, PPOptions, ProbePruning, Selection, make_method
+from aapp.methods.base import compensated, select_top
 from aapp.models.loading import load_model
 from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.pruning.masks import LayerMask
+from aapp.pruning.scores import fuse
 from aapp.text import load_text
 
 
@@ -64,6 +71,76 @@ def load(args):
         adapter = adapter_for(model)
         return LoadedModel("tiny-qwen2", model, tok, adapter, adapter.geometry(model), fingerprint(model))
     return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+class _PPHistoryOnly(ProbePruning):
+    """PPsp on calibration history alone: no probe, so a static method."""
+
+    uses_probe = False
+
+    def select(self, ctx):
+        heads, channels = self.scores(ctx.layer, ctx.history["attn"], ctx.history["mlp"])
+        return Selection(select_top(heads, channels, ctx.budget, ctx.geometry))
+
+
+class _FlapNoComp(Flap):
+    def finish(self, layer, mask, parts):
+        return Selection(mask)
+
+
+class _Mixed(ProbePruning):
+    """Heads from one of pp / flap, MLP channels from the other, each with its own biases."""
+
+    def __init__(self, heads_from: str):
+        super().__init__()
+        self.heads_from = heads_from
+
+    def bind(self, *args):
+        super().bind(*args)
+        self.flap = Flap()
+        self.flap.bind(*args)
+
+    def select(self, ctx):
+        pp, fl = super().select(ctx), self.flap.select(ctx)
+        heads, mlp = (pp, fl) if self.heads_from == "pp" else (fl, pp)
+        mask = LayerMask.from_kept(heads.mask.heads, mlp.mask.channels, ctx.geometry)
+        return Selection(mask, attn_bias=heads.attn_bias, mlp_bias=mlp.mlp_bias)
+
+
+class _PPFluctuationHeads(ProbePruning):
+    """Heads scored on the fused mean square minus the calibration mean squared (a fluctuation,
+    as FLAP), with FLAP's compensation at attention; MLP channels as pp."""
+
+    def select(self, ctx):
+        mean = self.calib.tensors["attn.mean"][ctx.layer].to(ctx.probe.attn.device)
+        fluct = (fuse(ctx.probe.attn, ctx.history["attn"]) - mean.square()).clamp(min=0)
+        heads, _ = self.scores(ctx.layer, fluct, ctx.history["mlp"])
+        _, channels = self.channel_scores(ctx)
+        mask = select_top(heads, channels, ctx.budget, ctx.geometry)
+        return Selection(mask, attn_bias=compensated(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry).attn_bias)
+
+
+# name -> (method factory, engine option overrides)
+ABLATIONS = {
+    "pp-full-probe": (ProbePruning, {"probe_samples": 1.0, "probe_positions": 1.0}),  # the paper's upper bound
+    "pp-probe-only": (lambda: ProbePruning(PPOptions(fuse_history=False)), {}),
+    "pp-history-only": (_PPHistoryOnly, {}),
+    "pp-head-l2": (lambda: ProbePruning(PPOptions(head_score="l2")), {}),
+    "pp-heads+flap-mlp": (lambda: _Mixed("pp"), {}),
+    "flap-heads+pp-mlp": (lambda: _Mixed("flap"), {}),
+    "pp-fluct-heads+comp": (_PPFluctuationHeads, {}),
+    "flap-no-comp": (_FlapNoComp, {}),
+}
+
+
+def make_cell(name: str):
+    """A method spec or an ablation name -> (method, extra PruneOptions fields)."""
+    if name in ABLATIONS:
+        factory, overrides = ABLATIONS[name]
+        method = factory()
+        method.name = name
+        return method, overrides
+    return make_method(name), {}
 
 
 def machine() -> dict:
@@ -111,9 +188,10 @@ def run(args) -> dict:
     record("dense", 0.0)
     for name in args.methods.split(","):
         for ratio in [float(r) for r in args.ratios.split(",")]:
+            method, overrides = make_cell(name)
             options = PruneOptions(ratio=ratio, dense_layers=args.dense_layers,
-                                   channel_multiple=args.channel_multiple)
-            with prune_model(loaded, make_method(name), options, cal) as handle:
+                                   channel_multiple=args.channel_multiple, **overrides)
+            with prune_model(loaded, method, options, cal) as handle:
                 record(name, ratio, handle)
     return {
         "model": loaded.name, "fingerprint": loaded.fingerprint, "dtype": str(loaded.dtype).removeprefix("torch."),

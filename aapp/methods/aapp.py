@@ -231,10 +231,10 @@ class AAPP(ProbePruning):
     def select(self, ctx: LayerContext) -> Selection:
         heads, channels = self.channel_scores(ctx)
         if not self._fired:
-            return Selection(select_top(heads, channels, ctx.budget, ctx.geometry))
+            return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
         crit = self.critical[ctx.layer]
-        return Selection(select_top(heads, channels, ctx.budget, ctx.geometry,
-                                    protect_heads=crit.heads, protect_channels=crit.channels))
+        return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry,
+                                           protect_heads=crit.heads, protect_channels=crit.channels))
 
     @property
     def splits_batches(self) -> bool:

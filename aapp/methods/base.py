@@ -13,6 +13,7 @@ from aapp.models.adapters import Geometry, LayerParts
 from aapp.pruning.forward import ProbeStats
 from aapp.pruning.masks import LayerMask, top_heads_in_groups, top_k
 from aapp.pruning.plan import LayerBudget, PrunePlan
+from aapp.pruning.scores import flap_compensation
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,13 @@ def select_top(head_scores: torch.Tensor, channel_scores: torch.Tensor, budget: 
     channels = top_k(channel_scores, budget.channels, protect_channels)
     return LayerMask.from_kept(heads, channels, g)
 
+
+
+def compensated(calib: Calibration, layer: int, parts: LayerParts, mask: LayerMask, g: Geometry) -> Selection:
+    """`mask` plus FLAP-style bias compensation: what the pruned heads and channels output on
+    average over calibration is added back as o_proj / down_proj biases, so pruning removes a
+    channel's fluctuation but not its mean."""
+    t = calib.tensors
+    return Selection(mask,
+                     attn_bias=flap_compensation(t["attn.mean"][layer], parts.o_proj.weight, mask.q_rows(g.head_dim)),
+                     mlp_bias=flap_compensation(t["mlp.mean"][layer], parts.down_proj.weight, mask.channels))

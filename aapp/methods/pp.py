@@ -6,15 +6,25 @@ from dataclasses import dataclass
 
 import torch
 
-from aapp.methods.base import LayerContext, Method, Selection, select_top
+from aapp.errors import AappError
+from aapp.methods.base import LayerContext, Method, Selection, compensated, select_top
 from aapp.pruning.scores import fuse, per_head, ppsp
 
 
 @dataclass(frozen=True)
 class PPOptions:
-    """`fuse_history=False` scores on the probe alone (an ablation)."""
+    """`fuse_history=False` scores on the probe alone (an ablation). `head_score` reduces a head's
+    channel scores by "sum" (as specified) or "l2" (as the reference code does). `compensate` adds back the
+    pruned channels' calibration-mean output as biases, as FLAP does; the reference code has it as
+    an option (`bias`) that the paper's PP runs leave off, so it is off by default."""
 
     fuse_history: bool = True
+    head_score: str = "sum"
+    compensate: bool = False
+
+    def __post_init__(self):
+        if self.head_score not in ("sum", "l2"):
+            raise AappError(f"head_score must be 'sum' or 'l2', got {self.head_score!r}")
 
 
 class ProbePruning(Method):
@@ -43,9 +53,18 @@ class ProbePruning(Method):
         c_attn, c_mlp = probe.attn, probe.mlp
         if self.options.fuse_history and hist is not None:
             c_attn, c_mlp = fuse(probe.attn, hist["attn"]), fuse(probe.mlp, hist["mlp"])
-        w = self._wnorm[ctx.layer]
-        return per_head(c_attn * w["attn"], ctx.geometry.head_dim), c_mlp * w["mlp"]
+        return self.scores(ctx.layer, c_attn, c_mlp)
+
+    def scores(self, layer: int, attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PPsp of per-channel activation statistics: per head at attention, per channel at the MLP."""
+        w = self._wnorm[layer]
+        return per_head(attn * w["attn"], self.geometry.head_dim, self.options.head_score), mlp * w["mlp"]
 
     def select(self, ctx: LayerContext) -> Selection:
         heads, channels = self.channel_scores(ctx)
-        return Selection(select_top(heads, channels, ctx.budget, ctx.geometry))
+        return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
+
+    def finish(self, ctx: LayerContext, mask) -> Selection:
+        if self.options.compensate:
+            return compensated(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry)
+        return Selection(mask)

@@ -5,9 +5,9 @@ Their masks do not depend on the batch, so they are computed once at bind time.
 
 from __future__ import annotations
 
-from aapp.methods.base import LayerContext, Method, Selection, select_top
+from aapp.methods.base import LayerContext, Method, Selection, compensated, select_top
 from aapp.pruning.masks import LayerMask
-from aapp.pruning.scores import flap, flap_compensation, per_head, wanda_sp
+from aapp.pruning.scores import flap, per_head, wanda_sp
 
 
 class _Static(Method):
@@ -59,8 +59,4 @@ class Flap(_Static):
         return flap(self.calib.variance(site)[layer].to(weight.device), weight)
 
     def finish(self, layer, mask, parts):
-        g = self.geometry
-        mean = self.calib.tensors
-        attn_bias = flap_compensation(mean["attn.mean"][layer], parts.o_proj.weight, mask.q_rows(g.head_dim))
-        mlp_bias = flap_compensation(mean["mlp.mean"][layer], parts.down_proj.weight, mask.channels)
-        return Selection(mask, attn_bias=attn_bias, mlp_bias=mlp_bias)
+        return compensated(self.calib, layer, parts, mask, self.geometry)

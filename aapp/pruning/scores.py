@@ -44,11 +44,19 @@ def flap(variance: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def flap_compensation(mean: torch.Tensor, weight: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """FLAP's bias compensation: the pruned channels' mean contribution, W[:, pruned] @ mean[pruned]."""
-    pruned = torch.ones(weight.shape[1], dtype=torch.bool, device=weight.device)
-    pruned[kept.to(weight.device)] = False
-    return weight.float()[:, pruned] @ mean.float().to(weight.device)[pruned]
+    pruned_mean = mean.to(weight.device, weight.dtype).clone()
+    pruned_mean[kept.to(weight.device)] = 0
+    # A mat-vec in the weight's dtype on the zeroed mean, not a gather of the pruned columns or
+    # a float copy of W: dynamic methods compensate every batch, and reading W once is cheapest.
+    return (weight @ pruned_mean).float()
 
 
-def per_head(channel_scores: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """Sum channel scores over each head's head_dim consecutive channels."""
-    return channel_scores.view(-1, head_dim).sum(-1)
+def per_head(channel_scores: torch.Tensor, head_dim: int, norm: str = "sum") -> torch.Tensor:
+    """Reduce channel scores over each head's head_dim consecutive channels: their sum, or
+    their L2 norm (`norm="l2"`, what the reference PP code takes)."""
+    by_head = channel_scores.view(-1, head_dim)
+    if norm == "l2":
+        return torch.linalg.vector_norm(by_head, ord=2, dim=-1)
+    if norm != "sum":
+        raise ValueError(f"unknown head score reduction {norm!r}")
+    return by_head.sum(-1)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from aapp.pruning.scores import flap, flap_compensation, fuse, per_head, ppsp, wanda_sp
@@ -43,3 +44,18 @@ def test_flap_and_compensation():
 def test_per_head_sums_channels():
     s = torch.arange(12.0)
     torch.testing.assert_close(per_head(s, 4), torch.tensor([6.0, 22.0, 38.0]))
+
+
+def test_per_head_l2_norm_as_the_reference_code():
+    s = torch.tensor([3.0, 4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(per_head(s, 4, "l2"), torch.tensor([5.0, 2.0]))
+    with pytest.raises(ValueError, match="unknown head score"):
+        per_head(s, 4, "max")
+
+
+def test_pp_options_refuse_an_unknown_head_score():
+    from aapp.errors import AappError
+    from aapp.methods import PPOptions
+
+    with pytest.raises(AappError, match="head_score"):
+        PPOptions(head_score="max")

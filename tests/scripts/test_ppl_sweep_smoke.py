@@ -1,0 +1,37 @@
+"""scripts/ppl_sweep.py on a tiny random model: every method and ablation runs, rows and checks land in JSON."""
+
+import json
+
+import pytest
+
+from tests.conftest import load_script
+
+SCRIPT = load_script("ppl_sweep")
+TINY = ["--tiny", "--calib-windows", "2", "--eval-windows", "2", "--seq-len", "32", "--batch-size", "2",
+        "--dense-layers", "1", "--channel-multiple", "8"]
+
+
+def test_ppl_sweep_smoke(tmp_path, capsys):
+    methods = ["pp", "pp+comp", "wanda-sp", "flap", *SCRIPT.ABLATIONS]
+    out = tmp_path / "ppl.json"
+    assert SCRIPT.main([*TINY, "--methods", ",".join(methods), "--ratios", "0.2,0.3",
+                        "--calib", str(tmp_path / "cal.safetensors"), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [(r["method"], r["ratio"]) for r in doc["rows"]] == (
+        [("dense", 0.0)] + [(m, r) for m in methods for r in (0.2, 0.3)])
+    by = {(r["method"], r["ratio"]): r for r in doc["rows"]}
+    assert set(doc["checks"]) == {"pp_monotonic", "pp_beats_wanda-sp_at_0.3", "pp_beats_flap_at_0.3"}
+    # Static cells cost the same FLOPs; the full-batch probe costs more than pp's small probe.
+    assert by[("pp-history-only", 0.3)]["flops_fraction"] == pytest.approx(by[("flap", 0.3)]["flops_fraction"])
+    assert by[("pp-full-probe", 0.3)]["flops_fraction"] > by[("pp", 0.3)]["flops_fraction"]
+    # Compensation and its absence are different models.
+    assert by[("flap-no-comp", 0.3)]["ppl"] != by[("flap", 0.3)]["ppl"]
+    assert by[("pp+comp", 0.3)]["ppl"] != by[("pp", 0.3)]["ppl"]
+    assert "| pp-full-probe (FLOPs) |" in capsys.readouterr().out
+
+
+def test_make_cell_refuses_an_unknown_name():
+    from aapp.errors import AappError
+
+    with pytest.raises(AappError, match="unknown method"):
+        SCRIPT.make_cell("pp-nonsense")

@@ -74,7 +74,7 @@ def load_calibration(path: str | Path) -> Calibration:
     meta = json.loads(raw)
     if meta.get("format") != FORMAT:
         raise CalibrationError(f"{path}: unsupported calibration format {meta.get('format')!r}, expected {FORMAT}")
-    for key in ("attn.sq_mean", "mlp.sq_mean"):
+    for key in ("attn.sq_mean", "mlp.sq_mean", "attn.mean", "mlp.mean"):
         if key not in tensors:
             raise CalibrationError(f"{path}: missing tensor {key}")
     return Calibration(meta=meta, tensors=tensors)

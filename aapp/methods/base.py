@@ -80,7 +80,6 @@ def select_top(head_scores: torch.Tensor, channel_scores: torch.Tensor, budget: 
     return LayerMask.from_kept(heads, channels, g)
 
 
-
 def compensated(calib: Calibration, layer: int, parts: LayerParts, mask: LayerMask, g: Geometry) -> Selection:
     """`mask` plus FLAP-style bias compensation: what the pruned heads and channels output on
     average over calibration is added back as o_proj / down_proj biases, so pruning removes a

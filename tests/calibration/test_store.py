@@ -55,6 +55,16 @@ def test_bad_files(tmp_path):
         load_calibration(other)
 
 
+@pytest.mark.parametrize("missing", ["attn.sq_mean", "mlp.sq_mean", "attn.mean", "mlp.mean"])
+def test_a_calibration_without_a_statistic_is_refused(tmp_path, missing):
+    tensors = {k: torch.zeros(2, 4) for k in ("attn.sq_mean", "mlp.sq_mean", "attn.mean", "mlp.mean")}
+    del tensors[missing]
+    path = tmp_path / "c.safetensors"
+    save_calibration(Calibration(meta={"fingerprint": "0000"}, tensors=tensors), path)
+    with pytest.raises(CalibrationError, match=f"missing tensor {missing}"):
+        load_calibration(path)
+
+
 def test_too_little_text():
     from aapp.models.synthetic import tiny_tokenizer
 

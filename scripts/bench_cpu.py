@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -34,6 +31,7 @@ from aapp.console import info
 from aapp.io import atomic_write
 from aapp.methods import make_method
 from aapp.models.loading import LoadedModel, load_model
+from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.flops import FlopCount
 from aapp.text import load_text
@@ -72,18 +70,6 @@ def load(args) -> LoadedModel:
         adapter = adapter_for(model)
         return LoadedModel("tiny-qwen2-8l", model, tok, adapter, adapter.geometry(model), fingerprint(model))
     return load_model(args.model, device=args.device, dtype=args.dtype)
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__}
 
 
 @torch.inference_mode()
@@ -187,7 +173,7 @@ def run(args) -> dict:
         "shape": {"batch": args.batch, "prompt_len": args.prompt_len, "decode_steps": args.decode_steps},
         "repeats": args.repeats, "warmup": args.warmup, "dense_layers": args.dense_layers,
         "rows": rows, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": command(args),
+        "command": script_command("bench_cpu", args.argv),
     }
 
 
@@ -204,10 +190,6 @@ def markdown(result: dict) -> str:
                      f"| {r['decode_speedup']:.2f}x | {r['flops_prefill']:.3f} | {r['flops_decode']:.3f} "
                      f"| {r['prefill_cpu_speedup']:.2f}x / {r['decode_cpu_speedup']:.2f}x |")
     return "\n".join(lines)
-
-
-def command(args) -> str:
-    return "python scripts/bench_cpu.py " + shlex.join(args.argv)
 
 
 def main(argv=None) -> int:

@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from aapp.calibration.run import TextSettings, calibrate_text, pack_tokens
 from aapp.calibration.store import load_calibration, save_calibration
@@ -32,11 +27,12 @@ from aapp.console import info
 from aapp.evaluation.perplexity import window_perplexity
 from aapp.io import atomic_write
 from aapp.methods import Flap, PPOptions, ProbePruning, Selection, make_method
-from aapp.methods.base import compensated, select_top
+from aapp.methods.base import select_top
 from aapp.models.loading import load_model
+from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.masks import LayerMask
-from aapp.pruning.scores import fuse
+from aapp.pruning.scores import flap_compensation, fuse
 from aapp.text import load_text
 
 
@@ -117,7 +113,8 @@ class _PPFluctuationHeads(ProbePruning):
         heads, _ = self.scores(ctx.layer, fluct, ctx.history["mlp"])
         _, channels = self.channel_scores(ctx)
         mask = select_top(heads, channels, ctx.budget, ctx.geometry)
-        return Selection(mask, attn_bias=compensated(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry).attn_bias)
+        bias = flap_compensation(mean, ctx.parts.o_proj.weight, mask.q_rows(ctx.geometry.head_dim))
+        return Selection(mask, attn_bias=bias)
 
 
 # name -> (method factory, engine option overrides)
@@ -141,18 +138,6 @@ def make_cell(name: str):
         method.name = name
         return method, overrides
     return make_method(name), {}
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__}
 
 
 def calibration(args, loaded):
@@ -201,7 +186,7 @@ def run(args) -> dict:
         "options": {"dense_layers": args.dense_layers, "channel_multiple": args.channel_multiple},
         "rows": rows, "checks": checks(rows), "machine": machine(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": round(time.perf_counter() - t0, 1),
-        "command": command(args),
+        "command": script_command("ppl_sweep", args.argv),
     }
 
 
@@ -231,10 +216,6 @@ def markdown(result: dict) -> str:
             cells.append("" if r is None else f"{r['ppl']:.2f} ({r['flops_fraction']:.3f})")
         lines.append(f"| {ratio:.1f} | {dense:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def command(args) -> str:
-    return "python scripts/ppl_sweep.py " + shlex.join(args.argv)
 
 
 def main(argv=None) -> int:

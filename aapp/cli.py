@@ -46,6 +46,8 @@ Critical = Annotated[str, typer.Option(help="aapp critical channels: diff | setd
 GateLayer = Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")]
 PerSample = Annotated[bool, typer.Option(help="aapp: gate each prompt, splitting batches into gated/ungated.")]
 Refresh = Annotated[int, typer.Option(help="aapp: refresh gate history every N batches (0: off).", min=0)]
+DeviceMap = Annotated[Optional[str], typer.Option(help="e.g. 'auto': let accelerate spread a large model over GPUs (and CPU).")]
+Truncate = Annotated[bool, typer.Option(help="Cut prompts too long for the model's context from the front (default: leave them out).")]
 
 
 def _out_path(out: Optional[str]) -> Optional[str]:
@@ -155,12 +157,15 @@ def prune(
     gate_layer: GateLayer = None,
     per_sample: PerSample = False,
     refresh: Refresh = 0,
+    truncate: Truncate = False,
     export: Annotated[Optional[str], typer.Option(help="wanda-sp/flap: write a physically smaller HF checkpoint to DIR (every layer pruned alike) instead of generating.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
 ):
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
     from aapp.calibration.store import load_calibration
+    from aapp.context import fit_to_context
     from aapp.io import atomic_write, dumps_row
     from aapp.methods import make_method
     from aapp.models.loading import load_model
@@ -188,7 +193,8 @@ def prune(
     _out_path(out)
     prompts = load_prompts(input, limit=limit, sample=sample, seed=seed)
     cal = load_calibration(calib) if calib else None
-    loaded = load_model(model, device=device, dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
+    prompts = fit_to_context(prompts, loaded.tokenizer, loaded.geometry.context_length, max_new_tokens, truncate)
     options = PruneOptions(ratio=0.0 if method == "dense" else ratio, dense_layers=dense_layers,
                            reprobe_every=reprobe, ema_momentum=ema, backend=backend)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -234,10 +240,11 @@ def eval_refusal(
     gate_layer: GateLayer = None,
     per_sample: PerSample = False,
     refresh: Refresh = 0,
+    truncate: Truncate = False,
     resume: Annotated[bool, typer.Option(help="Sweep mode: continue an interrupted run in --out.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    device_map: Annotated[Optional[str], typer.Option(help="Sweep mode: e.g. 'auto' to spread a large model over GPUs.")] = None,
+    device_map: DeviceMap = None,
     judge: Annotated[str, typer.Option(help="'keyword' or a local HF judge model directory.")] = "keyword",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
@@ -261,6 +268,7 @@ def eval_refusal(
             harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed, text=text,
             ppl_seq_len=ppl_seq_len, ppl_windows=ppl_windows, max_new_tokens=max_new_tokens,
             batch_size=batch_size, device=device, dtype=dtype, device_map=device_map, judge=judge, resume=resume,
+            truncate=truncate,
             prune=PruneOptions(dense_layers=dense_layers, reprobe_every=reprobe, ema_momentum=ema, backend=backend),
             aapp=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh)))
     else:

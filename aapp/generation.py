@@ -13,8 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-
+from aapp.models.kv_cache import cache_kwarg, new_cache
 
 
 @dataclass(frozen=True)
@@ -83,11 +82,11 @@ def generate_batch(
     stops = torch.tensor(eos_ids(model, tokenizer), device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(stops[0])
 
-    cache = DynamicCache(config=model.config)
+    cache_arg = {cache_kwarg(model): new_cache(model)}
     pos = positions(attn)
     t0 = time.perf_counter()
     logits = model(input_ids=input_ids, attention_mask=attn, position_ids=pos,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                   **cache_arg, use_cache=True, logits_to_keep=1).logits
     _sync(device)
     prefill_s = time.perf_counter() - t0
 
@@ -106,7 +105,7 @@ def generate_batch(
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
         logits = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
-                       past_key_values=cache, use_cache=True).logits
+                       **cache_arg, use_cache=True).logits
     _sync(device)
     decode_s = time.perf_counter() - t0
 

@@ -62,6 +62,7 @@ class Prompt:
     text: str
     label: str | None  # "harmful" | "benign" | None
     source: str  # built-in name or file path
+    truncated: int = 0  # tokens cut from the front to fit the model's context (see aapp.context)
 
 
 def load_prompts(spec: str | None, *, limit: int | None = None, sample: int | None = None,

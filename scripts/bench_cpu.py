@@ -23,13 +23,13 @@ import sys
 import time
 
 import torch
-from transformers import DynamicCache
 
 from aapp.calibration.run import TextSettings, calibrate_text, pack_tokens
 from aapp.calibration.store import load_calibration
 from aapp.console import info
 from aapp.io import atomic_write
 from aapp.methods import make_method
+from aapp.models.kv_cache import cache_kwarg, new_cache
 from aapp.models.loading import LoadedModel, load_model
 from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
@@ -77,9 +77,9 @@ def generate(model, ids: torch.Tensor, steps: int, handle=None) -> dict:
     """One timed batch: prefill with a fresh cache, then `steps` cached greedy one-token forwards."""
     attn = torch.ones_like(ids)
     pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    cache = DynamicCache(config=model.config)
+    cache_arg = {cache_kwarg(model): new_cache(model)}
     t0, c0 = time.perf_counter(), time.process_time()
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, **cache_arg,
                    use_cache=True, logits_to_keep=1).logits
     t1, c1 = time.perf_counter(), time.process_time()
     prefill_flops = _copy(handle.record.flops) if handle is not None else None
@@ -89,7 +89,7 @@ def generate(model, ids: torch.Tensor, steps: int, handle=None) -> dict:
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
         logits = model(input_ids=tokens[-1][:, None], attention_mask=attn, position_ids=pos,
-                       past_key_values=cache, use_cache=True).logits
+                       **cache_arg, use_cache=True).logits
         tokens.append(logits[:, -1].argmax(-1))
     t3, c3 = time.perf_counter(), time.process_time()
     out = {"prefill_s": t1 - t0, "decode_s": t3 - t2, "prefill_cpu_s": c1 - c0, "decode_cpu_s": c3 - c2,

@@ -67,23 +67,23 @@ def sync(device):
 @torch.inference_mode()
 def time_generation(loaded: LoadedModel, batch: int, prompt: int, new: int, device: str) -> tuple[float, float]:
     """(prefill seconds, decode seconds) of one greedy generation from random prompt tokens."""
-    from transformers import DynamicCache
+    from aapp.models.kv_cache import cache_kwarg, new_cache
 
     model = loaded.model
     ids = torch.randint(10, loaded.geometry.vocab_size, (batch, prompt), device=device,
                         generator=torch.Generator(device=device).manual_seed(0))
     attn = torch.ones_like(ids)
-    cache = DynamicCache(config=model.config)
+    cache_arg = {cache_kwarg(model): new_cache(model)}
     sync(device)
     t0 = time.perf_counter()
-    logits = model(input_ids=ids, attention_mask=attn, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    logits = model(input_ids=ids, attention_mask=attn, **cache_arg, use_cache=True, logits_to_keep=1).logits
     sync(device)
     prefill = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(new):
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         attn = torch.cat([attn, torch.ones_like(nxt)], dim=1)
-        logits = model(input_ids=nxt, attention_mask=attn, past_key_values=cache, use_cache=True).logits
+        logits = model(input_ids=nxt, attention_mask=attn, **cache_arg, use_cache=True).logits
     sync(device)
     return prefill, time.perf_counter() - t0
 

@@ -55,6 +55,7 @@ def test_prune_pipes_jsonl_to_stdout(workdir, tiny_model_dir):
              "--calib", workdir / "calib.safetensors", "--max-new-tokens", 4,
              stdin=(workdir / "prompts.jsonl").read_text())
     assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr and "warning" not in r.stderr, r.stderr  # no third-party noise
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["id"] for row in rows] == ["q0", "q1", "q2"]
     assert all(row["method"] == "pp" and row["ratio"] == 0.3 and row["flops"]["fraction"] < 1 for row in rows)
@@ -123,10 +124,65 @@ def test_unknown_model_and_foreign_calibration(workdir, tiny_model_dir, tmp_path
 def test_eval_refusal_bad_input(workdir, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "p"}) + "\n")
-    one_line_error(aapp("eval-refusal", rows), "completion")
+    one_line_error(aapp("eval-refusal", rows, "--out", tmp_path / "out" / "a"), "completion")
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text("{not json\n")
+    one_line_error(aapp("eval-refusal", malformed, "--out", tmp_path / "out"), "malformed.jsonl:1")
+    assert not (tmp_path / "out").exists()  # a rejected input leaves no directory behind
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     one_line_error(aapp("eval-refusal", empty))
+
+
+def test_sweep_with_device_map(workdir, tiny_model_dir, tmp_path):
+    """--device-map goes through accelerate's placement (all on the CPU here) and the sweep runs."""
+    r = aapp("eval-refusal", "--model", tiny_model_dir, "--device-map", "auto", "--methods", "dense",
+             "--ratios", "0.3", "--harmful", workdir / "prompts.jsonl", "--limit", 2, "--max-new-tokens", 2,
+             "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "summary.json").exists()
+    one_line_error(aapp("eval-refusal", "--model", tiny_model_dir, "--device-map", "nowhere", "--methods", "dense",
+                        "--harmful", workdir / "prompts.jsonl", "--out", tmp_path / "n"), "nowhere")
+    assert not (tmp_path / "n").exists()
+
+
+def test_load_model_hands_device_map_to_from_pretrained(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from aapp.models.loading import load_model
+
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("device_map", "absent"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    load_model(str(tiny_model_dir), device="cpu")
+    loaded = load_model(str(tiny_model_dir), device="cpu", device_map="auto")
+    assert seen == ["absent", "auto"] and loaded.device.type == "cpu"
+
+
+def test_prompt_longer_than_the_context(workdir, tiny_model_dir, tmp_path):
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "long", "prompt": "ab " * context}) + "\n"
+                       + json.dumps({"id": "short", "prompt": "say hi"}) + "\n")
+    base = ("prune", "--model", tiny_model_dir, "--method", "dense", "--input", prompts, "--max-new-tokens", 3)
+    r = aapp(*base)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["short"]
+    (note,) = [ln for ln in r.stderr.splitlines() if "prompt long" in ln]
+    assert f"context of {context}" in note and "left out" in note
+    r = aapp(*base, "--truncate")
+    assert r.returncode == 0, r.stderr
+    rows = {row["id"]: row for row in map(json.loads, r.stdout.splitlines())}
+    assert rows["long"]["truncated_tokens"] > 0 and rows["long"]["prompt_tokens"] + 3 <= context
+    assert rows["long"]["prompt"].endswith("ab ab")  # the front is cut, the end kept
+    one_line_error(aapp(*base[:-1], context + 1), "no room")
 
 
 def test_export_static_checkpoint(workdir, tiny_model_dir, tmp_path):

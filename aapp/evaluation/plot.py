@@ -67,7 +67,8 @@ def sweep_figure(summaries: Sequence[CellSummary], dense_method: str = DENSE):
                 continue
             x = [p.ratio for p in pts]
             y = [p.value for p in pts]
-            yerr = [[p.value - p.lo for p in pts], [p.hi - p.value for p in pts]]
+            # Clamped: an interval that rounding puts a hair past its rate must not fail the plot.
+            yerr = [[max(0.0, p.value - p.lo) for p in pts], [max(0.0, p.hi - p.value) for p in pts]]
             ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=method)
         ax.set_title(title)
         ax.set_xlabel("pruning ratio")

@@ -92,16 +92,30 @@ def write_summary(summaries: Sequence[CellSummary], out_dir: str | Path, meta: M
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
-    """Fail before any work when `out_dir` cannot hold the outputs (InputError)."""
+    """Fail before any work when `out_dir` cannot hold the outputs (InputError).
+
+    Creates nothing: a run that then rejects its input must leave no empty directory behind.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
+    base = out
+    while not base.exists():  # the nearest existing ancestor is where the directory would be made
+        base = base.parent
+    if not base.is_dir():
+        raise InputError(f"--out {out}: cannot create directory: {base} is not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        what = "" if base == out else "cannot create directory: "
+        raise InputError(f"--out {out}: {what}{base} is not writable")
+    return out
+
+
+def make_out_dir(out_dir: str | Path) -> Path:
+    out = check_out_dir(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"--out {out}: cannot create directory: {e.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: directory is not writable")
     return out
 
 
@@ -121,7 +135,7 @@ def write_outputs(
     """
     from aapp.evaluation.plot import render_png
 
-    out = check_out_dir(out_dir)
+    out = make_out_dir(out_dir)
     files: dict[str, bytes] = {
         RESULTS: "".join(dumps_row(dict(r)) + "\n" for r in results).encode(),
         SUMMARY_JSON: summary_json(summaries, meta).encode(),

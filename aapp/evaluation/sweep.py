@@ -89,6 +89,7 @@ class SweepConfig:
     prune: PruneOptions = field(default_factory=PruneOptions)
     aapp: AAPPOptions = field(default_factory=AAPPOptions)
     resume: bool = False
+    truncate: bool = False  # cut prompts too long for the context instead of leaving them out
 
     def __post_init__(self):
         from aapp.errors import AappError
@@ -358,6 +359,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> list[CellSummary]:
 def _generate(cfg: SweepConfig, dist: Dist, show: bool):
     """Every cell's rows (on rank 0, gathered; {} elsewhere), perplexities and the run's metadata."""
     from aapp.calibration.store import load_calibration
+    from aapp.context import fit_to_context
     from aapp.text import load_text
 
     prompts = load_sweep_prompts(cfg)
@@ -372,6 +374,8 @@ def _generate(cfg: SweepConfig, dist: Dist, show: bool):
     log = WorkLog(out, dist.rank)
     _decide(dist, lambda: _check_out(out, log, cfg.resume))
     loaded = _load_model(cfg)
+    prompts = fit_to_context(prompts, loaded.tokenizer, loaded.geometry.context_length, cfg.max_new_tokens,
+                             cfg.truncate)
     calib = load_calibration(cfg.calib) if cfg.calib else None
     _check_methods(cfg, cells, loaded, calib)
     if texts is not None:
@@ -558,8 +562,7 @@ def _check_text(cfg: SweepConfig, loaded, texts: Sequence[str]) -> None:
 def _load_model(cfg: SweepConfig):
     from aapp.models.loading import load_model
 
-    extra = {"device_map": cfg.device_map} if cfg.device_map is not None else {}
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, **extra)
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
 
 
 def _meta(cfg: SweepConfig, loaded, prompts: Sequence, dist: Dist) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class Geometry:
     activation: str  # "silu" or "gelu_tanh"
     attn_scaling: float
     sliding_window: tuple[int | None, ...]  # per layer; None = global attention
+    context_length: int | None = None  # positions the model was trained for (max_position_embeddings)
 
     @property
     def group_size(self) -> int:
@@ -130,6 +131,9 @@ class ArchAdapter:
         act_name = self.activation_name(cfg)
         if act_name not in _ACTIVATIONS:
             raise ModelError(f"unsupported MLP activation {act_name!r} in {cfg.model_type}")
+        if getattr(cfg, "attn_logit_softcapping", None) is not None:
+            # The pruned attention runs SDPA, which has no logit soft-capping (Gemma-2 had it; Gemma-3 does not).
+            raise ModelError(f"{cfg.model_type}: attention logit soft-capping is not supported")
         layer_types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
         window = getattr(cfg, "sliding_window", None)
         return Geometry(
@@ -144,6 +148,7 @@ class ArchAdapter:
             activation=_ACTIVATIONS[act_name],
             attn_scaling=self.attn_scaling(cfg, head_dim),
             sliding_window=tuple(window if t == "sliding_attention" else None for t in layer_types),
+            context_length=getattr(cfg, "max_position_embeddings", None),
         )
 
 

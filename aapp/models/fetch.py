@@ -252,6 +252,7 @@ def convert(spec: ModelSpec, gguf: Path, dest: Path, report: _Reporter | None = 
                 raise ModelError(f"{gguf.name} is a {model.config.model_type} model, "
                                  f"the registry says {spec.architecture}")
             _drop_quantization(model)
+            _eos_from_model(tokenizer, model)
             model.save_pretrained(staged)
             tokenizer.save_pretrained(staged)
             _check_reload(model, tokenizer, staged)
@@ -279,6 +280,14 @@ def convert(spec: ModelSpec, gguf: Path, dest: Path, report: _Reporter | None = 
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+def _eos_from_model(tokenizer, model) -> None:
+    """The GGUF's own end-of-sequence token, which some transformers releases (5.17) read into the
+    model config but not into a "gpt2"-style tokenizer, which then ends on <|endoftext|>."""
+    eos = model.config.eos_token_id
+    if isinstance(eos, int) and tokenizer.eos_token_id != eos:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
 
 
 # Plain, accented, CJK, emoji and odd whitespace, all in NFC: for qwen2, transformers reloads a

@@ -80,9 +80,11 @@ def _source(name: str) -> tuple[str, dict]:
     return name, {}
 
 
-def load_model(name: str, *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> LoadedModel:
     """Load `name` for inference, in eval mode, on `device` with `dtype`.
 
+    `device_map` (e.g. "auto") is handed to accelerate through `from_pretrained`, which then
+    places the layers itself, over several GPUs or GPU and CPU; `device` only picks the dtype.
     Only safetensors or GGUF weights are read (`use_safetensors=True`), and no remote code runs.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -101,11 +103,14 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto") -> Loade
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **extra)
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=torch_dtype, trust_remote_code=False,
-            use_safetensors=None if "gguf_file" in extra else True, **extra,
+            use_safetensors=None if "gguf_file" in extra else True,
+            **({"device_map": device_map} if device_map is not None else {}), **extra,
         )
     except (OSError, ValueError) as e:
         raise ModelError(_load_failure(name, e)) from None
-    model.to(dev).eval()
+    if device_map is None:
+        model.to(dev)
+    model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -12,9 +12,12 @@ import torch
 SHAPES: dict[str, dict] = {
     "tiny-llama": dict(family="llama", hidden=64, heads=4, kv_heads=2, head_dim=16, inter=160, layers=4),
     "tiny-qwen2": dict(family="qwen2", hidden=64, heads=4, kv_heads=2, head_dim=16, inter=160, layers=4),
-    "tiny-gemma3": dict(family="gemma3_text", hidden=64, heads=4, kv_heads=2, head_dim=32, inter=160, layers=4),
+    # query_pre_attn_scalar != head_dim, as in Gemma-3-27B, so a scaling taken from the wrong fact shows.
+    "tiny-gemma3": dict(family="gemma3_text", hidden=64, heads=4, kv_heads=2, head_dim=32, inter=160, layers=4,
+                        query_scalar=24),
     "llama2-7b": dict(family="llama", hidden=4096, heads=32, kv_heads=32, head_dim=128, inter=11008, layers=32),
-    "gemma3-12b": dict(family="gemma3_text", hidden=3840, heads=16, kv_heads=8, head_dim=256, inter=15360, layers=48),
+    "gemma3-12b": dict(family="gemma3_text", hidden=3840, heads=16, kv_heads=8, head_dim=256, inter=15360, layers=48,
+                       query_scalar=256),
 }
 
 _CHAT_TEMPLATE = (
@@ -69,21 +72,24 @@ def config_for(shape: str, vocab_size: int = 263, layers: int | None = None, **o
         if n_layers <= 6:
             types[-1] = "full_attention"
         cfg = Gemma3TextConfig(**common, rms_norm_eps=1e-6, sliding_window=8 if s["hidden"] < 256 else 1024,
-                               layer_types=types, query_pre_attn_scalar=s["head_dim"])
+                               layer_types=types, query_pre_attn_scalar=s["query_scalar"])
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
 
 
 def random_model(shape: str, *, seed: int = 0, dtype=torch.float32, device="cpu", layers: int | None = None,
-                 vocab_size: int = 263):
-    """A causal LM of the named shape with seeded random weights, in eval mode."""
+                 vocab_size: int = 263, attn_implementation: str | None = None):
+    """A causal LM of the named shape with seeded random weights, in eval mode.
+
+    `attn_implementation` ("sdpa", "eager") picks the dense attention transformers runs; None is its default.
+    """
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     cfg = config_for(shape, vocab_size=vocab_size, layers=layers)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn_implementation)
     if shape.startswith("tiny"):
         # HF's init is tiny (std 0.02); larger weights make tokens depend on every channel,
         # so pruning visibly changes outputs and ties in argmax are rare.

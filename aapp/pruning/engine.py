@@ -22,6 +22,7 @@ from aapp.calibration.store import Calibration
 from aapp.errors import AappError, CalibrationError
 from aapp.methods.base import LayerContext, Method
 from aapp.models.adapters import activation_fn
+from aapp.models.kv_cache import cache_in
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
 from aapp.pruning.forward import LayerRuntime, ProbeStats, PrunedAttention, PrunedMLP, run_probe
@@ -140,7 +141,7 @@ class PrunedModel:
             mask = torch.ones(ids.shape[:2], dtype=torch.bool, device=ids.device)
         # The 2-D mask covers cached tokens too; the current chunk is its tail.
         self._token_mask = mask[:, -ids.shape[1]:].bool()
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         past = cache.get_seq_length() if cache is not None else 0
         keep = kwargs.get("logits_to_keep", 0) or ids.shape[1]
         lm = flops.lm_head_flops(self.loaded.geometry, ids.shape[0] * min(keep, ids.shape[1]))
@@ -161,7 +162,7 @@ class PrunedModel:
     def _layer_hook(self, i: int, watched: bool):
         def hook(layer, args, kwargs):
             x = kwargs.get("hidden_states", args[0] if args else None)
-            cache = kwargs.get("past_key_values")
+            cache = cache_in(kwargs)
             past = cache.get_seq_length(i) if cache is not None else 0
             if past == 0 and watched:
                 self.method.observe(i, x, self._token_mask)
@@ -185,13 +186,19 @@ class PrunedModel:
             probe = run_probe(rt.parts, g, i, x, samples, positions, token_mask, cos, sin)
             queries = probe.tokens
             self.record.flops.probe += flops.probe_flops(g, queries, probe.context, probe.context / max(1, len(samples)) / 2)
-        history = {s: self.history[s][i] for s in ("attn", "mlp")} if self.history is not None else None
+        history = self._layer_history(i, x.device)
         ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=self.plan.budgets[i], probe=probe,
                            history=history, residual=x, token_mask=token_mask)
         sel = self.method.select(ctx)
         rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
         self._last_probe[i] = probe
         self._record_kept(i, sel.mask)
+
+    def _layer_history(self, i: int, device: torch.device) -> dict | None:
+        """Layer i's history where its block runs (under a device map, layers sit on several devices)."""
+        if self.history is None:
+            return None
+        return {s: self.history[s][i].to(device) for s in ("attn", "mlp")}
 
     def _record_kept(self, i: int, mask: LayerMask) -> None:
         while len(self.record.kept) <= i:
@@ -226,7 +233,7 @@ class PrunedModel:
             probe = ProbeStats(attn=last.attn, mlp=h.reshape(-1, h.shape[-1]).float().square().mean(0),
                                tokens=xs.shape[0] * xs.shape[1], context=0)
             self.record.flops.probe += 2 * probe.tokens * g.hidden_size * g.intermediate_size * 2
-            history = {s: self.history[s][i] for s in ("attn", "mlp")} if self.history is not None else None
+            history = self._layer_history(i, x.device)
             ctx = LayerContext(layer=i, parts=p, geometry=g, budget=self.plan.budgets[i], probe=probe,
                                history=history, residual=x, token_mask=torch.ones(x.shape[:2], dtype=torch.bool,
                                                                                   device=x.device))
@@ -242,8 +249,9 @@ class PrunedModel:
             if x.shape[1] == 1:  # decode steps: one token is too noisy to move history
                 return
             valid = self._token_mask
-            batch_sq = x[valid].float().square().mean(0)
             h = self.history[site][i]
+            batch_sq = x[valid.to(x.device)].float().square().mean(0).to(h.device)
+            kept = kept.to(h.device)
             h[kept] = m * h[kept] + (1 - m) * batch_sq
         return observe
 

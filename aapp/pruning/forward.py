@@ -8,15 +8,15 @@ so the FLOPs saved are real. With no mask set they call the original module.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from aapp.models.adapters import Geometry, LayerParts, activation_fn
+from aapp.models.kv_cache import cache_in
+from aapp.pruning.attention import attend
 from aapp.pruning.masks import LayerMask
 
 
@@ -67,35 +67,20 @@ class LayerRuntime:
         self.query_slots = mask.query_slots(g)
 
 
-class _GroupedView:
-    """The original attention module as HF's attention functions see it, with our GQA group size."""
-
-    def __init__(self, module: nn.Module, groups: int):
-        self._module = module
-        self.num_key_value_groups = groups
-        self.training = False
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
-
-
-def _attention_fn(module: nn.Module):
-    family = sys.modules[type(module).__module__]
-    return ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, family.eager_attention_forward)
-
-
 class PrunedAttention(nn.Module):
+    """A layer's attention over its kept heads; the model's own module while no mask is set."""
+
     def __init__(self, rt: LayerRuntime, original: nn.Module):
         super().__init__()
         self.rt = rt
         self.__dict__["original"] = original  # not a submodule: state_dict keys stay those of the model
         self.layer_idx = original.layer_idx
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         rt = self.rt
         if rt.mask is None:
             return self.original(hidden_states, position_embeddings=position_embeddings,
-                                 attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)
+                                 attention_mask=attention_mask, **kwargs)
         g, parts, lin = rt.geometry, rt.parts, rt.linears
         B, S, _ = hidden_states.shape
         # x: [B, S, D] -> q: [B, hq, S, hd], k/v: [B, hkv, S, hd] over kept heads only
@@ -106,24 +91,19 @@ class PrunedAttention(nn.Module):
             q, k = parts.q_norm(q), parts.k_norm(k)
         cos, sin = position_embeddings
         q, k = apply_rope(q, k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        cache = cache_in(kwargs)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # k/v: [B, hkv, past + S, hd] (a window on sliding layers)
         if rt.query_slots is not None:
             # Kept query heads are spread unevenly over the kept kv heads: pad each group with zero queries.
             slots, width = rt.query_slots
             padded = q.new_zeros(B, k.shape[1] * width, S, g.head_dim)
             padded[:, slots] = q
             q = padded
-        groups = q.shape[1] // k.shape[1]
-        original = self.original
-        out, _ = _attention_fn(original)(
-            _GroupedView(original, groups), q, k, v, attention_mask, dropout=0.0,
-            scaling=g.attn_scaling, sliding_window=g.sliding_window[self.layer_idx],
-            **{k_: v_ for k_, v_ in kwargs.items() if k_ not in ("position_ids", "use_cache", "cache_position")},
-        )
+        out = attend(q, k, v, attention_mask, scaling=g.attn_scaling, window=g.sliding_window[self.layer_idx])
         if rt.query_slots is not None:
-            out = out[:, :, rt.query_slots[0]]  # [B, S, hq_padded, hd] -> the kept heads
-        out = out.reshape(B, S, -1)  # [B, S, hq_kept * hd]
+            out = out[:, rt.query_slots[0]]  # [B, hq_padded, S, hd] -> the kept heads
+        out = out.transpose(1, 2).reshape(B, S, -1)  # [B, S, hq_kept * hd]
         if rt.observe is not None:
             rt.observe("attn", rt.mask.q_rows(g.head_dim), out)
         y = lin["o"](out)

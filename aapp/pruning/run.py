@@ -72,6 +72,8 @@ def _batch_rows(handle: PrunedModel, chunk: Sequence, settings: GenerationSettin
             "prefill_s": out.prefill_s, "decode_s": out.decode_s,
             "prompt_tokens": out.prompt_tokens[j], "new_tokens": out.new_tokens[j],
         }
+        if p.truncated:
+            row["truncated_tokens"] = p.truncated
         row.update(info)
         for key, values in sample_scores.items():  # the batch's facts, refined per sample
             row[key] = {**row.get(key, {}), **values[j]}

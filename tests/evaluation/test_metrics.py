@@ -33,6 +33,15 @@ def test_wilson_matches_known_intervals(k, n, lo, hi):
     assert got == pytest.approx((lo, hi), abs=6e-5)
 
 
+@pytest.mark.parametrize("n", range(1, 201))
+def test_wilson_is_exact_at_the_ends_and_holds_its_rate(n):
+    """At k = 0 and k = n the bound is exactly 0 and 1, not 1e-17 off (which broke the plot's error bars)."""
+    assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+    for k in range(n + 1):
+        lo, hi = wilson(k, n)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
 def test_wilson_empty_and_invalid():
     assert wilson(0, 0) is None
     with pytest.raises(ValueError):

@@ -58,3 +58,18 @@ def test_plot_survives_cells_without_labels(make_cell, tmp_path):
     assert series["refusal_rate"] == {} and len(series["over_refusal"]["pp"]) == 1
     plot_sweep(cells, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("n", [12, 24, 48, 64, 100])
+def test_all_or_nothing_cells_plot(make_cell, tmp_path, n):
+    """0% and 100% cells (sizes where the bound used to miss 0 by 1e-17): bars reach 0 and 1 exactly."""
+    from aapp.evaluation.metrics import wilson
+
+    cells = [make_cell("dense", None, (n, n), (0, n)), make_cell("pp", 0.4, (0, n), (n, n))]
+    refusal, over = sweep_figure(cells).axes[:2]
+    (bars,) = [c[2][0].get_segments() for c in refusal.containers]
+    assert bars[0][0][1] == 0.0 and bars[0][1][1] == pytest.approx(wilson(0, n)[1])
+    (bars,) = [c[2][0].get_segments() for c in over.containers]
+    assert bars[0][1][1] == 1.0 and bars[0][0][1] == pytest.approx(wilson(n, n)[0])
+    plot_sweep(cells, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes().startswith(PNG_MAGIC)

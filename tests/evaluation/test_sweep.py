@@ -224,6 +224,37 @@ def test_only_dense_and_no_text(inputs, tmp_path):
     assert [(s.method, s.ratio, s.n, s.perplexity) for s in summaries] == [("dense", 0.0, 5, None)]
 
 
+def test_a_zero_percent_cell_still_writes_its_report(inputs, tmp_path):
+    """12 harmful prompts a random model never refuses: 0/12, where Wilson's bound used to miss 0."""
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"id": f"m{i}", "prompt": HARMFUL[i % len(HARMFUL)] + f" ({i})"}) + "\n"
+                            for i in range(12)))
+    out = tmp_path / "o"
+    summaries = run_sweep(make_config(inputs, out, methods=("dense",), ratios=(), harmful=str(many), benign=None,
+                                      max_new_tokens=2, batch_size=4), progress=False)
+    assert [(s.refusal_rate.k, s.refusal_rate.n) for s in summaries] == [(0, 12)]
+    assert summaries[0].refusal_rate.ci[0] == 0.0
+    assert sorted(p.name for p in out.iterdir()) == ["refusal_vs_ratio.png", "results.jsonl", "summary.csv",
+                                                     "summary.json"]
+
+
+def test_prompts_longer_than_the_context_are_left_out_or_cut(inputs, tmp_path, capsys):
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(inputs.model).max_position_embeddings
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"id": "long", "prompt": "ab " * context}) + "\n"
+                    + json.dumps({"id": "short", "prompt": HARMFUL[0]}) + "\n")
+    cfg = make_config(inputs, tmp_path / "o", methods=("dense",), ratios=(), harmful=str(long), benign=None,
+                      max_new_tokens=2, batch_size=2)
+    (s,) = run_sweep(cfg, progress=False)
+    assert s.n == 1 and "prompt long:" in capsys.readouterr().err
+    (s,) = run_sweep(replace(cfg, out=str(tmp_path / "t"), truncate=True), progress=False)
+    rows = {r["id"]: r for r in read_rows(tmp_path / "t" / "results.jsonl")}
+    assert s.n == 2 and rows["long"]["truncated_tokens"] > 0 and "truncated_tokens" not in rows["short"]
+    assert rows["long"]["prompt_tokens"] + 2 <= context
+
+
 # ------------------------------------------------------------------ resume
 
 def kill_when_logged(proc: subprocess.Popen, log: Path, rows: int, timeout: float = 180) -> None:

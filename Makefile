@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
 LOCK := requirements/lock.txt
 PIP_QUIET := -q --disable-pip-version-check
-# The subsets that exercise what a new transformers or torch breaks first.
-STACK_TESTS := tests/pruning tests/test_generation.py tests/models/test_adapters.py tests/kernels
+# What a new transformers or torch breaks first, and the GPU check's dry run (the GPU image has the oldest stack).
+STACK_TESTS := tests/pruning tests/test_generation.py tests/models/test_adapters.py tests/models/test_synthetic.py \
+	tests/kernels tests/scripts/test_gpu_check.py
 
 .PHONY: install test test-fast test-latest test-oldest demo lock clean
 

@@ -23,7 +23,8 @@ app = typer.Typer(
     name="aapp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Alignment-aware dynamic structured pruning of LLMs: calibrate, prune, evaluate refusal.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="List and fetch the models aapp knows by alias.")
+models_app = typer.Typer(no_args_is_help=True,
+                         help="List and fetch the models aapp knows by alias; write random-weight checkpoints.")
 app.add_typer(models_app, name="models")
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
@@ -87,6 +88,38 @@ def models_pull(alias: str, force: Annotated[bool, typer.Option(help="Fetch and 
 
     path = registry.pull(alias, force=force, progress=True)
     info(f"{alias}: ready at {path}")
+
+
+@models_app.command("random")
+def models_random(
+    shape: Annotated[str, typer.Argument(help="llama2-7b | gemma3-12b | tiny-llama | tiny-qwen2 | tiny-gemma3")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory to write (new or empty).")],
+    layers: Annotated[Optional[int], typer.Option(help="Decoder layers (default: the release's).", min=1)] = None,
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "bfloat16",
+    text_only: Annotated[bool, typer.Option(help="Gemma-3: the text decoder alone (Gemma3ForCausalLM), "
+                                                  "not the multimodal release.")] = False,
+    seed: Seed = 0,
+):
+    """Write a checkpoint with random weights and a published model's shapes, for speed and memory runs.
+
+    Speed and memory depend on shapes alone; this is a plain transformers directory that every
+    aapp command takes as --model. Its tokenizer is byte-level with the family's chat template.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from aapp.models.loading import DTYPES
+    from aapp.models.synthetic import SHAPES, save_random
+
+    if shape not in SHAPES:
+        raise AappError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if dtype not in DTYPES:
+        raise AappError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if text_only and SHAPES[shape]["family"] != "gemma3_text":
+        raise AappError(f"--text-only applies to Gemma-3 shapes; {shape} has no multimodal release")
+    hf_logging.disable_progress_bar()
+    with console.status(f"writing random {shape} to {out}"):
+        path = save_random(shape, out, layers=layers, dtype=DTYPES[dtype], text_only=text_only, seed=seed)
+    info(f"wrote {path}: random {shape}" + (f", {layers} layers" if layers else "") + f", {dtype}")
 
 
 # -- calibrate ----------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +41,45 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _must_be_empty(path: Path) -> None:
+    if any(path.iterdir()):
+        raise InputError(f"{path} exists and is not empty; choose a new or empty directory")
+
+
+@contextmanager
+def atomic_dir(path: str | Path, check: Callable[[Path], None] = _must_be_empty) -> Iterator[Path]:
+    """Build a directory under a temp name beside `path`; put it in place only on success.
+
+    The block fills the yielded temp directory. An existing `path` must pass `check` (by
+    default: be empty), both before and at the swap, and is replaced whole; the rename
+    is the commit, so a failure anywhere leaves `path` as it was and no temp behind.
+    """
+    path = Path(path)
+    if path.exists():
+        check(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the dir a plain mkdir's mode
+        if not path.exists():
+            os.rename(tmp, path)
+            return
+        check(path)  # it may have changed while the block ran
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.rename(path, aside / path.name)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(aside / path.name, path)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable(path: str | Path) -> None:

@@ -17,9 +17,16 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__}
+            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "triton": triton_version, "cuda": torch.version.cuda}
 
 
 def script_command(script: str, argv: list[str]) -> str:

@@ -1,9 +1,10 @@
 """End-to-end speed: dense vs pp vs aapp on LLaMA-2-7B- and Gemma-3-12B-shaped models.
 
-Random bf16 weights with the real shapes (speed depends on shapes, not on training),
-batch 8, prompt 512, 128 new tokens, ratio 0.4; the probe, the selection and the
-weight preparation are inside the timed prefill. Prints a table on stderr and writes
-JSON with device, versions and the command.
+Random bf16 weights with the real shapes (speed depends on shapes, not on training; the
+Gemma-3 decoder is the text model of the release), batches 1 and 8, prompt 512, 128 new
+tokens, ratio 0.4; the probe, the selection and the weight preparation are inside the
+timed prefill. Per run it also records peak GPU memory (CUDA) and the matmul backend.
+Prints a table on stderr and writes JSON with device, versions and the command.
 
     python scripts/bench_e2e.py --shapes llama2-7b,gemma3-12b --json e2e.json      # on a GPU
     python scripts/bench_e2e.py --shapes tiny-llama --batch 2 --prompt 16 --new 4 --dense-layers 1  # CPU smoke
@@ -24,7 +25,9 @@ from aapp.calibration.store import Calibration
 from aapp.methods import make_method
 from aapp.models.adapters import adapter_for
 from aapp.models.loading import LoadedModel, fingerprint
-from aapp.models.synthetic import random_model, tiny_tokenizer
+from aapp.io import atomic_write, check_writable
+from aapp.models.synthetic import SHAPES, random_model, tiny_tokenizer
+from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
 
 
@@ -52,8 +55,8 @@ def synthetic_calibration(loaded: LoadedModel, seed: int = 0) -> Calibration:
 
 
 def build(shape: str, device: str, dtype: torch.dtype, layers: int | None) -> LoadedModel:
-    tok = tiny_tokenizer()
-    vocab = len(tok) if shape.startswith("tiny") else 32000
+    tok = tiny_tokenizer()  # prompts are random ids; the vocabulary is the release's (its lm_head is timed)
+    vocab = SHAPES[shape].get("vocab") or len(tok)
     model = random_model(shape, dtype=dtype, device=device, layers=layers, vocab_size=vocab)
     adapter = adapter_for(model)
     return LoadedModel(shape, model, tok, adapter, adapter.geometry(model), fingerprint(model))
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="llama2-7b,gemma3-12b")
     ap.add_argument("--methods", default="dense,pp,aapp")
     ap.add_argument("--ratio", type=float, default=0.4)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="1,8", help="comma list of batch sizes")
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
@@ -105,54 +108,67 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
+    batches = [int(b) for b in args.batch.split(",") if b]
+    if args.json:
+        check_writable(args.json)
+    cuda = torch.device(args.device).type == "cuda"
 
     rows = []
     for shape in args.shapes.split(","):
         loaded = build(shape, args.device, dtype, args.layers)
+        weights_gib = torch.cuda.memory_allocated() / 2**30 if cuda else None
         calib = synthetic_calibration(loaded)
         for name in args.methods.split(","):
             ratio = 0.0 if name == "dense" else args.ratio
             handle = prune_model(loaded, make_method(name), PruneOptions(ratio=ratio, backend=args.backend, dense_layers=args.dense_layers),
                                  calib=calib if name != "dense" else None)
             try:
-                time_generation(loaded, args.batch, min(args.prompt, 32), 2, args.device)  # warm-up
-                runs = [time_generation(loaded, args.batch, args.prompt, args.new, args.device)
-                        for _ in range(args.repeats)]
-                flops = handle.record.flops.to_dict()
+                for batch in batches:
+                    time_generation(loaded, batch, min(args.prompt, 32), 2, args.device)  # warm-up
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    runs = [time_generation(loaded, batch, args.prompt, args.new, args.device)
+                            for _ in range(args.repeats)]
+                    pre = statistics.median(r[0] for r in runs)
+                    dec = statistics.median(r[1] for r in runs)
+                    rows.append({"shape": shape, "method": name, "ratio": ratio, "batch": batch,
+                                 "backend": "dense (HF)" if name == "dense" else handle.backend.name, "prefill_s": pre, "decode_s": dec,
+                                 "prefill_tok_s": batch * args.prompt / pre,
+                                 "decode_tok_s": batch * args.new / dec if args.new else None,
+                                 "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                                 "weights_gib": weights_gib,
+                                 "flops_fraction_last_decode_step": handle.record.flops.to_dict()["fraction"]})
             finally:
                 handle.remove()
-            pre = statistics.median(r[0] for r in runs)
-            dec = statistics.median(r[1] for r in runs)
-            rows.append({"shape": shape, "method": name, "ratio": ratio, "prefill_s": pre, "decode_s": dec,
-                         "prefill_tok_s": args.batch * args.prompt / pre,
-                         "decode_tok_s": args.batch * args.new / dec if args.new else None,
-                         "flops_fraction_last_decode_step": flops["fraction"]})
         del loaded
-        if args.device == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
     for r in rows:
-        base = next(b for b in rows if b["shape"] == r["shape"] and b["method"] == "dense")
+        base = next(b for b in rows if (b["shape"], b["batch"], b["method"]) == (r["shape"], r["batch"], "dense"))
         r["prefill_speedup"] = base["prefill_s"] / r["prefill_s"]
         r["decode_speedup"] = base["decode_s"] / r["decode_s"] if args.new else None
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"end to end, batch {args.batch}, prompt {args.prompt}, {args.new} new tokens")
-    for col in ("shape", "method", "ratio", "prefill tok/s", "decode tok/s", "prefill x", "decode x"):
+    table = Table(title=f"end to end, prompt {args.prompt}, {args.new} new tokens")
+    for col in ("shape", "method", "ratio", "batch", "backend", "prefill tok/s", "decode tok/s", "prefill x",
+                "decode x", "peak GiB"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["shape"], r["method"], f"{r['ratio']:.1f}", f"{r['prefill_tok_s']:.0f}",
-                      f"{r['decode_tok_s']:.1f}" if r["decode_tok_s"] else "-", f"{r['prefill_speedup']:.2f}",
-                      f"{r['decode_speedup']:.2f}" if r["decode_speedup"] else "-")
+        table.add_row(r["shape"], r["method"], f"{r['ratio']:.1f}", str(r["batch"]), r["backend"],
+                      f"{r['prefill_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}" if r["decode_tok_s"] else "-",
+                      f"{r['prefill_speedup']:.2f}", f"{r['decode_speedup']:.2f}" if r["decode_speedup"] else "-",
+                      f"{r['peak_gpu_gib']:.1f}" if r["peak_gpu_gib"] is not None else "-")
     Console(stderr=True).print(table)
     report = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-        "dtype": str(dtype), "rows": rows,
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+        "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+        "command": script_command("bench_e2e", sys.argv[1:] if argv is None else argv),
+        "dtype": str(dtype), "prompt": args.prompt, "new_tokens": args.new, "rows": rows,
     }
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json) as f:
             json.dump(report, f, indent=2)
     return 0
 

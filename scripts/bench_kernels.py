@@ -4,6 +4,7 @@
     python scripts/bench_kernels.py --compile --rows 1,8,32 --json d.json   # decode, eager and compiled
                                    # (--compile compiles once per row: restrict --shapes/--keep if slow)
     python scripts/bench_kernels.py --device cpu --shapes tiny --rows 1,4 --keep 0.5   # smoke
+    python scripts/bench_kernels.py --check-only --dtype fp16 --json c.json   # correctness only, no timing
 
 Run from the repository root (or with the package installed). Per linear, keep fraction and row count
 it times, on one device in one process:
@@ -32,6 +33,7 @@ from rich.table import Table
 
 from aapp.errors import AappError
 from aapp.io import atomic_write, check_writable
+from aapp.provenance import machine
 from kernels.backend import LinearBackend, get_backend, k_major
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -87,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", default="1,8,32,2048,8192", help="rows M (tokens) per call")
     p.add_argument("--json", dest="json_path", help="write the results here (default: stdout)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd decode (M <= 32)")
+    p.add_argument("--check-only", action="store_true",
+                   help="only compare every kernel with its torch reference (exit 1 at the first mismatch)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
@@ -256,6 +260,26 @@ def compiled(fn, device: torch.device, tensors):
 # ------------------------------------------------------------------------------------------------- run
 
 
+def verify(case, ops: Operands, args, backend) -> float:
+    """Our call and the torch backend against the fp32 reference; raises AappError naming a mismatch."""
+    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    what = f"{case.model} {case.name} {args.dtype} keep={ops.idx.numel()}/{case.k if case.op == 'in' else case.n} " \
+           f"rows={ops.x.shape[0]}"
+    ref = reference(case, ops)
+    poison_allocator(ref.shape, dtype, device)
+    err = check(prepare(backend, case, ops.kernel_weights, ops.idx)(ops.x_ours), ref, dtype, f"{what} ({backend.name})")
+    check(prepare(get_backend("torch", device), case, ops.weights, ops.idx)(ops.x_ours), ref, dtype, f"{what} (torch)")
+    return err
+
+
+def check_row(case, weights, kernel_weights, keep, rows, args, backend, gen) -> dict:
+    ops = make_operands(case, weights, kernel_weights, keep, rows, gen)
+    err = verify(case, ops, args, backend)
+    return {"model": case.model, "linear": case.name, "op": case.op, "n": case.n, "k": case.k, "layout": ops.layout,
+            "rows": rows, "keep_requested": keep, "kept": ops.idx.numel(), "dtype": args.dtype,
+            "backend": backend.name, "check_rel_err": err, "tolerance": CHECK_TOL[DTYPES[args.dtype]]}
+
+
 def measure(case, weights, kernel_weights, keep, rows, args, backend, timer, copy_gbps, gen) -> dict:
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     ops = make_operands(case, weights, kernel_weights, keep, rows, gen)
@@ -267,13 +291,8 @@ def measure(case, weights, kernel_weights, keep, rows, args, backend, timer, cop
     gather_mm = lambda: prepare(torch_backend, case, ops.weights, ops.idx)(ops.x_ours)  # noqa: E731
     small = prepare(torch_backend, case, ops.weights, ops.idx)
     ours = prepare(backend, case, ops.kernel_weights, ops.idx)
-
+    err = verify(case, ops, args, backend)
     what = f"{case.model} {case.name} keep={keep} rows={rows}"
-    ref = reference(case, ops)
-    poison_allocator(ref.shape, dtype, device)
-    err = check(ours(ops.x_ours), ref, dtype, f"{what} ({backend.name})")
-    check(small(ops.x_ours), ref, dtype, f"{what} (torch)")
-    del ref
 
     row = {
         "model": case.model, "linear": case.name, "op": case.op, "n": case.n, "k": case.k,
@@ -320,17 +339,6 @@ def choose_backend(device: torch.device) -> LinearBackend:
     return get_backend("auto", device)
 
 
-def versions() -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {"torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "python": platform.python_version()}
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -373,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.config.accumulated_recompile_limit = 4096
             torch._dynamo.config.fail_on_recompile_limit_hit = True  # never time a silent eager fallback
         timer = Timer(device)
-        copy_gbps = copy_bandwidth_gbps(device, timer)
-        console.print(f"{device_name(device)}: copy bandwidth {copy_gbps:.0f} GB/s, backend {backend.name}, "
-                      f"{args.dtype}, timer {timer.name}")
+        copy_gbps = None if args.check_only else copy_bandwidth_gbps(device, timer)
+        console.print(f"{device_name(device)}: " + ("correctness only" if args.check_only else
+                      f"copy bandwidth {copy_gbps:.0f} GB/s, timer {timer.name}") + f", backend {backend.name}, {args.dtype}")
         gen = torch.Generator().manual_seed(args.seed)
         results = []
         cases = [c for s in args.shape_sets for c in SHAPES[s]]
@@ -386,19 +394,28 @@ def main(argv: list[str] | None = None) -> int:
                 for keep in args.keeps:
                     for rows in args.row_counts:
                         status.update(f"{case.model} {case.name} keep {keep} rows {rows}")
-                        results.append(measure(case, weights, kernel_weights, keep, rows, args, backend, timer,
-                                               copy_gbps, gen))
+                        if args.check_only:
+                            results.append(check_row(case, weights, kernel_weights, keep, rows, args, backend, gen))
+                        else:
+                            results.append(measure(case, weights, kernel_weights, keep, rows, args, backend, timer,
+                                                   copy_gbps, gen))
                         timer.synchronize()
                 del weights, kernel_weights
     except AappError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
-    console.print(render(results, args.compile))
+    if args.check_only:
+        worst = max(results, key=lambda r: r["check_rel_err"] / r["tolerance"])
+        console.print(f"all {len(results)} kernel calls match the torch reference ({args.dtype}); worst relative "
+                      f"error {worst['check_rel_err']:.1e} of {worst['tolerance']:.0e} ({worst['model']} {worst['linear']})")
+    else:
+        console.print(render(results, args.compile))
     report = {
-        "device": device_name(device), "device_type": device.type, "versions": versions(),
+        "device": device_name(device), "device_type": device.type, "machine": machine(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]) if argv is None else " ".join(["bench_kernels.py", *argv]),
-        "dtype": args.dtype, "backend": backend.name, "timer": timer.name, "copy_bandwidth_gbps": copy_gbps,
+        "dtype": args.dtype, "backend": backend.name, "check_only": args.check_only,
+        "timer": None if args.check_only else timer.name, "copy_bandwidth_gbps": copy_gbps,
         "shapes": [asdict(c) for c in cases], "results": results,
     }
     text = json.dumps(report, indent=1)

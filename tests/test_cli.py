@@ -197,3 +197,32 @@ def test_export_static_checkpoint(workdir, tiny_model_dir, tmp_path):
     one_line_error(aapp("prune", "--model", tiny_model_dir, "--method", "pp", "--ratio", 0.3,
                         "--calib", workdir / "calib.safetensors", "--export", tmp_path / "nope"), "static")
     assert not (tmp_path / "nope").exists()
+
+
+def test_random_multimodal_gemma3_through_every_command(tmp_path):
+    # A newcomer's path at the target scale, on the tiny multimodal shape: write, calibrate, prune, judge, export.
+    mm, text = tmp_path / "gemma3-mm", tmp_path / "gemma3-text"
+    r = aapp("models", "random", "tiny-gemma3", "--layers", 2, "--out", mm)
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert json.loads((mm / "config.json").read_text())["architectures"] == ["Gemma3ForConditionalGeneration"]
+    one_line_error(aapp("models", "random", "tiny-gemma3", "--out", mm), "not empty")
+    calib = tmp_path / "c.safetensors"
+    r = aapp("calibrate", "--model", mm, "--samples", 4, "--seq-len", 32, "--limit", 6, "--out", calib)
+    assert r.returncode == 0, r.stderr
+    rows = tmp_path / "rows.jsonl"
+    r = aapp("prune", "--model", mm, "--calib", calib, "--method", "aapp", "--ratio", 0.3, "--input", "advbench",
+             "--limit", 3, "--batch-size", 2, "--max-new-tokens", 4, "--out", rows)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert len(got) == 3 and all(row["new_tokens"] >= 1 and row["kept"]["channels"][1] < 160 for row in got)
+    # The prompt went through Gemma's template: its post-instruction tail is what the gate read.
+    assert all(row["prompt_tokens"] > len(row["prompt"]) for row in got)
+    r = aapp("eval-refusal", rows, "--out", tmp_path / "judged")
+    assert r.returncode == 0, r.stderr
+    r = aapp("prune", "--model", mm, "--calib", calib, "--method", "wanda-sp", "--ratio", 0.3, "--export", tmp_path / "small")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "small" / "config.json").read_text())["text_config"]["intermediate_size"] < 160
+    # The text-only variant is another model: the multimodal calibration is refused for it.
+    assert aapp("models", "random", "tiny-gemma3", "--layers", 2, "--text-only", "--out", text).returncode == 0
+    one_line_error(aapp("prune", "--model", text, "--calib", calib, "--method", "pp", "--input", "advbench",
+                        "--limit", 1), "made for model")

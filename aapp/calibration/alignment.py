@@ -31,14 +31,25 @@ SETS = ("harmful", "harmless")
 
 
 def post_instruction_tokens(tokenizer) -> int:
-    """How many tokens the chat template puts after the user's message (1 without a template)."""
+    """How many tokens the chat template puts after the user's message (1 without a template).
+
+    Counted in context: the tokens of the whole rendered prompt past those it shares with
+    the prompt cut at the message's end. Tokenizing the tail alone would miscount where a
+    tokenizer treats the start of a text specially (SentencePiece's prefix space: LLaMA-2's
+    " [/INST]" alone is one token longer than after a message).
+    """
     if not getattr(tokenizer, "chat_template", None):
         return 1
-    marker = "\u2063aapp-marker\u2063"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+    message = "Tell me about the weather."
+    text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                          add_generation_prompt=True)
-    tail = text[text.index(marker) + len(marker):]
-    return max(1, len(tokenizer(tail, add_special_tokens=False).input_ids))
+    end = text.rindex(message) + len(message)
+    whole = tokenizer(text, add_special_tokens=False).input_ids
+    head = tokenizer(text[:end], add_special_tokens=False).input_ids
+    shared = 0
+    while shared < min(len(whole), len(head)) and whole[shared] == head[shared]:
+        shared += 1
+    return max(1, len(whole) - shared)
 
 
 class _ResidualFeatures:

@@ -40,8 +40,6 @@ import copy
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +47,7 @@ import torch
 
 from aapp.calibration.store import Calibration
 from aapp.errors import AappError, CalibrationError, InputError
+from aapp.io import atomic_dir
 from aapp.methods.base import Method, Selection
 from aapp.methods.static import Flap, WandaSP, _Static
 from aapp.models.adapters import Geometry
@@ -208,25 +207,6 @@ def check_export(method: Method, out_dir: str | Path) -> None:
     check_export_dir(out_dir)
 
 
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`, replacing an empty dir or an earlier export."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the dir a plain mkdir's mode
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    check_export_dir(out)  # it may have changed while we were writing
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, aside / out.name)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(aside / out.name, out)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 # -- the checkpoint -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Target:
@@ -377,15 +357,10 @@ def export_static(loaded: LoadedModel, method: Method, options: PruneOptions, ca
         params_before=_count(loaded.model), params_after=_count(pruned), notes=notes,
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, check=check_export_dir) as tmp:
         pruned.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-        _install(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

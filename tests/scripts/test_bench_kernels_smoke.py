@@ -40,7 +40,7 @@ def test_smoke_writes_checked_json(tmp_path, interpret, dtype, rows):
     report = json.loads(out.read_text())
     assert report["device_type"] == "cpu" and report["dtype"] == dtype
     assert report["backend"] == ("triton" if interpret else "torch")
-    assert report["versions"]["torch"] and report["versions"]["triton"]
+    assert report["machine"]["torch"] and report["machine"]["triton"]
     assert report["copy_bandwidth_gbps"] > 0
     assert "--shapes tiny" in report["command"] and report["date"]
     linears = {(s["name"], s["op"]) for s in report["shapes"]}

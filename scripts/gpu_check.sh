@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every GPU number in one call: kernels checked, kernels timed, end to end, verdicts.
+#
+#   scripts/gpu_check.sh OUTDIR          # the GPU machine, from the repo root (about 5 minutes on an H200)
+#   scripts/gpu_check.sh --dry OUTDIR    # anywhere: tiny shapes on CPU in Triton's interpreter (seconds)
+#
+# Installs nothing: it runs from the checkout (PYTHONPATH=.) on the torch, triton and transformers
+# already there. Steps run in this order and each writes its JSON when it ends, so a time-out
+# still leaves the first results; a kernel that disagrees with its torch reference stops the run
+# before anything is timed. OUTDIR gets the JSON of each step, gpu_check.json (verdicts, device,
+# versions, command) and gpu_check.md (the tables); one verdict line per target goes to stdout.
+set -uo pipefail
+DRY=0
+OUT=""
+for arg in "$@"; do
+  case "$arg" in
+    --dry) DRY=1 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "gpu_check: unknown option $arg" >&2; exit 2 ;;
+    *) OUT="$arg" ;;
+  esac
+done
+[ -n "$OUT" ] || { echo "usage: scripts/gpu_check.sh [--dry] OUTDIR" >&2; exit 2; }
+mkdir -p "$OUT" || exit 2
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python3}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-240}"   # seconds per step; the whole run must fit the machine's ~8 minutes
+KEEP=0.6,0.8
+
+if [ "$DRY" = 1 ]; then
+  export TRITON_INTERPRET=1
+  DEVICE=(--device cpu)
+  K_SHAPES=tiny K_ROWS=1,2048
+  E2E=(--shapes tiny-llama,tiny-gemma3 --device cpu --dtype float32 --backend triton --batch 1,2
+       --prompt 16 --new 3 --repeats 1 --dense-layers 1)
+else
+  DEVICE=()
+  K_SHAPES=llama2-7b,gemma3-12b K_ROWS=1,8,32,2048
+  E2E=(--shapes llama2-7b,gemma3-12b --dtype bfloat16 --batch 1,8 --prompt 512 --new 64 --repeats 3)
+fi
+echo "$0 $*" > "$OUT/command.txt"
+
+step() {  # step NAME COMMAND...: run with the step time-out, say how it ended on stderr
+  local name="$1"; shift
+  echo "gpu_check: $name ..." >&2
+  local start=$SECONDS
+  timeout "$STEP_TIMEOUT" "$@"
+  local rc=$?
+  echo "gpu_check: $name: exit $rc after $((SECONDS - start)) s" >&2
+  return $rc
+}
+
+# 1. Correctness at the real shapes, both half types: nothing is timed unless every kernel agrees.
+for dt in bf16 fp16; do
+  if ! step "kernels vs torch reference ($dt)" "$PY" scripts/bench_kernels.py "${DEVICE[@]}" --check-only \
+      --shapes "$K_SHAPES" --rows "$K_ROWS" --keep "$KEEP" --dtype "$dt" --json "$OUT/kernels-check-$dt.json"; then
+    echo "kernels correct ($dt): NO - stopped before timing; the line above names the kernel"
+    exit 1
+  fi
+done
+
+# 2. Kernel timings beside dense cuBLAS and gather-then-matmul, in one process.
+step "kernel timings (bf16)" "$PY" scripts/bench_kernels.py "${DEVICE[@]}" --shapes "$K_SHAPES" --rows "$K_ROWS" \
+  --keep "$KEEP" --dtype bf16 --json "$OUT/kernels-bf16.json"
+
+# 3. End to end: dense vs pp vs aapp at 0.4, the probe inside the timed prefill.
+step "end to end" "$PY" scripts/bench_e2e.py "${E2E[@]}" --methods dense,pp,aapp --ratio 0.4 --json "$OUT/e2e.json"
+
+# 4. Verdicts and tables from whatever the steps left.
+"$PY" scripts/gpu_report.py "$OUT" $([ "$DRY" = 1 ] && echo --dry)

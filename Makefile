@@ -36,7 +36,8 @@ test-latest:
 	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|triton|accelerate)=='
 	.venv-latest/bin/python -m pytest -q -m "not real_model"
 
-## The engine, generation and kernel tests on the oldest allowed releases (the GPU image's).
+## The engine, generation, kernel and random-checkpoint tests and scripts/gpu_check.sh --dry on the
+## oldest allowed releases (the GPU image's).
 test-oldest:
 	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install $(PIP_QUIET) -c requirements/oldest.txt -e '.[test]'

@@ -24,7 +24,8 @@ done
 mkdir -p "$OUT" || exit 2
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-240}"   # seconds per step; the whole run must fit the machine's ~8 minutes
+# Seconds per step, so that a hung step still leaves the others time: together within ~8 minutes.
+CHECK_TIMEOUT="${CHECK_TIMEOUT:-90}" TIMING_TIMEOUT="${TIMING_TIMEOUT:-150}" E2E_TIMEOUT="${E2E_TIMEOUT:-200}"
 KEEP=0.6,0.8
 
 if [ "$DRY" = 1 ]; then
@@ -40,11 +41,11 @@ else
 fi
 echo "$0 $*" > "$OUT/command.txt"
 
-step() {  # step NAME COMMAND...: run with the step time-out, say how it ended on stderr
-  local name="$1"; shift
+step() {  # step NAME SECONDS COMMAND...: run with a time-out, say how it ended on stderr
+  local name="$1" limit="$2"; shift 2
   echo "gpu_check: $name ..." >&2
   local start=$SECONDS
-  timeout "$STEP_TIMEOUT" "$@"
+  timeout "$limit" "$@"
   local rc=$?
   echo "gpu_check: $name: exit $rc after $((SECONDS - start)) s" >&2
   return $rc
@@ -52,7 +53,7 @@ step() {  # step NAME COMMAND...: run with the step time-out, say how it ended o
 
 # 1. Correctness at the real shapes, both half types: nothing is timed unless every kernel agrees.
 for dt in bf16 fp16; do
-  if ! step "kernels vs torch reference ($dt)" "$PY" scripts/bench_kernels.py "${DEVICE[@]}" --check-only \
+  if ! step "kernels vs torch reference ($dt)" "$CHECK_TIMEOUT" "$PY" scripts/bench_kernels.py "${DEVICE[@]}" --check-only \
       --shapes "$K_SHAPES" --rows "$K_ROWS" --keep "$KEEP" --dtype "$dt" --json "$OUT/kernels-check-$dt.json"; then
     echo "kernels correct ($dt): NO - stopped before timing; the line above names the kernel"
     exit 1
@@ -60,11 +61,11 @@ for dt in bf16 fp16; do
 done
 
 # 2. Kernel timings beside dense cuBLAS and gather-then-matmul, in one process.
-step "kernel timings (bf16)" "$PY" scripts/bench_kernels.py "${DEVICE[@]}" --shapes "$K_SHAPES" --rows "$K_ROWS" \
+step "kernel timings (bf16)" "$TIMING_TIMEOUT" "$PY" scripts/bench_kernels.py "${DEVICE[@]}" --shapes "$K_SHAPES" --rows "$K_ROWS" \
   --keep "$KEEP" --dtype bf16 --json "$OUT/kernels-bf16.json"
 
 # 3. End to end: dense vs pp vs aapp at 0.4, the probe inside the timed prefill.
-step "end to end" "$PY" scripts/bench_e2e.py "${E2E[@]}" --methods dense,pp,aapp --ratio 0.4 --json "$OUT/e2e.json"
+step "end to end" "$E2E_TIMEOUT" "$PY" scripts/bench_e2e.py "${E2E[@]}" --methods dense,pp,aapp --ratio 0.4 --json "$OUT/e2e.json"
 
 # 4. Verdicts and tables from whatever the steps left.
 "$PY" scripts/gpu_report.py "$OUT" $([ "$DRY" = 1 ] && echo --dry)

@@ -1,7 +1,9 @@
-"""Random-weight models with real architectures, for tests and speed benchmarks.
+"""Random-weight models with real architectures, for tests, speed benchmarks and `aapp models random`.
 
-Speed depends on shapes, not on trained weights, so the benchmarks build LLaMA-2-7B-
-and Gemma-3-12B-shaped models here; the tests build tiny ones of each family.
+Speed and memory depend on shapes, not on trained weights, so the benchmarks build LLaMA-2-7B-
+and Gemma-3-12B-shaped models here, and `save_random` writes them as checkpoints every command
+takes; the tests build tiny ones of each family. Their tokenizers are byte-level (no merges,
+so every string round-trips) with the family's special tokens and published chat template.
 """
 
 from __future__ import annotations

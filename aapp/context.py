@@ -42,18 +42,19 @@ def fit_to_context(prompts: Sequence[Prompt], tokenizer, context: int | None, ma
         if not truncate:
             warn(f"{what}; left out (--truncate keeps its last tokens instead)")
             continue
-        cut = _cut_front(tokenizer, p.text, room)
-        warn(f"{what}; cut to its last {prompt_tokens(tokenizer, cut) - overhead} tokens")
-        kept.append(replace(p, text=cut, truncated=n - prompt_tokens(tokenizer, cut)))
+        cut = _cut_front(tokenizer, p.text, room, overhead)
+        cut_tokens = prompt_tokens(tokenizer, cut)
+        warn(f"{what}; cut to its last {cut_tokens - overhead} tokens")
+        kept.append(replace(p, text=cut, truncated=n - cut_tokens))
     if prompts and not kept:
         raise InputError(f"no prompt fits the model's context of {context} tokens (--truncate cuts them to fit)")
     return kept
 
 
-def _cut_front(tokenizer, text: str, room: int) -> str:
-    """The longest tail of `text` that renders within `room` tokens plus the template's own."""
+def _cut_front(tokenizer, text: str, room: int, overhead: int) -> str:
+    """The longest tail of `text` that renders within `room` tokens plus the template's `overhead`."""
     ids = tokenizer(text, add_special_tokens=False).input_ids
-    budget = prompt_tokens(tokenizer, "") + room
+    budget = overhead + room
     keep = room
     while True:
         cut = tokenizer.decode(ids[max(0, len(ids) - keep):])

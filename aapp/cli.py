@@ -199,7 +199,7 @@ def prune(
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
     from aapp.calibration.store import load_calibration
     from aapp.context import fit_to_context
-    from aapp.io import atomic_write, dumps_row
+    from aapp.io import write_jsonl
     from aapp.methods import make_method
     from aapp.models.loading import load_model
     from aapp.pruning.engine import PruneOptions
@@ -233,15 +233,8 @@ def prune(
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     with progress() as bar:
         task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
-        rows = generate_rows(loaded, prompts, meth, options, cal, settings, on_batch=lambda n: bar.advance(task, n))
-        if out in (None, "-"):
-            for row in rows:
-                sys.stdout.write(dumps_row(row) + "\n")
-                sys.stdout.flush()
-        else:
-            with atomic_write(out) as f:
-                for row in rows:
-                    f.write(dumps_row(row) + "\n")
+        write_jsonl(generate_rows(loaded, prompts, meth, options, cal, settings,
+                                  on_batch=lambda n: bar.advance(task, n)), out)
 
 
 # -- eval-refusal -------------------------------------------------------------------------

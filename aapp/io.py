@@ -130,11 +130,12 @@ def dumps_row(row: dict[str, Any]) -> str:
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: str | Path | None) -> None:
-    """Write rows to `out` atomically, or to stdout when `out` is None or '-'."""
+    """Write rows to `out` atomically, or to stdout when `out` is None or '-' (a row at a time,
+    so a pipe downstream sees each batch as it is generated)."""
     if out in (None, "-"):
         for row in rows:
             sys.stdout.write(dumps_row(row) + "\n")
-        sys.stdout.flush()
+            sys.stdout.flush()
         return
     with atomic_write(out) as f:
         for row in rows:

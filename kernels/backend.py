@@ -28,6 +28,11 @@ class PreparedLinear(Protocol):
 class LinearBackend(Protocol):
     name: str
 
+    def input_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` [N, K] stored as this backend reads kept input channels fastest (the same values).
+        The engine puts it in the original's place, so no second copy is kept."""
+        ...
+
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
         """weight [N, K], idx sorted [k]: fn(x_kept [..., k]) = x_kept @ weight[:, idx].T -> [..., N]."""
         ...
@@ -105,6 +110,9 @@ class _DenseGated:
 class TorchBackend:
     name = "torch"
 
+    def input_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight  # index_select copies the kept columns once per batch; the layout does not matter
+
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
         _check_prepare([weight], idx, axis=1)
         return _DenseInput(weight.index_select(1, idx), idx, weight.shape[1])
@@ -116,7 +124,13 @@ class TorchBackend:
     def gated_up(self, w_gate: torch.Tensor, w_up: torch.Tensor, idx: torch.Tensor, activation: str) -> PreparedLinear:
         _check_activation(activation)
         _check_prepare([w_gate, w_up], idx, axis=0)
-        return _DenseGated(torch.cat([w_gate.index_select(0, idx), w_up.index_select(0, idx)]), activation)
+        # Gathered straight into one buffer: a cat of two gathered halves would hold the kept
+        # rows twice at once and copy them twice.
+        k = idx.numel()
+        weight = w_gate.new_empty((2 * k, w_gate.shape[1]))
+        torch.index_select(w_gate, 0, idx, out=weight[:k])
+        torch.index_select(w_up, 0, idx, out=weight[k:])
+        return _DenseGated(weight, activation)
 
 
 # --------------------------------------------------------------------------------------------- triton
@@ -158,6 +172,9 @@ class TritonBackend:
 
     def __init__(self) -> None:
         import kernels.ops  # noqa: F401  registers torch.ops.aapp.*
+
+    def input_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        return k_major(weight)
 
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
         from kernels.gather_in import aligned_run

@@ -43,7 +43,6 @@ def synthetic_calibration(loaded: LoadedModel, seed: int = 0) -> Calibration:
         for s in ("harmful", "harmless"):
             t[f"align.{site}.{s}.mean"] = torch.randn(L, c, generator=gen) * 0.1
             t[f"align.{site}.{s}.sq_mean"] = torch.rand(L, c, generator=gen) + 0.1
-            t[f"align.{site}.{s}.prompt_mean"] = torch.randn(L, c, generator=gen) * 0.1
     for s in ("harmful", "harmless"):
         t[f"align.resid.{s}.mean"] = torch.randn(L, D, generator=gen)
         t[f"align.resid.{s}.energy"] = torch.rand(L, D, generator=gen) + 0.1

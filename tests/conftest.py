@@ -45,6 +45,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 PROMPTS = ["hello there", "a much longer prompt with more words in it", "x", "tell me a story about a cat"]
 
 
+def logits(loaded: LoadedModel, prompts=PROMPTS):
+    """The model's logits on `prompts` (left-padded batch) and which positions are real tokens."""
+    from aapp.generation import encode, positions
+
+    ids, attn = encode(loaded.tokenizer, prompts, loaded.device)
+    with torch.no_grad():
+        out = loaded.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
+    return out, attn.bool()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -199,6 +199,17 @@ def test_export_static_checkpoint(workdir, tiny_model_dir, tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.parametrize("args, needle", [
+    (("tiny-llama", "--text-only"), "applies to Gemma-3"),
+    (("llama3-8b",), "unknown shape"),
+    (("tiny-llama", "--dtype", "int8"), "unknown dtype"),
+])
+def test_random_rejects_bad_options_before_writing(tmp_path, args, needle):
+    out = tmp_path / "m"
+    one_line_error(aapp("models", "random", *args, "--out", out), needle)
+    assert not out.exists()
+
+
 def test_random_multimodal_gemma3_through_every_command(tmp_path):
     # A newcomer's path at the target scale, on the tiny multimodal shape: write, calibrate, prune, judge, export.
     mm, text = tmp_path / "gemma3-mm", tmp_path / "gemma3-text"

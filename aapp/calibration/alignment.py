@@ -6,12 +6,10 @@ taken at its *post-instruction* positions: the template tokens after the user's
 message (e.g. Qwen's `<|im_end|>\\n<|im_start|>assistant\\n`). The model decides there
 whether to refuse (Arditi et al. 2024 find the refusal direction at exactly those
 positions), and they are the same tokens for every prompt, so harmful and harmless
-differ in what the model read, not in where we look. Means over the whole prompt are
-stored as well (`*.prompt_mean`) for the `--positions all` ablation.
+differ in what the model read, not in where we look.
 
 Tensors written under `align.` (L layers, C channels of a site, D hidden size):
   align.{attn,mlp}.{harmful,harmless}.mean / .sq_mean   [L, C]  post-instruction
-  align.{attn,mlp}.{harmful,harmless}.prompt_mean       [L, C]  every prompt token
   align.resid.{harmful,harmless}.mean / .energy         [L, D]  block-input residual
   align.gate.{direction,kl}.{auroc,threshold}           [L]     in-sample, per layer
 """
@@ -86,7 +84,6 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
     """Statistics of one prompt set; see the module docstring for what and where."""
     n_post = post_instruction_tokens(loaded.tokenizer)
     post = Collector(loaded, positions=f"last:{n_post}")
-    whole = Collector(loaded, positions="all")
     feats = _ResidualFeatures(loaded, lambda: post._token_mask)
     try:
         for i in range(0, len(prompts), batch_size):
@@ -98,13 +95,11 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
                 on_batch(len(chunk))
     finally:
         post.remove()
-        whole.remove()
         feats.remove()
     out = {}
     for site in ("attn", "mlp"):
         out[f"{site}.mean"] = post.moments[site].mean()
         out[f"{site}.sq_mean"] = post.moments[site].sq_mean()
-        out[f"{site}.prompt_mean"] = whole.moments[site].mean()
     features = torch.cat(feats.rows)  # [N, L, D]
     out["resid.mean"] = features.mean(0)
     out["resid.energy"] = features.square().mean(0)

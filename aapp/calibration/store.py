@@ -23,7 +23,7 @@ class Calibration:
     Tensors (all [layers, channels] float32):
       attn.sq_mean / attn.mean   at the o_proj input (heads x head_dim channels)
       mlp.sq_mean / mlp.mean     at the down_proj input (intermediate channels)
-      align.*                    alignment statistics (see aapp.methods.alignment)
+      align.*                    alignment statistics (see aapp.calibration.alignment)
     """
 
     meta: dict

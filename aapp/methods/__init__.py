@@ -32,7 +32,6 @@ __all__ = [
     "base_name",
     "check_method_spec",
     "make_method",
-    "method_names",
 ]
 
 
@@ -47,10 +46,6 @@ class Dense(Method):
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Dense, ProbePruning, WandaSP, Flap, AAPP)}
-
-
-def method_names() -> list[str]:
-    return list(METHODS)
 
 
 COMPENSATE = "+comp"

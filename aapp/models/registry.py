@@ -145,11 +145,6 @@ def pull(alias: str, *, force: bool = False, progress: bool = True) -> Path:
     return fetch.pull_spec(spec_for(alias), force=force, progress=progress)
 
 
-def verify(alias: str) -> None:
-    """Rehash the converted files of `alias` against its marker; ModelError names any that differ."""
-    fetch.verify_converted(spec_for(alias))
-
-
 def list_models() -> list[ModelInfo]:
     rows = []
     for spec in ALIASES.values():

@@ -91,8 +91,7 @@ class PrunedModel:
                 if method.uses_probe and options.reprobe_every:
                     rt.reselect = self._mlp_reprobe(i)
                 self.runtimes[i] = rt
-                if self.backend.name == "triton":
-                    self._store_k_major(parts.down_proj)
+                self._relayout(parts.down_proj)
                 self._swap(parts.layer, "self_attn", PrunedAttention(rt, parts.attn))
                 self._swap(parts.layer, "mlp", PrunedMLP(rt, parts.mlp))
             if i in self.runtimes or i in watched:
@@ -104,18 +103,19 @@ class PrunedModel:
         self._swapped.append((parent, name, getattr(parent, name)))
         setattr(parent, name, new)
 
-    def _store_k_major(self, linear) -> None:
-        """down_proj's kept input channels are gathered one by one: store W K-major so each
-        is a contiguous row for the kernel (same values, another layout; undone by remove)."""
-        from kernels.backend import k_major
-
-        self._relaid.append((linear, linear.weight.data))
-        linear.weight.data = k_major(linear.weight.data)
+    def _relayout(self, linear) -> None:
+        """down_proj's kept input channels are gathered one by one: store W as the backend reads
+        them fastest. The new layout replaces the old one, so the model is never held twice;
+        remove() makes it row-major again (one matrix at a time)."""
+        stored = self.backend.input_layout(linear.weight.data)
+        if stored.data_ptr() != linear.weight.data_ptr():
+            linear.weight.data = stored
+            self._relaid.append(linear)
 
     def remove(self) -> None:
         """Restore the original modules (and weight layouts) and drop every hook."""
-        for linear, data in self._relaid:
-            linear.weight.data = data
+        for linear in self._relaid:
+            linear.weight.data = linear.weight.data.contiguous()
         self._relaid = []
         for h in self._handles:
             h.remove()

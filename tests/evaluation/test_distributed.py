@@ -16,7 +16,7 @@ from aapp.evaluation.distributed import Dist, env_ranks, session
 from aapp.evaluation.sweep import Cell, SweepConfig, batches_of, is_stateful, plan_batches, run_sweep
 from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
-from tests.evaluation.test_sweep import CHILD, TIMING, child_env, config_json, make_config, make_inputs, read_rows
+from tests.evaluation.sweep_inputs import CHILD, TIMING, child_env, config_json, make_config, make_inputs, read_rows
 
 
 @pytest.fixture(autouse=True)

@@ -29,3 +29,21 @@ def test_triton_backend_matches_torch_backend():
         assert down.weight.stride() == layout  # the K-major relayout is undone
     valid = attn.bool()
     torch.testing.assert_close(outs["triton"][valid], outs["torch"][valid], rtol=1e-4, atol=1e-4)
+
+
+def test_k_major_relayout_replaces_the_original():
+    """The triton path stores down_proj K-major in the original's place: no second copy is kept."""
+    import gc
+    import weakref
+
+    loaded = make_loaded("tiny-qwen2")
+    down = loaded.adapter.layer_parts(loaded.model, 2).down_proj
+    before = down.weight.detach().clone()
+    original = weakref.ref(down.weight.untyped_storage())
+    with prune_model(loaded, ProbeOnly(), PruneOptions(ratio=0.4, dense_layers=1, backend="triton")):
+        gc.collect()
+        assert down.weight.stride() == (1, down.weight.shape[0])  # K-major
+        assert original() is None  # nothing (the engine included) holds the row-major copy
+        torch.testing.assert_close(down.weight, before, rtol=0, atol=0)
+    assert down.weight.is_contiguous()
+    torch.testing.assert_close(down.weight, before, rtol=0, atol=0)

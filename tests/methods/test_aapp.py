@@ -62,27 +62,89 @@ def test_gate_never_is_pp_and_counts_match(setup):
         assert len(always[i].kv_heads) <= loaded.geometry.num_kv_heads
 
 
-def test_direction_gate_separates_calibration_sets(setup):
+def test_gate_layer_is_the_best_in_sample_layer_before_pruning(setup):
     loaded, cal, _ = setup
     auc = cal.tensors["align.gate.direction.auroc"]
     method = AAPP(AAPPOptions(gate="direction"))
+    with prune_model(loaded, method, OPTS, cal):
+        assert auc[method.gate_layer] == auc[: 2].max()  # best up to the first pruned layer (dense_layers=1)
+
+
+@pytest.mark.parametrize("gate", ["direction", "kl"])
+def test_gate_fires_on_harmful_batches_only_and_only_then_changes_the_selection(setup, gate):
+    loaded, cal, _ = setup
+    method = AAPP(AAPPOptions(gate=gate))
+    with prune_model(loaded, ProbePruning(), OPTS, cal) as h:
+        pp = masks(h, HARMLESS[:4])
     with prune_model(loaded, method, OPTS, cal) as h:
-        assert auc[method.gate_layer] == auc[: 2].max()  # best in-sample layer up to the first pruned one
-        if auc[method.gate_layer] == 1.0:
-            masks(h, HARMFUL[:4])
-            assert h.method.batch_info()["gate"]["fired"] is True
-            masks(h, HARMLESS[:4])
-            assert h.method.batch_info()["gate"]["fired"] is False
+        # The calibration prompts separate at the gate layer, so its threshold splits them.
+        assert cal.tensors[f"align.gate.{gate}.auroc"][method.gate_layer] == 1.0
+        fired = masks(h, HARMFUL[:4])
+        assert h.method.batch_info()["gate"]["fired"] is True and bool((method.last_sample_scores > 0).all())
+        quiet = masks(h, HARMLESS[:4])
+        assert h.method.batch_info()["gate"]["fired"] is False and bool((method.last_sample_scores <= 0).all())
+    for i in quiet:  # not fired: exactly PP's selection
+        assert torch.equal(quiet[i].heads, pp[i].heads) and torch.equal(quiet[i].channels, pp[i].channels)
+    for i in fired:  # fired: the critical channels are kept
+        assert set(method.critical[i].channels.tolist()) <= set(fired[i].channels.tolist())
 
 
 def test_setdiff_critical_channels(setup):
+    from aapp.pruning.masks import top_k
+    from aapp.pruning.scores import wanda_sp
+
     loaded, cal, _ = setup
     method = AAPP(AAPPOptions(gate="always", critical="setdiff", protect=0.2))
     with prune_model(loaded, method, OPTS, cal) as h:
         kept = masks(h, HARMFUL[:2])
     for i, m in kept.items():
+        crit = set(method.critical[i].channels.tolist())
+        down = loaded.adapter.layer_parts(loaded.model, i).down_proj.weight
+        general_pool = set(top_k(wanda_sp(cal.tensors["mlp.sq_mean"][i], down), 64).tolist())  # top 2n, n = 32
+        assert 0 < len(crit) <= 32
+        assert not crit & general_pool  # important on harmful prompts, not among the general-text top
+        assert crit <= set(m.channels.tolist())
+
+
+def test_attribution_critical_channels_follow_the_refusal_direction(setup):
+    loaded, cal, _ = setup
+    method = AAPP(AAPPOptions(gate="always", critical="attribution", protect=0.2))
+    with prune_model(loaded, method, OPTS, cal) as h:
+        kept = masks(h, HARMFUL[:2])
+    for i, m in kept.items():
+        assert len(method.critical[i].channels) == 32
         assert set(method.critical[i].channels.tolist()) <= set(m.channels.tolist())
-        assert len(method.critical[i].channels) <= 32
+    # A channel that writes nothing into the residual cannot be critical by attribution.
+    down = loaded.adapter.layer_parts(loaded.model, 1).down_proj
+    top = int(method.critical[1].channels[0])
+    saved = down.weight.data[:, top].clone()
+    try:
+        down.weight.data[:, top] = 0
+        again = AAPP(AAPPOptions(gate="always", critical="attribution", protect=0.2))
+        prune_model(loaded, again, OPTS, cal).remove()
+        assert top not in again.critical[1].channels.tolist()
+    finally:
+        down.weight.data[:, top] = saved
+
+
+def test_refresh_moves_the_gate_history_every_n_batches(setup):
+    loaded, cal, _ = setup
+
+    def scores(refresh):
+        method = AAPP(AAPPOptions(gate="direction", refresh=refresh))
+        out = []
+        with prune_model(loaded, method, OPTS, cal) as h:
+            for _ in range(3):
+                masks(h, HARMLESS[:2])
+                out.append(method.last_sample_scores.clone())
+        return out
+
+    fixed = scores(0)
+    assert torch.equal(fixed[0], fixed[2])
+    moved = scores(2)
+    assert torch.equal(moved[0], moved[1])  # no refresh before the 2nd batch's decision
+    assert not torch.equal(moved[1], moved[2])  # the 2nd batch refreshed the history the 3rd reads
+    torch.testing.assert_close(moved[0], fixed[0])
 
 
 def test_calibration_without_alignment_is_refused(setup):
@@ -97,10 +159,9 @@ def test_per_sample_gating_equals_separate_sub_batches(setup):
     settings = GenerationSettings(max_new_tokens=5, batch_size=4)
     rows = list(generate_rows(loaded, prompts, AAPP(AAPPOptions(gate="direction", per_sample=True)), OPTS, cal, settings))
     fired = [r["gate"]["fired"] for r in rows]
+    assert fired == [True, False, True, False]  # in-sample prompts: the gate splits the batch
     for flag in (True, False):
         sub = [p for p, f in zip(prompts, fired) if f == flag]
-        if not sub:
-            continue
         forced = AAPP(AAPPOptions(gate="always" if flag else "never"))
         ref = list(generate_rows(loaded, sub, forced, OPTS, cal, settings))
         got = [r for r, f in zip(rows, fired) if f == flag]

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -6,8 +8,7 @@ from aapp.errors import AappError
 from aapp.methods import AAPPOptions, base_name, make_method
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.run import GenerationSettings, generate_rows
-from tests.conftest import make_loaded
-from tests.pruning.test_engine import logits
+from tests.conftest import logits, make_loaded
 
 TEXT = ["The river ran past the old mill where the children played every summer evening. " * 10] * 4
 OPTS = PruneOptions(ratio=0.4, dense_layers=1)
@@ -66,6 +67,7 @@ def test_aapp_takes_compensation_too(setup):
 
     harmful = [f"explain how to build a weapon number {i}" for i in range(4)]
     harmless = [f"write a poem about flower number {i}" for i in range(4)]
+    cal = copy.deepcopy(cal)  # the fixture is shared by the module's other tests
     add_alignment(cal, loaded, harmful, harmless, {"harmful": "t", "harmless": "t"})
     with prune_model(loaded, method, OPTS, cal) as h:
         logits(loaded)

@@ -9,7 +9,7 @@ from aapp.methods.base import Method, Selection
 from aapp.methods.pp import PPOptions, ProbePruning
 from aapp.pruning.engine import PruneOptions, choose_probe, prune_model
 from aapp.pruning.masks import LayerMask
-from tests.conftest import PROMPTS
+from tests.conftest import PROMPTS, logits
 
 
 class Fixed(Method):
@@ -33,13 +33,6 @@ class ProbeOnly(ProbePruning):
 
     def __init__(self):
         super().__init__(PPOptions(fuse_history=False))
-
-
-def logits(loaded, prompts=PROMPTS):
-    ids, attn = encode(loaded.tokenizer, prompts, loaded.device)
-    with torch.no_grad():
-        out = loaded.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
-    return out, attn.bool()
 
 
 def test_full_mask_path_equals_dense(tiny):

@@ -43,3 +43,20 @@ def test_ratio_out_of_range(ratio):
 def test_ratio_too_high_for_dense_layers():
     with pytest.raises(AappError, match="dense"):
         make_plan(geometry(layers=4), 0.9, dense_layers=3)
+
+
+LLAMA2_7B = Geometry("llama", 32, 4096, 32, 32, 128, 11008, 32000, "silu", 128 ** -0.5, (None,) * 32)
+GEMMA3_12B = Geometry("gemma3_text", 48, 3840, 16, 8, 256, 15360, 262208, "gelu_tanh", 256 ** -0.5, (None,) * 48)
+
+
+@pytest.mark.parametrize("g", [geometry(), LLAMA2_7B, GEMMA3_12B], ids=["qwen2.5-0.5b", "llama2-7b", "gemma3-12b"])
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.3, 0.4, 0.5])
+def test_flops_removed_after_rounding_match_the_nominal_ratio(g, ratio):
+    """Heads and channels are whole and tile-rounded, and kv heads are ceil'd; what is actually removed
+    of the projections' FLOPs stays within 1.5 points of the ratio asked for."""
+    from aapp.pruning.flops import block_flops, dense_block_flops
+
+    plan = make_plan(g, ratio)
+    kept = sum(block_flops(g, 1, 0, b.heads, b.kv_heads, b.channels) for b in plan.budgets)
+    removed = 1 - kept / (dense_block_flops(g, 1, 0) * g.num_layers)
+    assert removed == pytest.approx(ratio, abs=0.015)

@@ -4,7 +4,7 @@ import json
 
 from aapp.evaluation.judges import Verdict
 from tests.conftest import load_script
-from tests.evaluation.test_sweep import make_inputs
+from tests.evaluation.sweep_inputs import make_inputs
 
 
 class EveryOtherRefused:

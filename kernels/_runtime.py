@@ -61,7 +61,7 @@ def interpreted(kernel: object) -> bool:
 def kernels_interpreted() -> bool:
     """The mode the kernel modules were imported in or, when none is imported yet, would be."""
     # Looked up rather than imported: importing here would fix the mode as a side effect.
-    splitk = sys.modules.get("kernels.splitk")
+    splitk = sys.modules.get("aapp_kernels.splitk")
     if splitk is not None:
         return interpreted(splitk._splitk_finish_kernel)
     return bool(knobs.runtime.interpret)

@@ -1,4 +1,4 @@
-"""Compile every kernel variant for a GPU target without a GPU: `python -m kernels.aot [cuda:90]`.
+"""Compile every kernel variant for a GPU target without a GPU: `python -m aapp_kernels.aot [cuda:90]`.
 
 The interpreter runs the kernels' Python, not Triton's compiler, so it cannot catch what only
 compilation rejects (tl.dot shapes, layouts, shared memory). This compiles each variant the launchers
@@ -14,10 +14,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import _runtime as rt
-from kernels.gather_in import _gather_in_decode_kernel, _gather_in_gemm_kernel
-from kernels.gather_out import _row_gather_decode_kernel, _row_gather_gemm_kernel
-from kernels.splitk import _splitk_finish_kernel
+from aapp_kernels import _runtime as rt
+from aapp_kernels.gather_in import _gather_in_decode_kernel, _gather_in_gemm_kernel
+from aapp_kernels.gather_out import _row_gather_decode_kernel, _row_gather_gemm_kernel
+from aapp_kernels.splitk import _splitk_finish_kernel
 
 # Argument values of a launch (ints) and which pointers hold indices or fp32 workspaces.
 _M, _N, _K, _KK = 8192, 4096, 4096, 2048

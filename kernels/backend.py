@@ -171,13 +171,13 @@ class TritonBackend:
     name = "triton"
 
     def __init__(self) -> None:
-        import kernels.ops  # noqa: F401  registers torch.ops.aapp.*
+        import aapp_kernels.ops  # noqa: F401  registers torch.ops.aapp.*
 
     def input_layout(self, weight: torch.Tensor) -> torch.Tensor:
         return k_major(weight)
 
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
-        from kernels.gather_in import aligned_run
+        from aapp_kernels.gather_in import aligned_run
 
         _check_prepare([weight], idx, axis=1)
         idx = idx.contiguous()
@@ -201,7 +201,7 @@ def triton_unavailable(device: torch.device | str) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available"
     try:
-        from kernels import _runtime
+        from aapp_kernels import _runtime
     except ImportError as exc:
         return f"triton cannot be imported ({exc})"
     if not _runtime.triton_runs_on(device, _runtime.kernels_interpreted()):

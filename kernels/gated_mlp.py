@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _runtime as rt
-from kernels.gather_out import launch_rows
-from kernels.splitk import activation_code, activation_reference
+from aapp_kernels import _runtime as rt
+from aapp_kernels.gather_out import launch_rows
+from aapp_kernels.splitk import activation_code, activation_reference
 
 
 def gated_up_reference(

@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _runtime as rt
-from kernels.splitk import gate_up, splitk_finish, splitk_workspace, store_tile, sum_axis0
+from aapp_kernels import _runtime as rt
+from aapp_kernels.splitk import gate_up, splitk_finish, splitk_workspace, store_tile, sum_axis0
 
 
 @triton.jit

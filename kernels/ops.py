@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.gated_mlp import gated_up
-from kernels.gather_in import gather_in
-from kernels.gather_out import gather_out
+from aapp_kernels.gated_mlp import gated_up
+from aapp_kernels.gather_in import gather_in
+from aapp_kernels.gather_out import gather_out
 
 
 @torch.library.custom_op("aapp::gather_in", mutates_args=())

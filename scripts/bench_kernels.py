@@ -34,7 +34,7 @@ from rich.table import Table
 from aapp.errors import AappError
 from aapp.io import atomic_write, check_writable
 from aapp.provenance import machine
-from kernels.backend import LinearBackend, get_backend, k_major
+from aapp_kernels.backend import LinearBackend, get_backend, k_major
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Normwise relative error allowed in the pre-timing check: a few output-dtype roundings (2^-9 bf16).
@@ -213,9 +213,9 @@ def dense_fn(case: LinearCase, ops: Operands):
 
 
 def reference(case: LinearCase, ops: Operands) -> torch.Tensor:
-    from kernels.gated_mlp import gated_up_reference
-    from kernels.gather_in import gather_in_reference
-    from kernels.gather_out import gather_out_reference
+    from aapp_kernels.gated_mlp import gated_up_reference
+    from aapp_kernels.gather_in import gather_in_reference
+    from aapp_kernels.gather_out import gather_out_reference
 
     if case.op == "in":
         return gather_in_reference(ops.x_ours, ops.weights[0], ops.idx)
@@ -333,7 +333,7 @@ def target_met(row: dict) -> bool | None:
 def choose_backend(device: torch.device) -> LinearBackend:
     """triton on CUDA; on CPU the torch backend unless the kernels run in Triton's interpreter."""
     if device.type == "cpu":
-        from kernels.backend import triton_unavailable
+        from aapp_kernels.backend import triton_unavailable
 
         return get_backend("triton" if triton_unavailable(device) is None else "torch", device)
     return get_backend("auto", device)

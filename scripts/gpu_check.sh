@@ -22,7 +22,10 @@ for arg in "$@"; do
 done
 [ -n "$OUT" ] || { echo "usage: scripts/gpu_check.sh [--dry] OUTDIR" >&2; exit 2; }
 mkdir -p "$OUT" || exit 2
-export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+# kernels/ is imported as aapp_kernels (an install maps it, see pyproject.toml); from a bare checkout
+# a link named so does the same.
+LINKS="$(mktemp -d)" && ln -s "$(pwd)/kernels" "$LINKS/aapp_kernels" || exit 2
+export PYTHONPATH="$(pwd):$LINKS${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
 # Seconds per step, so that a hung step still leaves the others time: together within ~8 minutes.
 CHECK_TIMEOUT="${CHECK_TIMEOUT:-90}" TIMING_TIMEOUT="${TIMING_TIMEOUT:-150}" E2E_TIMEOUT="${E2E_TIMEOUT:-200}"

@@ -56,7 +56,7 @@ class PrunedModel:
     """The handle of a pruned model. Use as a context manager or call `remove()`."""
 
     def __init__(self, loaded: LoadedModel, method: Method, options: PruneOptions, calib: Calibration | None):
-        from kernels.backend import get_backend
+        from aapp_kernels.backend import get_backend
 
         self.loaded, self.method, self.options, self.calib = loaded, method, options, calib
         g = loaded.geometry

@@ -2,7 +2,7 @@
 
 Triton picks interpret-or-compile when a kernel is decorated, i.e. when a `kernels.*` kernel module is
 imported, so TRITON_INTERPRET is set here, at collection, before any test module imports one. It stays
-set for the rest of the process; `kernels.backend` itself never imports Triton, so other tests are not
+set for the rest of the process; `aapp_kernels.backend` itself never imports Triton, so other tests are not
 affected unless they ask for the triton backend. On a GPU machine, AAPP_KERNEL_TEST_DEVICE=cuda runs
 the same tests compiled, with the real configs and tuning.
 
@@ -20,7 +20,7 @@ import sys
 from types import SimpleNamespace
 
 DEVICE = os.environ.get("AAPP_KERNEL_TEST_DEVICE", "cpu")
-_IMPORTED_BEFORE = "kernels.splitk" in sys.modules
+_IMPORTED_BEFORE = "aapp_kernels.splitk" in sys.modules
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
 
@@ -36,7 +36,7 @@ TOLERANCES = {
 
 @pytest.fixture(autouse=True)
 def _kernels_can_run() -> None:
-    from kernels import _runtime
+    from aapp_kernels import _runtime
 
     if DEVICE == "cpu" and not _runtime.kernels_interpreted():
         pytest.fail(

@@ -13,7 +13,7 @@ def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    result = subprocess.run([sys.executable, "-m", "kernels.aot", "cuda:90"], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", "aapp_kernels.aot", "cuda:90"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     compiled = [line for line in result.stdout.splitlines() if line.startswith("ok ")]

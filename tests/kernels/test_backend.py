@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from aapp.errors import AappError
-from kernels.backend import get_backend, k_major
-from kernels.gated_mlp import gated_up_reference
-from kernels.gather_in import gather_in_reference
-from kernels.gather_out import gather_out_reference
+from aapp_kernels.backend import get_backend, k_major
+from aapp_kernels.gated_mlp import gated_up_reference
+from aapp_kernels.gather_in import gather_in_reference
+from aapp_kernels.gather_out import gather_out_reference
 
 K, N = 48, 40
 REPO = Path(__file__).resolve().parents[2]
@@ -82,12 +82,12 @@ def test_triton_on_missing_cuda_is_an_aapp_error():
 _FRESH_PROCESS = """
 import os, sys, torch
 from aapp.errors import AappError
-from kernels.backend import get_backend
+from aapp_kernels.backend import get_backend
 try:
     get_backend("triton", "cpu")
 except AappError as e:
     print("refused:", e)
-assert "triton" in sys.modules and "kernels.splitk" not in sys.modules  # refusing fixed no kernel's mode
+assert "triton" in sys.modules and "aapp_kernels.splitk" not in sys.modules  # refusing fixed no kernel's mode
 os.environ["TRITON_INTERPRET"] = "1"  # after triton's import: its own @jit helpers stay compiled
 backend = get_backend("triton", "cpu")
 x, w, idx = torch.randn(3, 16), torch.randn(8, 16), torch.tensor([1, 4, 6])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels._runtime import DecodeConfig
-from kernels.gated_mlp import gated_up, gated_up_reference
+from aapp_kernels._runtime import DecodeConfig
+from aapp_kernels.gated_mlp import gated_up, gated_up_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ROWS = [1, 3, 37]  # GEMV reduce, decode tl.dot, tiled GEMM

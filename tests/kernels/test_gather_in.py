@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels._runtime import DecodeConfig, GemmConfig
-from kernels.gather_in import aligned_run, gather_in, gather_in_reference
+from aapp_kernels._runtime import DecodeConfig, GemmConfig
+from aapp_kernels.gather_in import aligned_run, gather_in, gather_in_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # 1 row: GEMV reduce; 3 rows: decode tl.dot (rows padded to 16); 37 rows: tiled GEMM, ragged in M.

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels._runtime import DecodeConfig, GemmConfig
-from kernels.gather_out import gather_out, gather_out_reference
+from aapp_kernels._runtime import DecodeConfig, GemmConfig
+from aapp_kernels.gather_out import gather_out, gather_out_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ROWS = [1, 3, 37]  # GEMV reduce, decode tl.dot, tiled GEMM

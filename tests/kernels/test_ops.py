@@ -2,10 +2,10 @@
 
 import torch
 
-import kernels.ops  # noqa: F401  registers torch.ops.aapp.*
-from kernels.backend import get_backend
-from kernels.gather_in import gather_in_reference
-from kernels.gather_out import gather_out_reference
+import aapp_kernels.ops  # noqa: F401  registers torch.ops.aapp.*
+from aapp_kernels.backend import get_backend
+from aapp_kernels.gather_in import gather_in_reference
+from aapp_kernels.gather_out import gather_out_reference
 
 K, N = 48, 40
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.splitk import activation_code, splitk_finish, splitk_finish_reference
+from aapp_kernels.splitk import activation_code, splitk_finish, splitk_finish_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

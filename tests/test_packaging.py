@@ -1,0 +1,23 @@
+"""What `pip install .` ships: every package folder, and the kernels under their own name."""
+
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _setuptools() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_package_folder_is_listed():
+    listed = set(_setuptools()["packages"])
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "aapp").rglob("__init__.py")}
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_kernels_install_as_aapp_kernels():
+    import aapp_kernels
+
+    assert _setuptools()["package-dir"] == {"aapp_kernels": "kernels"}
+    assert Path(aapp_kernels.__file__).resolve().parent == REPO / "kernels"

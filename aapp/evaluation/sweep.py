@@ -159,9 +159,9 @@ def is_stateful(cell: Cell, cfg: SweepConfig) -> bool:
     """Whether a batch's channels depend on the batches before it (so it cannot be split or skipped)."""
     if cell.method == DENSE:
         return False
-    from aapp.methods import base_name
+    from aapp.methods import make_method
 
-    return cfg.prune.ema_momentum is not None or (base_name(cell.method) == "aapp" and cfg.aapp.refresh > 0)
+    return cfg.prune.ema_momentum is not None or make_method(cell.method, cfg.aapp).carries_state
 
 
 def batches_of(n_prompts: int, batch_size: int) -> list[range]:

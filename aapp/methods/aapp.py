@@ -237,6 +237,10 @@ class AAPP(ProbePruning):
                                            protect_heads=crit.heads, protect_channels=crit.channels))
 
     @property
+    def carries_state(self) -> bool:
+        return self.aapp.refresh > 0
+
+    @property
     def splits_batches(self) -> bool:
         """Per-sample gating needs the batch split by gate decision before generation."""
         return self.aapp.per_sample and self.aapp.gate in ("direction", "kl")

@@ -44,6 +44,12 @@ class Method(ABC):
     needs_calibration: ClassVar[bool] = True
     uses_probe: ClassVar[bool] = False
 
+    @property
+    def carries_state(self) -> bool:
+        """Whether a batch's selection depends on the batches before it (then a resumed run must
+        replay them from the first)."""
+        return False
+
     def bind(self, model, adapter, geometry: Geometry, plan: PrunePlan, calib: Calibration | None) -> None:
         """Called once when a model is wrapped; static methods precompute here."""
         self.geometry, self.plan, self.calib = geometry, plan, calib

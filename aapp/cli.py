@@ -141,7 +141,8 @@ def calibrate(
     dtype: Dtype = "auto",
 ):
     """Dense passes over calibration text (and harmful/harmless prompts); writes what `aapp prune` needs."""
-    from aapp.calibration.run import TextSettings, add_alignment, calibrate_text
+    from aapp.calibration.run import TextSettings, calibrate_text
+    from aapp.methods.aapp import add_alignment
     from aapp.calibration.store import save_calibration
     from aapp.models.loading import load_model
     from aapp.prompts import load_prompts
@@ -203,7 +204,7 @@ def prune(
     from aapp.methods import make_method
     from aapp.models.loading import load_model
     from aapp.pruning.engine import PruneOptions
-    from aapp.pruning.plan import check_ratio
+    from aapp.methods.plan import check_ratio
     from aapp.pruning.run import GenerationSettings, generate_rows
     from aapp.prompts import load_prompts
 

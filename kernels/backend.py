@@ -10,6 +10,7 @@ Importing this module does not import Triton; only asking for the triton backend
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,9 +29,10 @@ class PreparedLinear(Protocol):
 class LinearBackend(Protocol):
     name: str
 
-    def input_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        """`weight` [N, K] stored as this backend reads kept input channels fastest (the same values).
-        The engine puts it in the original's place, so no second copy is kept."""
+    def prepare_layer(self, gathered_inputs: Sequence[torch.nn.Linear]) -> Callable[[], None]:
+        """Store the weights of linears whose kept input channels are gathered one by one as this
+        backend reads them fastest (the same values, in the original's place, so the model is
+        never held twice), once when a layer is wrapped. Returns the undo."""
         ...
 
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
@@ -107,11 +109,15 @@ class _DenseGated:
         return (F.silu(g) if self.activation == "silu" else F.gelu(g, approximate="tanh")) * u
 
 
+def _nothing() -> None:
+    pass
+
+
 class TorchBackend:
     name = "torch"
 
-    def input_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight  # index_select copies the kept columns once per batch; the layout does not matter
+    def prepare_layer(self, gathered_inputs: Sequence[torch.nn.Linear]) -> Callable[[], None]:
+        return _nothing  # index_select copies the kept columns once per batch; the layout does not matter
 
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
         _check_prepare([weight], idx, axis=1)
@@ -173,8 +179,14 @@ class TritonBackend:
     def __init__(self) -> None:
         import aapp_kernels.ops  # noqa: F401  registers torch.ops.aapp.*
 
-    def input_layout(self, weight: torch.Tensor) -> torch.Tensor:
-        return k_major(weight)
+    def prepare_layer(self, gathered_inputs: Sequence[torch.nn.Linear]) -> Callable[[], None]:
+        for linear in gathered_inputs:
+            linear.weight.data = k_major(linear.weight.data)
+
+        def undo() -> None:  # row-major again, one matrix at a time
+            for linear in gathered_inputs:
+                linear.weight.data = linear.weight.data.contiguous()
+        return undo
 
     def input_gather(self, weight: torch.Tensor, idx: torch.Tensor) -> PreparedLinear:
         from aapp_kernels.gather_in import aligned_run

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from aapp.calibration.store import Calibration
+from aapp.calibration.store import Alignment, Calibration, GateFit, PromptSetStats, SiteStats
 from aapp.methods import make_method
 from aapp.models.adapters import adapter_for
 from aapp.models.loading import LoadedModel, fingerprint
@@ -36,21 +36,17 @@ def synthetic_calibration(loaded: LoadedModel, seed: int = 0) -> Calibration:
     g = loaded.geometry
     gen = torch.Generator().manual_seed(seed)
     L, A, M, D = g.num_layers, g.num_heads * g.head_dim, g.intermediate_size, g.hidden_size
-    t = {}
-    for site, c in (("attn", A), ("mlp", M)):
-        t[f"{site}.mean"] = torch.randn(L, c, generator=gen) * 0.1
-        t[f"{site}.sq_mean"] = torch.rand(L, c, generator=gen) + 0.1
-        for s in ("harmful", "harmless"):
-            t[f"align.{site}.{s}.mean"] = torch.randn(L, c, generator=gen) * 0.1
-            t[f"align.{site}.{s}.sq_mean"] = torch.rand(L, c, generator=gen) + 0.1
-    for s in ("harmful", "harmless"):
-        t[f"align.resid.{s}.mean"] = torch.randn(L, D, generator=gen)
-        t[f"align.resid.{s}.energy"] = torch.rand(L, D, generator=gen) + 0.1
-    for gate in ("direction", "kl"):
-        t[f"align.gate.{gate}.auroc"] = torch.full((L,), 0.5)
-        t[f"align.gate.{gate}.threshold"] = torch.zeros(L)
+
+    def stats(c: int, scale: float = 0.1) -> SiteStats:
+        return SiteStats(mean=torch.randn(L, c, generator=gen) * scale, sq_mean=torch.rand(L, c, generator=gen) + 0.1)
+
+    def prompt_set() -> PromptSetStats:
+        return PromptSetStats(attn=stats(A), mlp=stats(M), resid=stats(D, scale=1.0))
+
+    text = {"attn": stats(A), "mlp": stats(M)}
+    gates = {gate: GateFit(auroc=torch.full((L,), 0.5), threshold=torch.zeros(L)) for gate in ("direction", "kl")}
     meta = {"fingerprint": loaded.fingerprint, "model": loaded.name, "post_instruction_tokens": 5}
-    return Calibration(meta=meta, tensors=t)
+    return Calibration(meta=meta, **text, alignment=Alignment(prompt_set(), prompt_set(), gates))
 
 
 def build(shape: str, device: str, dtype: torch.dtype, layers: int | None) -> LoadedModel:

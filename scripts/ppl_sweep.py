@@ -4,8 +4,9 @@
     python scripts/ppl_sweep.py --tiny --calib-windows 4 --eval-windows 4 --seq-len 32 --ratios 0.2,0.4
     python scripts/ppl_sweep.py --methods pp,flap,pp-history-only,flap-no-comp --eval-windows 8 --ratios 0.3
 
-`--methods` takes any method spec (`pp`, `pp+comp`, `flap`, ...) and the ablations in
-ABLATIONS below, which take PP and FLAP apart to show where the gap between them comes from.
+`--methods` takes any method spec (`pp`, `pp+comp`, `flap`, `pp:history-only`, ...) and the
+ablation names in ABLATIONS below, which take PP and FLAP apart to show where the gap between
+them comes from.
 
 Calibrates once on the calibration split of the text, then measures perplexity on the
 held-out split (disjoint documents) for the dense model and every method x ratio, with the
@@ -26,13 +27,10 @@ from aapp.calibration.store import load_calibration, save_calibration
 from aapp.console import info
 from aapp.evaluation.perplexity import window_perplexity
 from aapp.io import atomic_write
-from aapp.methods import Flap, PPOptions, ProbePruning, Selection, make_method
-from aapp.methods.base import select_top
+from aapp.methods import make_method
 from aapp.models.loading import load_model
 from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
-from aapp.pruning.masks import LayerMask
-from aapp.pruning.scores import flap_compensation, fuse
 from aapp.text import load_text
 
 
@@ -69,75 +67,26 @@ def load(args):
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
-class _PPHistoryOnly(ProbePruning):
-    """PPsp on calibration history alone: no probe, so a static method."""
-
-    uses_probe = False
-
-    def select(self, ctx):
-        heads, channels = self.scores(ctx.layer, ctx.history["attn"], ctx.history["mlp"])
-        return Selection(select_top(heads, channels, ctx.budget, ctx.geometry))
-
-
-class _FlapNoComp(Flap):
-    def finish(self, layer, mask, parts):
-        return Selection(mask)
-
-
-class _Mixed(ProbePruning):
-    """Heads from one of pp / flap, MLP channels from the other, each with its own biases."""
-
-    def __init__(self, heads_from: str):
-        super().__init__()
-        self.heads_from = heads_from
-
-    def bind(self, *args):
-        super().bind(*args)
-        self.flap = Flap()
-        self.flap.bind(*args)
-
-    def select(self, ctx):
-        pp, fl = super().select(ctx), self.flap.select(ctx)
-        heads, mlp = (pp, fl) if self.heads_from == "pp" else (fl, pp)
-        mask = LayerMask.from_kept(heads.mask.heads, mlp.mask.channels, ctx.geometry)
-        return Selection(mask, attn_bias=heads.attn_bias, mlp_bias=mlp.mlp_bias)
-
-
-class _PPFluctuationHeads(ProbePruning):
-    """Heads scored on the fused mean square minus the calibration mean squared (a fluctuation,
-    as FLAP), with FLAP's compensation at attention; MLP channels as pp."""
-
-    def select(self, ctx):
-        mean = self.calib.tensors["attn.mean"][ctx.layer].to(ctx.probe.attn.device)
-        fluct = (fuse(ctx.probe.attn, ctx.history["attn"]) - mean.square()).clamp(min=0)
-        heads, _ = self.scores(ctx.layer, fluct, ctx.history["mlp"])
-        _, channels = self.channel_scores(ctx)
-        mask = select_top(heads, channels, ctx.budget, ctx.geometry)
-        bias = flap_compensation(mean, ctx.parts.o_proj.weight, mask.q_rows(ctx.geometry.head_dim))
-        return Selection(mask, attn_bias=bias)
-
-
-# name -> (method factory, engine option overrides)
+# The ablations that take PP and FLAP apart, under the names BENCHMARKS.md reports: each is a
+# registered method variant (aapp.methods) with, for the full probe, engine option overrides.
 ABLATIONS = {
-    "pp-full-probe": (ProbePruning, {"probe_samples": 1.0, "probe_positions": 1.0}),  # the paper's upper bound
-    "pp-probe-only": (lambda: ProbePruning(PPOptions(fuse_history=False)), {}),
-    "pp-history-only": (_PPHistoryOnly, {}),
-    "pp-head-l2": (lambda: ProbePruning(PPOptions(head_score="l2")), {}),
-    "pp-heads+flap-mlp": (lambda: _Mixed("pp"), {}),
-    "flap-heads+pp-mlp": (lambda: _Mixed("flap"), {}),
-    "pp-fluct-heads+comp": (_PPFluctuationHeads, {}),
-    "flap-no-comp": (_FlapNoComp, {}),
+    "pp-full-probe": ("pp", {"probe_samples": 1.0, "probe_positions": 1.0}),  # the paper's upper bound
+    "pp-probe-only": ("pp:probe-only", {}),
+    "pp-history-only": ("pp:history-only", {}),
+    "pp-head-l2": ("pp:head-l2", {}),
+    "pp-heads+flap-mlp": ("hybrid:pp-heads", {}),
+    "flap-heads+pp-mlp": ("hybrid:flap-heads", {}),
+    "pp-fluct-heads+comp": ("pp:fluct-heads", {}),
+    "flap-no-comp": ("flap:no-comp", {}),
 }
 
 
 def make_cell(name: str):
-    """A method spec or an ablation name -> (method, extra PruneOptions fields)."""
-    if name in ABLATIONS:
-        factory, overrides = ABLATIONS[name]
-        method = factory()
-        method.name = name
-        return method, overrides
-    return make_method(name), {}
+    """A method spec or an ablation name -> (method named `name`, extra PruneOptions fields)."""
+    spec, overrides = ABLATIONS.get(name, (name, {}))
+    method = make_method(spec)
+    method.name = name
+    return method, overrides
 
 
 def calibration(args, loaded):

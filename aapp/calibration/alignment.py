@@ -1,5 +1,6 @@
-"""Alignment statistics: how the dense model's channels and residual stream differ on
-harmful versus harmless prompts. AAPP's critical channels and risk gates read these.
+"""Alignment statistics: the dense model's channels and residual stream on one prompt set
+(harmful or harmless). AAPP (aapp.methods.aapp) compares the two sets for its critical
+channels and fits its risk gates on the per-prompt residual features collected here.
 
 Where we look. Each prompt is rendered with the chat template, and statistics are
 taken at its *post-instruction* positions: the template tokens after the user's
@@ -8,10 +9,10 @@ whether to refuse (Arditi et al. 2024 find the refusal direction at exactly thos
 positions), and they are the same tokens for every prompt, so harmful and harmless
 differ in what the model read, not in where we look.
 
-Tensors written under `align.` (L layers, C channels of a site, D hidden size):
-  align.{attn,mlp}.{harmful,harmless}.mean / .sq_mean   [L, C]  post-instruction
-  align.resid.{harmful,harmless}.mean / .energy         [L, D]  block-input residual
-  align.gate.{direction,kl}.{auroc,threshold}           [L]     in-sample, per layer
+What one set gives (L layers, C channels of a site, D hidden size, N prompts): the mean and
+mean square at both sites [L, C], of the block-input residual [L, D], and each prompt's
+post-instruction mean residual at every layer [N, L, D] (kept in memory only, for fitting
+gates; the file stores the moments, see aapp.calibration.store).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dataclasses import dataclass
+
 from aapp.calibration.collect import Collector
-from aapp.evaluation import metrics
+from aapp.calibration.store import PromptSetStats, SiteStats
 from aapp.generation import encode
 from aapp.models.loading import LoadedModel
-
-SETS = ("harmful", "harmless")
 
 
 def post_instruction_tokens(tokenizer) -> int:
@@ -78,9 +79,17 @@ class _ResidualFeatures:
             h.remove()
 
 
+@dataclass(frozen=True)
+class PromptSetPass:
+    """What a dense pass over one prompt set measured."""
+
+    stats: PromptSetStats
+    features: torch.Tensor  # [N, L, D] each prompt's post-instruction mean residual per layer
+
+
 @torch.inference_mode()
 def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8,
-                on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+                on_batch: Callable[[int], None] | None = None) -> PromptSetPass:
     """Statistics of one prompt set; see the module docstring for what and where."""
     n_post = post_instruction_tokens(loaded.tokenizer)
     post = Collector(loaded, positions=f"last:{n_post}")
@@ -96,71 +105,7 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
     finally:
         post.remove()
         feats.remove()
-    out = {}
-    for site in ("attn", "mlp"):
-        out[f"{site}.mean"] = post.moments[site].mean()
-        out[f"{site}.sq_mean"] = post.moments[site].sq_mean()
+    sites = {site: SiteStats(mean=m.mean(), sq_mean=m.sq_mean()) for site, m in post.moments.items()}
     features = torch.cat(feats.rows)  # [N, L, D]
-    out["resid.mean"] = features.mean(0)
-    out["resid.energy"] = features.square().mean(0)
-    out["_features"] = features
-    return out
-
-
-def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """Probability that a random positive outscores a random negative (ties count half)."""
-    value = metrics.auroc(pos.tolist(), neg.tolist())
-    return float("nan") if value is None else value
-
-
-def best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """The cut that maximises balanced accuracy (midpoint between neighbouring scores)."""
-    scores = torch.cat([pos, neg]).sort().values
-    cuts = torch.cat([scores[:1] - 1, (scores[1:] + scores[:-1]) / 2, scores[-1:] + 1])
-    tpr = (pos[None, :] > cuts[:, None]).float().mean(1)
-    tnr = (neg[None, :] <= cuts[:, None]).float().mean(1)
-    return float(cuts[torch.argmax(tpr + tnr)])
-
-
-def direction_scores(features: torch.Tensor, harmful_mean: torch.Tensor, harmless_mean: torch.Tensor) -> torch.Tensor:
-    """Projection of per-prompt residuals [N, L, D] on each layer's unit refusal direction -> [N, L]."""
-    d = harmful_mean - harmless_mean
-    d = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    centre = (harmful_mean + harmless_mean) / 2
-    return ((features - centre) * d).sum(-1)
-
-
-def channel_distribution(energy: torch.Tensor) -> torch.Tensor:
-    """Normalise per-channel energy [..., D] into a distribution over channels."""
-    e = energy.float().clamp(min=0) + 1e-8
-    return e / e.sum(-1, keepdim=True)
-
-
-def kl_scores(features: torch.Tensor, harmful_energy: torch.Tensor, harmless_energy: torch.Tensor) -> torch.Tensor:
-    """KL(input || safe) - KL(input || harmful) per prompt and layer -> [N, L]; > 0 means closer to harmful."""
-    p = channel_distribution(features.square())
-    qh, qs = channel_distribution(harmful_energy), channel_distribution(harmless_energy)
-    kl_s = (p * (p.log() - qs.log())).sum(-1)
-    kl_h = (p * (p.log() - qh.log())).sum(-1)
-    return kl_s - kl_h
-
-
-def alignment_tensors(harmful: dict, harmless: dict) -> dict[str, torch.Tensor]:
-    """Flatten both sets' statistics under `align.` and calibrate both gates per layer."""
-    out = {}
-    for name, stats in (("harmful", harmful), ("harmless", harmless)):
-        for key, value in stats.items():
-            if not key.startswith("_"):
-                site, stat = key.split(".", 1)
-                out[f"align.{site}.{name}.{stat}"] = value
-    fh, fs = harmful["_features"], harmless["_features"]
-    gates = {
-        "direction": lambda f: direction_scores(f, harmful["resid.mean"], harmless["resid.mean"]),
-        "kl": lambda f: kl_scores(f, harmful["resid.energy"], harmless["resid.energy"]),
-    }
-    for gate, score in gates.items():
-        sh, ss = score(fh), score(fs)
-        layers = sh.shape[1]
-        out[f"align.gate.{gate}.auroc"] = torch.tensor([auroc(sh[:, i], ss[:, i]) for i in range(layers)])
-        out[f"align.gate.{gate}.threshold"] = torch.tensor([best_threshold(sh[:, i], ss[:, i]) for i in range(layers)])
-    return out
+    resid = SiteStats(mean=features.mean(0), sq_mean=features.square().mean(0))
+    return PromptSetPass(PromptSetStats(attn=sites["attn"], mlp=sites["mlp"], resid=resid), features)

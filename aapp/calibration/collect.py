@@ -55,7 +55,6 @@ class Collector:
     loaded: LoadedModel
     positions: str = "all"
     moments: dict[str, Moments] = field(default_factory=dict)
-    residual_sum: torch.Tensor | None = None  # [L, D] block-input residual sums (same tokens)
     _handles: list = field(default_factory=list)
     _token_mask: torch.Tensor | None = None
 
@@ -65,14 +64,12 @@ class Collector:
             "attn": Moments.zeros(g.num_layers, g.num_heads * g.head_dim),
             "mlp": Moments.zeros(g.num_layers, g.intermediate_size),
         }
-        self.residual_sum = torch.zeros(g.num_layers, g.hidden_size, dtype=torch.float64)
         model, adapter = self.loaded.model, self.loaded.adapter
         self._handles.append(model.register_forward_pre_hook(self._capture_mask, with_kwargs=True))
         for i in range(g.num_layers):
             parts = adapter.layer_parts(model, i)
             self._handles.append(parts.o_proj.register_forward_pre_hook(self._site_hook("attn", i)))
             self._handles.append(parts.down_proj.register_forward_pre_hook(self._site_hook("mlp", i)))
-            self._handles.append(parts.layer.register_forward_pre_hook(self._residual_hook(i), with_kwargs=True))
 
     def _capture_mask(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -88,16 +85,6 @@ class Collector:
         def hook(module, args):
             self.moments[site].add(layer, self._select(args[0]))
         return hook
-
-    def _residual_hook(self, layer: int):
-        def hook(module, args, kwargs):
-            x = kwargs.get("hidden_states", args[0] if args else None)
-            self.residual_sum[layer] += self._select(x).detach().to("cpu", torch.float64).sum(0)
-        return hook
-
-    def residual_mean(self) -> torch.Tensor:
-        count = self.moments["attn"].count.clamp(min=1)[:, None]
-        return (self.residual_sum / count).float()
 
     def remove(self) -> None:
         for h in self._handles:

@@ -1,4 +1,6 @@
-"""`aapp calibrate`: dense passes over general text that write the pruning history."""
+"""`aapp calibrate`: dense passes over general text that write the pruning history.
+
+AAPP's alignment statistics are added by `aapp.methods.aapp.add_alignment`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 
 import aapp
 from aapp.calibration.collect import Collector
-from aapp.calibration.store import Calibration
+from aapp.calibration.store import Calibration, SiteStats
 from aapp.errors import InputError
 from aapp.models.loading import LoadedModel
 
@@ -37,7 +39,7 @@ def pack_tokens(tokenizer, texts: Sequence[str], samples: int, seq_len: int) -> 
 
 @torch.inference_mode()
 def collect_text_stats(loaded: LoadedModel, windows: torch.Tensor, batch_size: int,
-                       on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+                       on_batch: Callable[[int], None] | None = None) -> dict[str, SiteStats]:
     """Mean and mean-square activation per channel at the o_proj and down_proj inputs."""
     col = Collector(loaded, positions="all")
     try:
@@ -48,10 +50,7 @@ def collect_text_stats(loaded: LoadedModel, windows: torch.Tensor, batch_size: i
                 on_batch(len(chunk))
     finally:
         col.remove()
-    out = {}
-    for site, m in col.moments.items():
-        out[f"{site}.mean"], out[f"{site}.sq_mean"] = m.mean(), m.sq_mean()
-    return out
+    return {site: SiteStats(mean=m.mean(), sq_mean=m.sq_mean()) for site, m in col.moments.items()}
 
 
 def calibration_meta(loaded: LoadedModel, **extra) -> dict:
@@ -66,22 +65,7 @@ def calibration_meta(loaded: LoadedModel, **extra) -> dict:
 def calibrate_text(loaded: LoadedModel, texts: Sequence[str], settings: TextSettings, description: str,
                    on_batch: Callable[[int], None] | None = None) -> Calibration:
     windows = pack_tokens(loaded.tokenizer, texts, settings.samples, settings.seq_len)
-    tensors = collect_text_stats(loaded, windows, settings.batch_size, on_batch)
+    sites = collect_text_stats(loaded, windows, settings.batch_size, on_batch)
     meta = calibration_meta(loaded, text=description, seq_len=settings.seq_len, samples=len(windows),
                             tokens=int(windows.numel()))
-    return Calibration(meta=meta, tensors=tensors)
-
-
-def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str],
-                  description: dict, batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> None:
-    """Add AAPP's alignment statistics (see aapp.calibration.alignment) to `cal` in place."""
-    from aapp.calibration.alignment import alignment_tensors, collect_set, post_instruction_tokens
-
-    if not harmful or not harmless:
-        raise InputError("alignment calibration needs both harmful and harmless prompts")
-    stats = {name: collect_set(loaded, list(prompts), batch_size, on_batch)
-             for name, prompts in (("harmful", harmful), ("harmless", harmless))}
-    cal.tensors.update(alignment_tensors(stats["harmful"], stats["harmless"]))
-    cal.meta.update(harmful=description.get("harmful"), harmless=description.get("harmless"),
-                    harmful_count=len(harmful), harmless_count=len(harmless),
-                    post_instruction_tokens=post_instruction_tokens(loaded.tokenizer))
+    return Calibration(meta=meta, attn=sites["attn"], mlp=sites["mlp"])

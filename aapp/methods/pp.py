@@ -2,37 +2,56 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from aapp.errors import AappError
-from aapp.methods.base import LayerContext, Method, Selection, compensated, select_top
-from aapp.pruning.scores import fuse, per_head, ppsp
+from aapp.methods.base import LayerContext, Method, Selection, compensation, select_top
+from aapp.methods.registry import MethodSpec, Registration
+from aapp.methods.scores import fuse, per_head, ppsp
+
+SCORES_FROM = ("fused", "probe", "history")
+SITES = ("attn", "mlp")
 
 
 @dataclass(frozen=True)
 class PPOptions:
-    """`fuse_history=False` scores on the probe alone (an ablation). `head_score` reduces a head's
-    channel scores by "sum" (as specified) or "l2" (as the reference code does). `compensate` adds back the
-    pruned channels' calibration-mean output as biases, as FLAP does; the reference code has it as
-    an option (`bias`) that the paper's PP runs leave off, so it is off by default."""
+    """What PP scores, and what it adds back.
 
-    fuse_history: bool = True
+    `scores_from`: "fused" (PP: the probe fused with calibration history), "probe" (no history)
+    or "history" (no probe: a static method on calibration alone); the last two are ablations.
+    `head_score` reduces a head's channel scores by "sum" (as specified) or "l2" (as the reference
+    code does). `head_fluctuation` scores heads on the fused mean square minus the calibration mean
+    squared (FLAP's fluctuation) instead of the mean square: an ablation. `compensate` names the
+    sites ("attn", "mlp") whose pruned channels' calibration-mean output is added back as a bias,
+    as FLAP does; the reference code has it as an option (`bias`) that the paper's PP runs leave
+    off, so it is off by default.
+    """
+
+    scores_from: str = "fused"
     head_score: str = "sum"
-    compensate: bool = False
+    head_fluctuation: bool = False
+    compensate: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if self.scores_from not in SCORES_FROM:
+            raise AappError(f"scores_from must be one of {', '.join(SCORES_FROM)}, got {self.scores_from!r}")
         if self.head_score not in ("sum", "l2"):
             raise AappError(f"head_score must be 'sum' or 'l2', got {self.head_score!r}")
+        if not set(self.compensate) <= set(SITES):
+            raise AappError(f"compensate names sites among {', '.join(SITES)}, got {self.compensate!r}")
 
 
 class ProbePruning(Method):
     name = "pp"
-    uses_probe = True
 
     def __init__(self, options: PPOptions = PPOptions()):
         self.options = options
+
+    @property
+    def uses_probe(self) -> bool:
+        return self.options.scores_from != "history"
 
     def bind(self, model, adapter, geometry, plan, calib):
         super().bind(model, adapter, geometry, plan, calib)
@@ -49,10 +68,16 @@ class ProbePruning(Method):
 
     def channel_scores(self, ctx: LayerContext) -> tuple[torch.Tensor, torch.Tensor]:
         """PPsp scores (attention per head, MLP per channel) for this batch."""
-        probe, hist = ctx.probe, ctx.history
-        c_attn, c_mlp = probe.attn, probe.mlp
-        if self.options.fuse_history and hist is not None:
+        probe, hist, source = ctx.probe, ctx.history, self.options.scores_from
+        if source == "history" or (source == "fused" and probe is None):
+            c_attn, c_mlp = hist["attn"], hist["mlp"]
+        elif source == "probe" or hist is None:
+            c_attn, c_mlp = probe.attn, probe.mlp
+        else:
             c_attn, c_mlp = fuse(probe.attn, hist["attn"]), fuse(probe.mlp, hist["mlp"])
+        if self.options.head_fluctuation:
+            mean = self.calib.attn.mean[ctx.layer].to(c_attn.device)
+            c_attn = (c_attn - mean.square()).clamp(min=0)
         return self.scores(ctx.layer, c_attn, c_mlp)
 
     def scores(self, layer: int, attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,5 +91,29 @@ class ProbePruning(Method):
 
     def finish(self, ctx: LayerContext, mask) -> Selection:
         if self.options.compensate:
-            return compensated(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry)
+            return compensation(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry, self.options.compensate)
         return Selection(mask)
+
+
+VARIANTS = {
+    "probe-only": PPOptions(scores_from="probe"),
+    "history-only": PPOptions(scores_from="history"),
+    "head-l2": PPOptions(head_score="l2"),
+    "fluct-heads": PPOptions(head_fluctuation=True, compensate=("attn",)),
+}
+
+
+def _build(spec: MethodSpec, _) -> ProbePruning:
+    options = VARIANTS[spec.variant] if spec.variant else PPOptions()
+    if spec.compensate:
+        options = replace(options, compensate=SITES)
+    return ProbePruning(options)
+
+
+REGISTRATION = Registration(
+    "pp", _build, "Probe Pruning: per-batch probe fused with calibration history",
+    variants={"probe-only": "scores from the probe alone (no history)",
+              "history-only": "scores from calibration history alone (no probe: static)",
+              "head-l2": "a head's score is its channels' L2 norm (the reference code's), not their sum",
+              "fluct-heads": "heads scored on their fluctuation, with FLAP's compensation at attention"},
+    compensable=True)

@@ -5,9 +5,10 @@ Their masks do not depend on the batch, so they are computed once at bind time.
 
 from __future__ import annotations
 
-from aapp.methods.base import LayerContext, Method, Selection, compensated, select_top
-from aapp.pruning.masks import LayerMask
-from aapp.pruning.scores import flap, per_head, wanda_sp
+from aapp.methods.base import LayerContext, Method, Selection, compensation, select_top
+from aapp.methods.masks import LayerMask
+from aapp.methods.registry import Registration
+from aapp.methods.scores import flap, per_head, wanda_sp
 
 
 class _Static(Method):
@@ -43,7 +44,7 @@ class WandaSP(_Static):
     name = "wanda-sp"
 
     def scores(self, site, layer, weight):
-        return wanda_sp(self.calib.history(site)[layer].to(weight.device), weight)
+        return wanda_sp(self.calib.site(site).sq_mean[layer].to(weight.device), weight)
 
 
 class Flap(_Static):
@@ -55,8 +56,21 @@ class Flap(_Static):
 
     name = "flap"
 
+    def __init__(self, compensate: bool = True):
+        self.compensate = compensate  # off only as an ablation: FLAP's metric without its compensation
+
     def scores(self, site, layer, weight):
-        return flap(self.calib.variance(site)[layer].to(weight.device), weight)
+        return flap(self.calib.site(site).variance[layer].to(weight.device), weight)
 
     def finish(self, layer, mask, parts):
-        return compensated(self.calib, layer, parts, mask, self.geometry)
+        if not self.compensate:
+            return Selection(mask)
+        return compensation(self.calib, layer, parts, mask, self.geometry)
+
+
+WANDA_SP = Registration("wanda-sp", lambda spec, _: WandaSP(), "structured Wanda, static from calibration",
+                        )
+FLAP = Registration("flap", lambda spec, _: Flap(compensate=spec.variant != "no-comp"),
+                    "FLAP's fluctuation metric with its bias compensation, static from calibration",
+                    variants={"no-comp": "without its compensation (an ablation)"},
+                    compensation_note="flap always compensates")

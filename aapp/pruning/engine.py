@@ -1,6 +1,6 @@
 """Wrap a loaded model so that its own forward (and `generate()`) runs pruned.
 
-    handle = prune_model(loaded, ProbePruning(), ratio=0.3, calib=calib)
+    handle = prune_model(loaded, make_method("pp"), PruneOptions(ratio=0.3), calib)
     loaded.model.generate(...)      # pruned, per batch
     handle.remove()                 # the original modules and no hooks: exactly dense again
 
@@ -13,21 +13,22 @@ heads); `reprobe_every` re-selects MLP channels, which carry no state, during de
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from aapp.calibration.store import Calibration
 from aapp.errors import AappError, CalibrationError
-from aapp.methods.base import LayerContext, Method
-from aapp.models.adapters import activation_fn
+from aapp.generation import encode, positions
+from aapp.methods.base import LayerContext, Method, ProbeStats
+from aapp.methods.masks import LayerMask
+from aapp.methods.plan import PrunePlan, make_plan
 from aapp.models.kv_cache import cache_in
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
-from aapp.pruning.forward import LayerRuntime, ProbeStats, PrunedAttention, PrunedMLP, run_probe
-from aapp.pruning.masks import LayerMask, top_k
-from aapp.pruning.plan import PrunePlan, make_plan
+from aapp.pruning.forward import LayerRuntime, PrunedAttention, PrunedMLP
+from aapp.pruning.probe import choose_probe, mlp_probe, run_probe
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class PrunedModel:
         self.history = None
         if calib is not None:
             dev = loaded.device
-            self.history = {s: calib.history(s).to(dev).clone() for s in ("attn", "mlp")}
+            self.history = {s: calib.site(s).sq_mean.to(dev).clone() for s in ("attn", "mlp")}
         self.backend = get_backend(options.backend, loaded.device)
         method.bind(loaded.model, loaded.adapter, g, self.plan, calib)
         self.record = BatchRecord()
@@ -77,7 +78,7 @@ class PrunedModel:
         self._lm_tokens = 0
         self._decode_steps: dict[int, int] = {}
         self._last_probe: dict[int, ProbeStats | None] = {}
-        self._handles, self._swapped, self._relaid = [], [], []
+        self._handles, self._swapped, self._undo = [], [], []
         self.runtimes: dict[int, LayerRuntime] = {}
         model = loaded.model
         self._handles.append(model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
@@ -91,7 +92,8 @@ class PrunedModel:
                 if method.uses_probe and options.reprobe_every:
                     rt.reselect = self._mlp_reprobe(i)
                 self.runtimes[i] = rt
-                self._relayout(parts.down_proj)
+                # down_proj's kept input channels are gathered one by one (o_proj's come in whole heads).
+                self._undo.append(self.backend.prepare_layer(gathered_inputs=[parts.down_proj]))
                 self._swap(parts.layer, "self_attn", PrunedAttention(rt, parts.attn))
                 self._swap(parts.layer, "mlp", PrunedMLP(rt, parts.mlp))
             if i in self.runtimes or i in watched:
@@ -103,20 +105,11 @@ class PrunedModel:
         self._swapped.append((parent, name, getattr(parent, name)))
         setattr(parent, name, new)
 
-    def _relayout(self, linear) -> None:
-        """down_proj's kept input channels are gathered one by one: store W as the backend reads
-        them fastest. The new layout replaces the old one, so the model is never held twice;
-        remove() makes it row-major again (one matrix at a time)."""
-        stored = self.backend.input_layout(linear.weight.data)
-        if stored.data_ptr() != linear.weight.data_ptr():
-            linear.weight.data = stored
-            self._relaid.append(linear)
-
     def remove(self) -> None:
         """Restore the original modules (and weight layouts) and drop every hook."""
-        for linear in self._relaid:
-            linear.weight.data = linear.weight.data.contiguous()
-        self._relaid = []
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
         for h in self._handles:
             h.remove()
         for parent, name, original in reversed(self._swapped):
@@ -223,20 +216,11 @@ class PrunedModel:
         """Re-pick MLP channels from the current decode tokens; heads stay (the KV cache holds them)."""
         def reselect(x: torch.Tensor) -> None:
             rt, g = self.runtimes[i], self.loaded.geometry
-            p = rt.parts
-            n = max(1, math.ceil(x.shape[0] * self.options.probe_samples))
-            rows = top_k(x.float().norm(dim=-1).sum(-1), n)
-            xs = x[rows]
-            h = activation_fn(g.activation)(torch.nn.functional.linear(xs, p.gate_proj.weight))
-            h = h * torch.nn.functional.linear(xs, p.up_proj.weight)
-            last = self._last_probe[i]
-            probe = ProbeStats(attn=last.attn, mlp=h.reshape(-1, h.shape[-1]).float().square().mean(0),
-                               tokens=xs.shape[0] * xs.shape[1], context=0)
-            self.record.flops.probe += 2 * probe.tokens * g.hidden_size * g.intermediate_size * 2
-            history = self._layer_history(i, x.device)
-            ctx = LayerContext(layer=i, parts=p, geometry=g, budget=self.plan.budgets[i], probe=probe,
-                               history=history, residual=x, token_mask=torch.ones(x.shape[:2], dtype=torch.bool,
-                                                                                  device=x.device))
+            probe = mlp_probe(rt.parts, g, x, self.options.probe_samples, attn=self._last_probe[i].attn)
+            self.record.flops.probe += flops.mlp_probe_flops(g, probe.tokens)
+            ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=self.plan.budgets[i], probe=probe,
+                               history=self._layer_history(i, x.device), residual=x,
+                               token_mask=torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
             sel = self.method.select(ctx)
             mask = LayerMask(heads=rt.mask.heads, kv_heads=rt.mask.kv_heads, channels=sel.mask.channels)
             rt.set_mask(mask, rt.attn_bias, sel.mlp_bias)
@@ -255,26 +239,37 @@ class PrunedModel:
             h[kept] = m * h[kept] + (1 - m) * batch_sq
         return observe
 
+    # -- looking ahead ---------------------------------------------------------------------
+    def layer_input(self, layer: int, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Run `texts` up to decoder layer `layer` and return its block input [B, S, D], the
+        batch's token mask [B, S] and the FLOPs spent: what a method may read before deciding
+        how to run a batch (see Method.split_batch). The hooks run as in any forward."""
+        loaded = self.loaded
+        seen = {}
+
+        def stop(module, args, kwargs):
+            seen["x"] = kwargs.get("hidden_states", args[0] if args else None)
+            raise _LayerReached
+
+        h = loaded.adapter.layers(loaded.model)[layer].register_forward_pre_hook(stop, with_kwargs=True)
+        ids, attn = encode(loaded.tokenizer, list(texts), loaded.device)
+        try:
+            with torch.inference_mode():
+                loaded.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), use_cache=False)
+        except _LayerReached:
+            pass
+        finally:
+            h.remove()
+        cost = flops.dense_block_flops(loaded.geometry, ids.numel(), (ids.shape[1] + 1) / 2) * layer
+        return seen["x"], attn.bool(), cost
+
     # -- reporting -------------------------------------------------------------------------
     def layer_ratios(self) -> list[float]:
         return list(self.plan.layer_ratios)
 
 
-def choose_probe(x: torch.Tensor, token_mask: torch.Tensor, sample_frac: float, position_frac: float):
-    """Pick the probe: the samples and positions with the largest residual norms.
-
-    Samples are ranked by the mean L2 norm of their non-pad tokens; positions by the
-    summed norm over the chosen samples. Returns sorted (samples, positions).
-    """
-    norms = x.float().norm(dim=-1) * token_mask  # [B, S], pads -> 0
-    counts = token_mask.sum(-1).clamp(min=1)
-    B, S = norms.shape
-    n_samples = max(1, math.ceil(B * sample_frac))
-    samples = top_k(norms.sum(-1) / counts, n_samples)
-    valid_positions = int(token_mask[samples].any(0).sum())
-    n_positions = max(1, math.ceil(valid_positions * position_frac))
-    positions = top_k(norms[samples].sum(0), n_positions)
-    return samples, positions
+class _LayerReached(Exception):
+    pass
 
 
 def prune_model(loaded: LoadedModel, method: Method, options: PruneOptions = PruneOptions(),

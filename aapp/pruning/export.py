@@ -54,8 +54,8 @@ from aapp.models.adapters import Geometry
 from aapp.models.loading import LoadedModel
 from aapp.pruning.engine import PruneOptions
 from aapp.pruning.forward import PrunedAttention, PrunedMLP
-from aapp.pruning.masks import LayerMask, top_k
-from aapp.pruning.plan import LayerBudget, PrunePlan, check_ratio, make_plan
+from aapp.methods.masks import LayerMask, top_k
+from aapp.methods.plan import LayerBudget, PrunePlan, check_ratio, make_plan
 
 MARKER = "aapp_export.json"
 

@@ -54,5 +54,11 @@ def probe_flops(g: Geometry, queries: int, context_tokens: int, mean_context: fl
     return qo + kv + attn + mlp
 
 
+def mlp_probe_flops(g: Geometry, tokens: int) -> float:
+    """The MLP half of the probe during decode: gate and up for its tokens (down is not needed,
+    the statistic is its input)."""
+    return 2 * tokens * g.hidden_size * g.intermediate_size * 2
+
+
 def lm_head_flops(g: Geometry, tokens: int) -> float:
     return 2 * tokens * g.hidden_size * g.vocab_size

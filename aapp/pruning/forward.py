@@ -11,24 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from aapp.models.adapters import Geometry, LayerParts, activation_fn
+from aapp.models.adapters import Geometry, LayerParts
 from aapp.models.kv_cache import cache_in
 from aapp.pruning.attention import attend
-from aapp.pruning.masks import LayerMask
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(q, k, cos, sin):
-    # q, k: [B, h, S, D]; cos, sin: [B, S, D]. The same rotate-half RoPE in all supported families.
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+from aapp.pruning.rope import apply_rope
+from aapp.methods.masks import LayerMask
 
 
 @dataclass
@@ -136,67 +125,3 @@ class PrunedMLP(nn.Module):
         if rt.mlp_bias is not None:
             y = y + rt.mlp_bias.to(y.dtype)
         return y
-
-
-@dataclass(frozen=True)
-class ProbeStats:
-    """Squared activations at the o_proj and down_proj inputs, averaged over probe tokens."""
-
-    attn: torch.Tensor  # [heads * head_dim]
-    mlp: torch.Tensor   # [intermediate]
-    tokens: int         # probe tokens (queries) that ran through the MLP
-    context: int        # key/value positions the probe's attention read
-
-
-def run_probe(parts: LayerParts, g: Geometry, layer_idx: int, x: torch.Tensor, samples: torch.Tensor,
-              positions: torch.Tensor, valid: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> ProbeStats:
-    """Run the probe through the full-width block.
-
-    x: [B, S, D] block input; samples: [b] rows; positions: [s] sorted columns;
-    valid: [B, S] non-pad tokens; cos/sin: [B, S, hd]. The probe's queries are the
-    chosen positions of the chosen samples; they attend to every earlier non-pad
-    token of their own sample (causally, with the layer's sliding window), so the
-    attention half sees the context it would see in the real forward.
-    """
-    xs = x[samples]                                  # [b, S, D]
-    vs = valid[samples]                              # [b, S]
-    h = parts.input_norm(xs)
-    b, S, _ = h.shape
-    q = F.linear(h[:, positions], parts.q_proj.weight, parts.q_proj.bias).view(b, len(positions), -1, g.head_dim)
-    k = F.linear(h, parts.k_proj.weight, parts.k_proj.bias).view(b, S, -1, g.head_dim)
-    v = F.linear(h, parts.v_proj.weight, parts.v_proj.bias).view(b, S, -1, g.head_dim)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if parts.q_norm is not None:
-        q, k = parts.q_norm(q), parts.k_norm(k)
-    # Without explicit position_ids HF builds one RoPE table for the whole batch ([1, S, hd]).
-    c = cos.expand(x.shape[0], -1, -1)[samples]
-    s_ = sin.expand(x.shape[0], -1, -1)[samples]
-    q, _ = apply_rope(q, q, c[:, positions], s_[:, positions])
-    k, _ = apply_rope(k, k, c, s_)
-    key_pos = torch.arange(S, device=x.device)
-    allowed = (key_pos[None, :] <= positions[:, None])  # [s, S] causal
-    window = g.sliding_window[layer_idx]
-    if window is not None:
-        allowed &= positions[:, None] - key_pos[None, :] < window
-    allowed = allowed[None] & vs[:, None, :]         # [b, s, S]
-    query_ok = vs[:, positions]                      # [b, s]
-    allowed = allowed | ~allowed.any(-1, keepdim=True)  # pad queries: any finite row, excluded below
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=g.attn_scaling,
-                                          enable_gqa=q.shape[1] != k.shape[1])
-    attn = attn.transpose(1, 2).reshape(b, len(positions), -1)  # [b, s, H*hd]
-    keep = query_ok.reshape(-1)
-    attn_flat = attn.reshape(-1, attn.shape[-1])[keep]
-    a = F.linear(attn, parts.o_proj.weight, parts.o_proj.bias)
-    if parts.post_attn_norm is not None:
-        a = parts.post_attn_norm(a)
-    r = xs[:, positions] + a
-    m = parts.pre_mlp_norm(r)
-    act = activation_fn(g.activation)
-    hm = act(F.linear(m, parts.gate_proj.weight)) * F.linear(m, parts.up_proj.weight)
-    hm_flat = hm.reshape(-1, hm.shape[-1])[keep]
-    return ProbeStats(
-        attn=attn_flat.float().square().mean(0),
-        mlp=hm_flat.float().square().mean(0),
-        tokens=int(keep.sum()),
-        context=int(vs.sum()),
-    )

@@ -1,9 +1,12 @@
+import json
+
 import pytest
+from safetensors.torch import save_file
 import torch
 
 from aapp.calibration.collect import counted_tokens
 from aapp.calibration.run import TextSettings, calibrate_text, pack_tokens
-from aapp.calibration.store import Calibration, load_calibration, save_calibration
+from aapp.calibration.store import FORMAT, Calibration, SiteStats, load_calibration, save_calibration
 from aapp.errors import CalibrationError, InputError
 
 TEXT = ["It was a bright cold day in April, and the clocks were striking thirteen. " * 8] * 4
@@ -12,8 +15,8 @@ TEXT = ["It was a bright cold day in April, and the clocks were striking thirtee
 def test_calibrate_writes_history_that_matches_hooks(tiny_llama, tmp_path):
     cal = calibrate_text(tiny_llama, TEXT, TextSettings(samples=3, seq_len=32, batch_size=2), "test text")
     g = tiny_llama.geometry
-    assert cal.tensors["attn.sq_mean"].shape == (g.num_layers, g.num_heads * g.head_dim)
-    assert cal.tensors["mlp.sq_mean"].shape == (g.num_layers, g.intermediate_size)
+    assert cal.attn.sq_mean.shape == (g.num_layers, g.num_heads * g.head_dim)
+    assert cal.mlp.sq_mean.shape == (g.num_layers, g.intermediate_size)
     # Recompute layer 1's down_proj input statistic directly.
     windows = pack_tokens(tiny_llama.tokenizer, TEXT, 3, 32)
     seen = []
@@ -23,19 +26,20 @@ def test_calibrate_writes_history_that_matches_hooks(tiny_llama, tmp_path):
         tiny_llama.model(input_ids=windows, use_cache=False)
     h.remove()
     x = torch.cat(seen)
-    torch.testing.assert_close(cal.tensors["mlp.sq_mean"][1], x.square().mean(0), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(cal.tensors["mlp.mean"][1], x.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cal.mlp.sq_mean[1], x.square().mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cal.mlp.mean[1], x.mean(0), rtol=1e-4, atol=1e-5)
     assert cal.meta["fingerprint"] == tiny_llama.fingerprint and cal.meta["samples"] == 3
 
     path = tmp_path / "c.safetensors"
     save_calibration(cal, path)
     back = load_calibration(path)
     assert back.meta["fingerprint"] == cal.meta["fingerprint"]
-    assert torch.equal(back.tensors["attn.sq_mean"], cal.tensors["attn.sq_mean"])
+    assert torch.equal(back.attn.sq_mean, cal.attn.sq_mean) and back.alignment is None
 
 
 def test_fingerprint_mismatch_is_a_clear_error(tiny_llama):
-    cal = Calibration(meta={"fingerprint": "0000", "model": "other"}, tensors={})
+    empty = SiteStats(torch.zeros(1, 1), torch.zeros(1, 1))
+    cal = Calibration(meta={"fingerprint": "0000", "model": "other"}, attn=empty, mlp=empty)
     with pytest.raises(CalibrationError, match="made for model 'other'"):
         cal.check_model(tiny_llama.fingerprint, tiny_llama.name)
 
@@ -60,7 +64,8 @@ def test_a_calibration_without_a_statistic_is_refused(tmp_path, missing):
     tensors = {k: torch.zeros(2, 4) for k in ("attn.sq_mean", "mlp.sq_mean", "attn.mean", "mlp.mean")}
     del tensors[missing]
     path = tmp_path / "c.safetensors"
-    save_calibration(Calibration(meta={"fingerprint": "0000"}, tensors=tensors), path)
+    meta = {"aapp": json.dumps({"format": FORMAT, "fingerprint": "0000"})}
+    save_file(tensors, str(path), metadata=meta)
     with pytest.raises(CalibrationError, match=f"missing tensor {missing}"):
         load_calibration(path)
 
@@ -76,3 +81,38 @@ def test_counted_tokens_last_n_with_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
     assert counted_tokens(mask, "last:2").int().tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
     assert torch.equal(counted_tokens(mask, "all"), mask)
+
+
+def test_alignment_round_trips_through_the_file(tmp_path):
+    from aapp.calibration.store import Alignment, GateFit, PromptSetStats, to_tensors
+
+    gen = torch.Generator().manual_seed(0)
+
+    def stats(c):
+        return SiteStats(torch.randn(3, c, generator=gen), torch.rand(3, c, generator=gen))
+
+    def prompt_set():
+        return PromptSetStats(attn=stats(8), mlp=stats(16), resid=stats(4))
+
+    gates = {"direction": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen)),
+             "kl": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen))}
+    cal = Calibration(meta={"fingerprint": "f"}, attn=stats(8), mlp=stats(16),
+                      alignment=Alignment(prompt_set(), prompt_set(), gates))
+    path = tmp_path / "c.safetensors"
+    save_calibration(cal, path)
+    back = load_calibration(path)
+    assert back.alignment is not None and set(back.alignment.gates) == {"direction", "kl"}
+    before, after = to_tensors(cal), to_tensors(back)
+    assert before.keys() == after.keys() and len(before) == 4 + 2 * 6 + 4
+    for key in before:  # harmful and harmless never trade places, nor mean and mean square
+        assert torch.equal(before[key], after[key]), key
+    assert "align.resid.harmless.energy" in after  # the name files written before typing used
+
+
+def test_a_file_missing_an_alignment_tensor_is_refused(tmp_path):
+    tensors = {k: torch.zeros(2, 4) for k in ("attn.sq_mean", "mlp.sq_mean", "attn.mean", "mlp.mean")}
+    tensors["align.attn.harmful.mean"] = torch.zeros(2, 4)
+    path = tmp_path / "c.safetensors"
+    save_file(tensors, str(path), metadata={"aapp": json.dumps({"format": FORMAT})})
+    with pytest.raises(CalibrationError, match="missing tensor align.attn.harmful.sq_mean"):
+        load_calibration(path)

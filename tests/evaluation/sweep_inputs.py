@@ -41,7 +41,8 @@ class Inputs:
 
 def make_inputs(root: Path, model_dir: Path, n_harmful: int = 5, n_benign: int = 4) -> Inputs:
     """A calibration file (with alignment statistics) for `model_dir`, prompt files and a text file."""
-    from aapp.calibration.run import TextSettings, add_alignment, calibrate_text
+    from aapp.calibration.run import TextSettings, calibrate_text
+    from aapp.methods.aapp import add_alignment
     from aapp.calibration.store import save_calibration
     from aapp.models.loading import load_model
 

@@ -12,7 +12,7 @@ class ProbeOnly(ProbePruning):
     needs_calibration = False
 
     def __init__(self):
-        super().__init__(PPOptions(fuse_history=False))
+        super().__init__(PPOptions(scores_from="probe"))
 
 
 def test_triton_backend_matches_torch_backend():

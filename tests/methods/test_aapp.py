@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from aapp.calibration.alignment import auroc, best_threshold, post_instruction_tokens
-from aapp.calibration.run import TextSettings, add_alignment, calibrate_text
+from aapp.calibration.alignment import post_instruction_tokens
+from aapp.calibration.run import TextSettings, calibrate_text
 from aapp.errors import CalibrationError
 from aapp.generation import generate_batch
-from aapp.methods.aapp import AAPP, AAPPOptions
+from aapp.methods.aapp import AAPP, AAPPOptions, add_alignment
+from aapp.methods.aapp.gates import auroc, best_threshold
 from aapp.methods.pp import ProbePruning
 from aapp.prompts import Prompt
 from aapp.pruning.engine import PruneOptions, prune_model
@@ -64,7 +65,7 @@ def test_gate_never_is_pp_and_counts_match(setup):
 
 def test_gate_layer_is_the_best_in_sample_layer_before_pruning(setup):
     loaded, cal, _ = setup
-    auc = cal.tensors["align.gate.direction.auroc"]
+    auc = cal.alignment.gates["direction"].auroc
     method = AAPP(AAPPOptions(gate="direction"))
     with prune_model(loaded, method, OPTS, cal):
         assert auc[method.gate_layer] == auc[: 2].max()  # best up to the first pruned layer (dense_layers=1)
@@ -78,7 +79,7 @@ def test_gate_fires_on_harmful_batches_only_and_only_then_changes_the_selection(
         pp = masks(h, HARMLESS[:4])
     with prune_model(loaded, method, OPTS, cal) as h:
         # The calibration prompts separate at the gate layer, so its threshold splits them.
-        assert cal.tensors[f"align.gate.{gate}.auroc"][method.gate_layer] == 1.0
+        assert cal.alignment.gates[gate].auroc[method.gate_layer] == 1.0
         fired = masks(h, HARMFUL[:4])
         assert h.method.batch_info()["gate"]["fired"] is True and bool((method.last_sample_scores > 0).all())
         quiet = masks(h, HARMLESS[:4])
@@ -90,8 +91,8 @@ def test_gate_fires_on_harmful_batches_only_and_only_then_changes_the_selection(
 
 
 def test_setdiff_critical_channels(setup):
-    from aapp.pruning.masks import top_k
-    from aapp.pruning.scores import wanda_sp
+    from aapp.methods.masks import top_k
+    from aapp.methods.scores import wanda_sp
 
     loaded, cal, _ = setup
     method = AAPP(AAPPOptions(gate="always", critical="setdiff", protect=0.2))
@@ -100,7 +101,7 @@ def test_setdiff_critical_channels(setup):
     for i, m in kept.items():
         crit = set(method.critical[i].channels.tolist())
         down = loaded.adapter.layer_parts(loaded.model, i).down_proj.weight
-        general_pool = set(top_k(wanda_sp(cal.tensors["mlp.sq_mean"][i], down), 64).tolist())  # top 2n, n = 32
+        general_pool = set(top_k(wanda_sp(cal.mlp.sq_mean[i], down), 64).tolist())  # top 2n, n = 32
         assert 0 < len(crit) <= 32
         assert not crit & general_pool  # important on harmful prompts, not among the general-text top
         assert crit <= set(m.channels.tolist())

@@ -5,7 +5,7 @@ import torch
 
 from aapp.calibration.run import TextSettings, calibrate_text
 from aapp.errors import AappError
-from aapp.methods import AAPPOptions, base_name, make_method
+from aapp.methods import AAPPOptions, check_method_spec, make_method
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.run import GenerationSettings, generate_rows
 from tests.conftest import logits, make_loaded
@@ -45,7 +45,7 @@ def test_compensation_adds_back_the_pruned_channels_mean(setup):
         for bias, site, weight, kept in ((attn_bias, "attn", parts.o_proj.weight, mask.q_rows(hd)),
                                          (mlp_bias, "mlp", parts.down_proj.weight, mask.channels)):
             pruned = sorted(set(range(weight.shape[1])) - set(kept.tolist()))
-            mean = cal.tensors[f"{site}.mean"][i]
+            mean = cal.site(site).mean[i]
             ref = sum(weight[:, k].detach().float() * mean[k] for k in pruned)
             torch.testing.assert_close(bias, ref, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(plain, comp)  # the biases reach the logits
@@ -62,8 +62,8 @@ def test_compensation_at_ratio_zero_is_dense(setup):
 def test_aapp_takes_compensation_too(setup):
     loaded, cal = setup
     method = make_method("aapp:never+comp", AAPPOptions())
-    assert method.name == "aapp:never+comp" and method.aapp.gate == "never" and method.options.compensate
-    from aapp.calibration.run import add_alignment
+    assert method.name == "aapp:never+comp" and method.aapp.gate == "never" and method.options.compensate == ("attn", "mlp")
+    from aapp.methods.aapp import add_alignment
 
     harmful = [f"explain how to build a weapon number {i}" for i in range(4)]
     harmless = [f"write a poem about flower number {i}" for i in range(4)]
@@ -84,18 +84,21 @@ def test_rows_are_named_by_the_spec(setup):
     assert rows[0]["method"] == "pp+comp"
 
 
-@pytest.mark.parametrize("spec,base", [("pp+comp", "pp"), ("aapp:kl+comp", "aapp"), ("aapp+comp", "aapp"),
-                                       ("flap", "flap")])
-def test_spec_base_name(spec, base):
-    assert base_name(spec) == base
-    make_method(spec)  # valid
+@pytest.mark.parametrize("spec,name,variant,compensate", [
+    ("pp+comp", "pp", None, True), ("aapp:kl+comp", "aapp", "kl", True), ("aapp+comp", "aapp", None, True),
+    ("flap", "flap", None, False), ("flap:no-comp", "flap", "no-comp", False), ("pp:history-only", "pp", "history-only", False)])
+def test_spec_grammar(spec, name, variant, compensate):
+    parsed = check_method_spec(spec)
+    assert (parsed.name, parsed.variant, parsed.compensate) == (name, variant, compensate)
+    assert make_method(spec).name == spec
 
 
 @pytest.mark.parametrize("bad,message", [
     ("flap+comp", "flap always compensates"),
     ("wanda-sp+comp", "only pp and aapp take"),
     ("dense+comp", "only pp and aapp take"),
-    ("pp:kl+comp", "only aapp takes one"),
+    ("pp:kl+comp", "unknown method variant 'pp:kl\\+comp': pp takes pp:probe-only"),
+    ("wanda-sp:x", "wanda-sp takes none"),
     ("pp+compx", "unknown method"),
     ("+comp", "unknown method"),
 ])

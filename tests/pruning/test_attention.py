@@ -11,7 +11,7 @@ from aapp.models.kv_cache import cache_kwarg, new_cache
 from aapp.pruning.attention import attend, causal_mask
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.forward import PrunedAttention
-from aapp.pruning.masks import LayerMask
+from aapp.methods.masks import LayerMask
 from aapp.generation import encode, positions
 from tests.conftest import FAMILIES, make_loaded
 

@@ -8,7 +8,7 @@ from aapp.methods import Dense
 from aapp.methods.base import Method, Selection
 from aapp.methods.pp import PPOptions, ProbePruning
 from aapp.pruning.engine import PruneOptions, choose_probe, prune_model
-from aapp.pruning.masks import LayerMask
+from aapp.methods.masks import LayerMask
 from tests.conftest import PROMPTS, logits
 
 
@@ -32,7 +32,7 @@ class ProbeOnly(ProbePruning):
     needs_calibration = False
 
     def __init__(self):
-        super().__init__(PPOptions(fuse_history=False))
+        super().__init__(PPOptions(scores_from="probe"))
 
 
 def test_full_mask_path_equals_dense(tiny):
@@ -153,14 +153,12 @@ def test_choose_probe_picks_highest_norm_tokens():
 
 
 def test_ema_updates_only_kept_history(tiny_llama):
-    from aapp.calibration.store import Calibration
+    from aapp.calibration.store import Calibration, SiteStats
 
     g = tiny_llama.geometry
-    cal = Calibration(meta={"fingerprint": tiny_llama.fingerprint}, tensors={
-        "attn.sq_mean": torch.ones(g.num_layers, g.num_heads * g.head_dim),
-        "mlp.sq_mean": torch.ones(g.num_layers, g.intermediate_size),
-        "attn.mean": torch.zeros(g.num_layers, g.num_heads * g.head_dim),
-        "mlp.mean": torch.zeros(g.num_layers, g.intermediate_size)})
+    site = {name: SiteStats(mean=torch.zeros(g.num_layers, c), sq_mean=torch.ones(g.num_layers, c))
+            for name, c in (("attn", g.num_heads * g.head_dim), ("mlp", g.intermediate_size))}
+    cal = Calibration(meta={"fingerprint": tiny_llama.fingerprint}, **site)
     with prune_model(tiny_llama, ProbePruning(), PruneOptions(ratio=0.5, dense_layers=1, ema_momentum=0.9),
                      calib=cal) as h:
         logits(tiny_llama)
@@ -170,7 +168,7 @@ def test_ema_updates_only_kept_history(tiny_llama):
         dropped[kept] = False
         assert torch.all(hist[dropped] == 1.0)
         assert not torch.allclose(hist[kept], torch.ones_like(hist[kept]))
-    assert torch.all(cal.history("mlp") == 1.0)  # the file's history is never mutated
+    assert torch.all(cal.mlp.sq_mean == 1.0)  # the file's history is never mutated
 
 
 def test_hf_generate_runs_pruned(tiny):

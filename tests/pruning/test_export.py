@@ -16,7 +16,7 @@ from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.export import (
     MARKER, export_compatible, export_options, export_static, export_heads, group_uniform_mask,
 )
-from aapp.pruning.plan import LayerBudget
+from aapp.methods.plan import LayerBudget
 from tests.conftest import PROMPTS, make_loaded
 
 TEXT = ["It was a bright cold day in April, and the clocks were striking thirteen. " * 8] * 4

@@ -2,7 +2,7 @@ import pytest
 
 from aapp.errors import AappError
 from aapp.models.adapters import Geometry
-from aapp.pruning.plan import make_plan
+from aapp.methods.plan import make_plan
 
 
 def geometry(layers=24, heads=14, kv=2, inter=4864):

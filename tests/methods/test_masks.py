@@ -1,7 +1,7 @@
 import torch
 
 from aapp.models.adapters import Geometry
-from aapp.pruning.masks import LayerMask, top_k
+from aapp.methods.masks import LayerMask, top_k
 
 G = Geometry("llama", 2, 32, 8, 2, 4, 16, 10, "silu", 0.5, (None, None))  # groups of 4
 
@@ -37,7 +37,7 @@ def test_rows_and_kv_mapping():
 
 
 def test_top_heads_in_groups_pins_group_count():
-    from aapp.pruning.masks import top_heads_in_groups
+    from aapp.methods.masks import top_heads_in_groups
 
     # 8 heads in 4 groups of 2; unprotected top-3 = heads 0, 1, 2 -> groups {0, 1}
     s = torch.tensor([9.0, 8.0, 7.0, 1.0, 0.5, 0.4, 0.3, 0.2])
@@ -54,7 +54,7 @@ def test_top_heads_in_groups_pins_group_count():
 
 
 def test_top_heads_in_groups_random_invariants():
-    from aapp.pruning.masks import top_heads_in_groups
+    from aapp.methods.masks import top_heads_in_groups
 
     g = torch.Generator().manual_seed(0)
     for _ in range(200):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from aapp.pruning.scores import flap, flap_compensation, fuse, per_head, ppsp, wanda_sp
+from aapp.methods.scores import flap, flap_compensation, fuse, per_head, ppsp, wanda_sp
 
 
 def test_fuse_formula():

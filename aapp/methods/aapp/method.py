@@ -1,0 +1,193 @@
+"""Alignment-Aware Probe Pruning (Patel et al., arXiv 2511.07482), with its open choices explicit.
+
+AAPP is Probe Pruning plus two things calibrated on harmful vs harmless prompts:
+  * alignment-critical heads and channels per layer (aapp.methods.aapp.critical);
+  * a risk gate that decides, per batch (or per sample), whether the input looks harmful
+    (aapp.methods.aapp.gates).
+When the gate fires, critical channels are treated as infinitely important: they are
+kept, and as many of the lowest-scoring other channels are pruned in their place, so
+every layer keeps exactly PP's counts of heads, kv heads and channels, which the plan
+fixes per layer (matched compute by construction; see aapp.methods.plan).
+
+The gate reads the block input of `gate_layer` (default: the best in-sample AUROC among
+the layers PP keeps dense, so the decision is made before any pruned layer runs and is
+itself unaffected by pruning). A batch fires if any of its prompts scores past the
+calibrated threshold (a harmful prompt must not lose protection to benign neighbours);
+`per_sample` splits a batch into gated and ungated sub-batches instead, deciding from a
+look-ahead pass up to the gate layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from aapp.calibration.collect import counted_tokens
+from aapp.calibration.store import SiteStats
+from aapp.errors import AappError, CalibrationError
+from aapp.methods.aapp.critical import CRITICAL, check_setdiff_pools, critical_set
+from aapp.methods.aapp.gates import GATES
+from aapp.methods.base import BatchPart, LayerContext, LayerInput, Selection, select_top
+from aapp.methods.pp import PPOptions, ProbePruning
+
+
+@dataclass(frozen=True)
+class AAPPOptions:
+    gate: str = "direction"
+    protect: float = 0.3          # fraction of heads and of MLP channels per layer protected on fire
+    critical: str = "setdiff"
+    gate_layer: int | None = None  # None: calibrated, see module docstring
+    per_sample: bool = False
+    refresh: int = 0              # batches between gate-history refreshes (0: off)
+    refresh_momentum: float = 0.9
+
+    def __post_init__(self):
+        if self.gate not in GATES:
+            raise AappError(f"unknown gate {self.gate!r}; choose one of {', '.join(GATES)}")
+        if self.critical not in CRITICAL:
+            raise AappError(f"unknown critical-channel scoring {self.critical!r}; choose one of {', '.join(CRITICAL)}")
+        if not 0.0 <= self.protect <= 1.0:
+            raise AappError(f"--protect must be in [0, 1], got {self.protect}")
+
+
+class AAPP(ProbePruning):
+    name = "aapp"
+
+    def __init__(self, options: AAPPOptions = AAPPOptions(), pp: PPOptions = PPOptions()):
+        super().__init__(pp)
+        self.aapp = options
+        self.gate = GATES[options.gate]
+        self._forced: bool | None = None  # a per-sample part's decision, while it runs
+        self._fired = False
+        self._score = float("nan")
+        self.last_sample_scores: torch.Tensor | None = None
+
+    @property
+    def carries_state(self) -> bool:
+        return self.aapp.refresh > 0
+
+    # -- calibration-time facts -------------------------------------------------------------
+    def bind(self, model, adapter, geometry, plan, calib):
+        super().bind(model, adapter, geometry, plan, calib)
+        if not calib.has_alignment:
+            raise CalibrationError("the calibration file has no alignment statistics; run `aapp calibrate` "
+                                   "with --harmful and --harmless (the defaults do)")
+        if self.aapp.critical == "setdiff":
+            check_setdiff_pools(self.aapp.protect, geometry)
+        self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
+        self.gate_layer = self._choose_gate_layer(plan)
+        self.critical = {i: critical_set(self.aapp.critical, self.aapp.protect, i, adapter.layer_parts(model, i),
+                                         geometry, calib) for i in range(geometry.num_layers)}
+        self._batches = 0
+        self._seen = {"harmful": [], "harmless": []}
+        a = calib.alignment
+        # The gate's working history: `refresh` moves it, the calibration stays as loaded.
+        self._history = {name: SiteStats(s.resid.mean.clone(), s.resid.sq_mean.clone())
+                         for name, s in (("harmful", a.harmful), ("harmless", a.harmless))}
+
+    def _choose_gate_layer(self, plan) -> int:
+        if self.aapp.gate_layer is not None:
+            if not 0 <= self.aapp.gate_layer < self.geometry.num_layers:
+                raise AappError(f"--gate-layer must be in [0, {self.geometry.num_layers - 1}]")
+            return self.aapp.gate_layer
+        if not self.gate.reads_residual:
+            return 0
+        first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), self.geometry.num_layers - 1)
+        auc = self.calib.alignment.gates[self.gate.name].auroc[: first_pruned + 1]
+        return int(torch.argmax(auc))
+
+    # -- per batch --------------------------------------------------------------------------
+    def watch_layers(self) -> set[int]:
+        return {self.gate_layer} if self.gate.reads_residual else set()
+
+    def split_batch(self, batch_size: int, layer_input: LayerInput) -> list[BatchPart]:
+        """Per-sample gating: gated and ungated prompts generate as separate sub-batches."""
+        if not (self.aapp.per_sample and self.gate.reads_residual):
+            return super().split_batch(batch_size, layer_input)
+        x, token_mask, cost = layer_input(self.gate_layer)
+        scores = self.sample_scores(x, token_mask)
+        parts = []
+        for fired in (True, False):
+            rows = [i for i in range(batch_size) if bool(scores[i] > 0) == fired]
+            if rows:
+                info = [{"gate": {"fired": fired, "score": float(scores[i]), "sample_score": float(scores[i]),
+                                  "per_sample": True}} for i in rows]
+                parts.append(BatchPart(rows, decision=fired, lookahead_flops=cost * len(rows) / batch_size,
+                                       row_info=info))
+        return parts
+
+    @contextmanager
+    def running(self, part: BatchPart) -> Iterator[None]:
+        self._forced = part.decision
+        try:
+            yield
+        finally:
+            self._forced = None
+
+    def begin_batch(self) -> None:
+        self._fired = bool(self.gate.fires)
+        self._score = float("nan")
+        self.last_sample_scores = None
+        if self._forced is not None:
+            self._fired = self._forced
+        self._batches += 1
+
+    def sample_scores(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Gate score per sample from the gate layer's input residual; > 0 means 'closer to harmful'."""
+        m = counted_tokens(token_mask, f"last:{self.n_post}").to(x.dtype)[..., None]
+        feats = ((x * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()[:, None, :]  # [B, 1, D]
+        i = self.gate_layer
+        at = {k: SiteStats(h.mean[i : i + 1], h.sq_mean[i : i + 1]) for k, h in self._history.items()}
+        raw = self.gate.scores(feats, at["harmful"], at["harmless"])
+        self._last_feats = feats[:, 0]
+        return raw[:, 0] - self.calib.alignment.gates[self.gate.name].threshold[i]
+
+    def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor) -> None:
+        if layer != self.gate_layer or not self.gate.reads_residual:
+            return
+        scores = self.sample_scores(x, token_mask)
+        self.last_sample_scores = scores
+        self._score = float(scores.max())
+        if self._forced is None:
+            self._fired = bool((scores > 0).any())
+        if self.aapp.refresh:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Every `refresh` batches, move the gate's harmful/harmless history toward batches it classed so."""
+        self._seen["harmful" if self._fired else "harmless"].append(self._last_feats)
+        if self._batches % self.aapp.refresh:
+            return
+        m = self.aapp.refresh_momentum
+        i = self.gate_layer
+        for kind, feats in self._seen.items():
+            if feats:
+                f = torch.cat(feats)
+                h = self._history[kind]
+                h.mean[i] = m * h.mean[i] + (1 - m) * f.mean(0)
+                h.sq_mean[i] = m * h.sq_mean[i] + (1 - m) * f.square().mean(0)
+        self._seen = {"harmful": [], "harmless": []}
+
+    def select(self, ctx: LayerContext) -> Selection:
+        heads, channels = self.channel_scores(ctx)
+        if not self._fired:
+            return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
+        crit = self.critical[ctx.layer]
+        return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry,
+                                           protect_heads=crit.heads, protect_channels=crit.channels))
+
+    def batch_info(self) -> dict:
+        return {"gate": {"kind": self.gate.name, "fired": bool(self._fired),
+                         "score": None if math.isnan(self._score) else self._score,
+                         "layer": self.gate_layer}}
+
+    def sample_info(self, batch_size: int) -> dict[str, list[dict]]:
+        """Each prompt's own gate score (the batch's `score` is their max): held-out AUROC reads it."""
+        scores = self.last_sample_scores
+        if scores is None or len(scores) != batch_size:
+            return {}
+        return {"gate": [{"sample_score": float(v)} for v in scores]}

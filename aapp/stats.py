@@ -1,0 +1,13 @@
+"""Plain statistics shared by calibration and evaluation (no model, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
+    """Probability that a random positive outscores a random negative (ties count half); None if a side is empty."""
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))

@@ -163,7 +163,7 @@ def _run_cell(cfg, dist, ci, cell: Cell, loaded, calib, prompts, done: dict[str,
         settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
         # `run` is ascending and only the cell's last batch can be short, so chunking `chosen`
         # by batch_size gives back exactly these batches.
-        for row in generate_rows(loaded, chosen, cfg.make_method(cell.method), options, calib, settings,
+        for row in generate_rows(loaded, chosen, cfg.method(cell.method), options, calib, settings,
                                  on_batch=on_batch):
             if row["id"] not in done:
                 pending.append(row)
@@ -176,7 +176,7 @@ def _run_perplexity(cfg, cell: Cell, loaded, calib, texts, log: WorkLog, bars) -
     from aapp.pruning.engine import prune_model
 
     task = bars.add_task(f"{cell.name:>10} ppl", total=1) if bars else None
-    with prune_model(loaded, cfg.make_method(cell.method), replace(cfg.prune, ratio=cell.ratio), calib) as handle:
+    with prune_model(loaded, cfg.method(cell.method), replace(cfg.prune, ratio=cell.ratio), calib) as handle:
         res = perplexity(loaded, texts, seq_len=cfg.ppl_seq_len, max_windows=cfg.ppl_windows,
                          batch_size=cfg.batch_size, handle=handle)
     record = {"method": cell.method, "ratio": cell.ratio, **res.to_dict()}

@@ -17,7 +17,7 @@ from aapp.evaluation.sweep_plan import Cell
 
 
 def check_calibration_given(cfg: SweepConfig) -> None:
-    needs_calib = [m for m in cfg.methods if m != DENSE and cfg.make_method(m).needs_calibration]
+    needs_calib = [m for m in cfg.methods if m != DENSE and cfg.method(m).needs_calibration]
     if needs_calib and cfg.calib is None:
         raise InputError(f"--methods {','.join(needs_calib)} need --calib (make one with `aapp calibrate`)")
 
@@ -39,7 +39,7 @@ def check_methods(cfg: SweepConfig, cells: Sequence[Cell], loaded, calib) -> Non
     for method in dict.fromkeys(c.method for c in cells):
         ratio = max(c.ratio for c in cells if c.method == method)
         try:
-            prune_model(loaded, cfg.make_method(method), replace(cfg.prune, ratio=ratio), calib).remove()
+            prune_model(loaded, cfg.method(method), replace(cfg.prune, ratio=ratio), calib).remove()
         except CalibrationError as e:
             raise CalibrationError(f"--methods {method}: {e}") from None
 

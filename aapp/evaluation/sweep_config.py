@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aapp.errors import InputError
+from aapp.errors import AappError, InputError
+from aapp.methods import Dense, check_method_spec, make_method
 from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
 
-DENSE = "dense"
+DENSE = Dense.name  # the reference cell runs the dense method, so it goes by that method's name
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,6 @@ class SweepConfig:
     truncate: bool = False  # cut prompts too long for the context instead of leaving them out
 
     def __post_init__(self):
-        from aapp.errors import AappError
-        from aapp.methods import check_method_spec
-
         object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
         object.__setattr__(self, "ratios", tuple(dict.fromkeys(float(r) for r in self.ratios)))
         if not self.methods:
@@ -74,10 +72,8 @@ class SweepConfig:
         if self.ppl_seq_len < 2:
             raise InputError(f"ppl_seq_len must be at least 2, got {self.ppl_seq_len}")
 
-    def make_method(self, name: str):
+    def method(self, name: str):
         """A fresh method for one of `methods`, with this sweep's AAPP options."""
-        from aapp.methods import make_method
-
         return make_method(name, self.aapp)
 
     def prune_settings(self) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def is_stateful(cell: Cell, cfg: SweepConfig) -> bool:
     """Whether a batch's channels depend on the batches before it (so it cannot be split or skipped)."""
     if cell.method == DENSE:
         return False
-    return cfg.prune.ema_momentum is not None or cfg.make_method(cell.method).carries_state
+    return cfg.prune.ema_momentum is not None or cfg.method(cell.method).carries_state
 
 
 def batches_of(n_prompts: int, batch_size: int) -> list[range]:

@@ -1,4 +1,8 @@
-"""Plain statistics shared by calibration and evaluation (no model, no I/O)."""
+"""Statistics with no meaning of their own: plain numbers in, plain numbers out.
+
+Its own module, below both calibration and evaluation, so that calibration (which scores its
+gate with `auroc`) need not import the evaluation layer above it.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ it, so every row, and every summary, is the same as with one process.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -83,6 +83,20 @@ class Dist:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def decide(self, check: Callable[[], None]) -> None:
+        """Rank 0 runs `check` (file-system state); every rank then fails, or goes on, together."""
+        if not self.is_main:
+            message = self.broadcast(None)
+            if message is not None:
+                raise InputError(message)
+            return
+        try:
+            check()
+        except Exception as e:
+            self.broadcast(str(e) or type(e).__name__)
+            raise
+        self.broadcast(None)
 
 
 def env_ranks(environ: dict[str, str] | None = None) -> Dist | None:

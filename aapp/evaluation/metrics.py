@@ -33,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aapp.stats import auroc
+
 HARMFUL, BENIGN = "harmful", "benign"
 LABELS = (HARMFUL, BENIGN)
 Z95 = 1.959963984540054
@@ -133,14 +135,6 @@ def labelled_rate(refused: Sequence[bool], labels: Sequence[str | None], label: 
     """Refusals among the prompts carrying `label`."""
     picked = [r for r, lab in zip(refused, labels, strict=True) if lab == label]
     return Rate(sum(picked), len(picked))
-
-
-def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
-    """Probability that a random positive outscores a random negative (ties count half); None if a side is empty."""
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def flops_fraction(flops: Sequence[Mapping[str, float]]) -> float | None:

@@ -13,7 +13,8 @@ import torch
 
 from aapp.errors import InputError
 from aapp.evaluation.distributed import Dist, env_ranks, session
-from aapp.evaluation.sweep import Cell, SweepConfig, batches_of, is_stateful, plan_batches, run_sweep
+from aapp.evaluation.sweep import SweepConfig, run_sweep
+from aapp.evaluation.sweep_plan import Cell, batches_of, is_stateful, plan_batches
 from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
 from tests.evaluation.sweep_inputs import CHILD, TIMING, child_env, config_json, make_config, make_inputs, read_rows

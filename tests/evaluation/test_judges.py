@@ -8,6 +8,7 @@ from aapp.evaluation.judges import (
     KeywordJudge,
     Verdict,
     canonical,
+    check_judge,
     get_judge,
 )
 
@@ -169,6 +170,15 @@ def test_get_judge_selects_and_rejects(judge_dirs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no config.json"):
         get_judge(str(tmp_path / "empty"))
+
+
+def test_check_judge_accepts_what_get_judge_can_load_without_loading_it(judge_dirs, tmp_path):
+    check_judge("keyword")
+    check_judge(str(judge_dirs / "cls"))
+    (tmp_path / "empty").mkdir()
+    for bad in ("llamaguard", str(tmp_path / "missing"), str(tmp_path / "empty")):
+        with pytest.raises(InputError, match="--judge"):
+            check_judge(bad)
 
 
 def test_unlabelled_classifier_needs_a_refusal_label(judge_dirs, tmp_path):

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from aapp.errors import AappError, InputError
-from aapp.evaluation.sweep import PARTIAL, SweepConfig, WorkLog, run_sweep
+from aapp.evaluation.sweep import SweepConfig, run_sweep
+from aapp.evaluation.sweep_log import PARTIAL, WorkLog
 from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
 from tests.evaluation.sweep_inputs import (BENIGN, CHILD, HARMFUL, PROSE, REPO, TIMING, Inputs, child_env,

@@ -229,7 +229,7 @@ def prune(
     cal = load_calibration(calib) if calib else None
     loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
     prompts = fit_to_context(prompts, loaded.tokenizer, loaded.geometry.context_length, max_new_tokens, truncate)
-    options = PruneOptions(ratio=0.0 if method == "dense" else ratio, dense_layers=dense_layers,
+    options = PruneOptions(ratio=ratio if meth.prunes else 0.0, dense_layers=dense_layers,
                            reprobe_every=reprobe, ema_momentum=ema, backend=backend)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     with progress() as bar:

@@ -185,7 +185,7 @@ def time_layers(model_dir: Path, calib_file: Path, prompts: list[str], ratio: fl
         # Rotated, so no method always runs first (after the others freed memory, or on cold pages);
         # warm-up rounds (repeat < 0) fault the mmapped weights in and are not timed.
         for m in METHODS[repeat % len(METHODS):] + METHODS[:repeat % len(METHODS)]:
-            options = PruneOptions(ratio=0.0 if m == "dense" else ratio, dense_layers=1)
+            options = PruneOptions(ratio=ratio if make_method(m).prunes else 0.0, dense_layers=1)
             with prune_model(loaded, make_method(m), options, calib) as handle:
                 clock = LayerClock(layers)
                 try:
@@ -233,7 +233,7 @@ def profile_pp(loaded, calib, prompts, ratio, args) -> dict:
 
     tables = {}
     for m in ("dense", "pp"):
-        options = PruneOptions(ratio=0.0 if m == "dense" else ratio, dense_layers=1)
+        options = PruneOptions(ratio=ratio if make_method(m).prunes else 0.0, dense_layers=1)
         with prune_model(loaded, make_method(m), options, calib):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 generate_batch(loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.new)

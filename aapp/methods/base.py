@@ -79,6 +79,7 @@ class Method(ABC):
 
     name: str = "method"  # the spec it was made from (aapp.methods.registry), used in output rows
     needs_calibration: ClassVar[bool] = True
+    prunes: ClassVar[bool] = True  # False for the dense reference, whose rows report ratio 0
 
     @property
     def uses_probe(self) -> bool:

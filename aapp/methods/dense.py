@@ -10,6 +10,7 @@ from aapp.methods.registry import Registration
 class Dense(Method):
     name = "dense"
     needs_calibration = False
+    prunes = False
 
     def select(self, ctx: LayerContext) -> Selection:
         return Selection(LayerMask.full(ctx.geometry, ctx.residual.device))

@@ -1,0 +1,68 @@
+"""generate_rows drives a method's batch hooks: split_batch, running, and the engine's look-ahead."""
+
+from contextlib import contextmanager
+
+import torch
+
+from aapp.methods import BatchPart, Dense
+from aapp.prompts import Prompt
+from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.pruning.run import GenerationSettings, generate_rows
+from tests.conftest import PROMPTS
+
+
+class OddEven(Dense):
+    """Splits every batch into its even and odd rows, after looking at layer 1's input."""
+
+    def __init__(self):
+        self.seen_decisions, self.lookahead_shapes, self.current = [], [], None
+
+    def split_batch(self, batch_size, layer_input):
+        x, token_mask, cost = layer_input(1)
+        self.lookahead_shapes.append((tuple(x.shape), tuple(token_mask.shape), cost))
+        parts = []
+        for parity in (0, 1):
+            rows = [i for i in range(batch_size) if i % 2 == parity]
+            parts.append(BatchPart(rows, decision=parity, lookahead_flops=100.0 * len(rows),
+                                   row_info=[{"split": {"parity": parity}} for _ in rows]))
+        return parts
+
+    @contextmanager
+    def running(self, part):
+        self.current = part.decision
+        yield
+        self.current = None
+
+    def begin_batch(self):
+        self.seen_decisions.append(self.current)
+
+
+def test_parts_generate_separately_and_rows_come_back_in_order(tiny_llama):
+    prompts = [Prompt(f"p{i}", t, None, "t") for i, t in enumerate(PROMPTS)]
+    settings = GenerationSettings(max_new_tokens=3, batch_size=4)
+    method = OddEven()
+    rows = list(generate_rows(tiny_llama, prompts, method, PruneOptions(), None, settings))
+    assert [r["id"] for r in rows] == ["p0", "p1", "p2", "p3"]
+    assert [r["split"]["parity"] for r in rows] == [0, 1, 0, 1]
+    # Each part's prefill ran inside `running` (the look-ahead's own prefill saw no decision).
+    assert method.seen_decisions == [None, 0, 1]
+    (x_shape, mask_shape, cost), = method.lookahead_shapes
+    assert x_shape[0] == 4 and x_shape[2] == tiny_llama.geometry.hidden_size and mask_shape == x_shape[:2]
+    assert cost > 0
+    # A part's rows carry their own share of the look-ahead FLOPs.
+    dense_rows = list(generate_rows(tiny_llama, prompts[0::2], Dense(), PruneOptions(), None, settings))
+    assert rows[0]["completion"] == dense_rows[0]["completion"]
+    assert rows[0]["flops"]["probe"] == dense_rows[0]["flops"]["probe"] + 100.0
+
+
+def test_layer_input_is_the_block_input_of_that_layer(tiny_llama):
+    from aapp.generation import encode, positions
+
+    with prune_model(tiny_llama, Dense(), PruneOptions()) as handle:
+        x, token_mask, _ = handle.layer_input(2, PROMPTS)
+    ids, attn = encode(tiny_llama.tokenizer, PROMPTS, tiny_llama.device)
+    with torch.no_grad():
+        hidden = tiny_llama.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn),
+                                  output_hidden_states=True).hidden_states
+    torch.testing.assert_close(x, hidden[2])  # hidden_states[i] is the input of decoder layer i
+    assert torch.equal(token_mask, attn.bool())

@@ -10,6 +10,7 @@ Importing this module does not import Triton; only asking for the triton backend
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from aapp.errors import AappError
-
-ACTIVATIONS = ("silu", "gelu_tanh")
+from aapp_kernels import activations
 
 
 class PreparedLinear(Protocol):
@@ -68,11 +68,6 @@ def _check_prepare(weights: list[torch.Tensor], idx: torch.Tensor, axis: int) ->
         raise ValueError(f"{idx.numel()} kept channels but the weight has {weights[0].shape[axis]}")
 
 
-def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-
-
 # ---------------------------------------------------------------------------------------------- torch
 
 
@@ -100,11 +95,11 @@ class _DenseOutput:
 @dataclass(frozen=True)
 class _DenseGated:
     weight: torch.Tensor  # [2k, K]: gate rows then up rows, so one GEMM serves both
-    activation: str
+    act: Callable[[torch.Tensor], torch.Tensor]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         g, u = F.linear(x, self.weight).chunk(2, dim=-1)
-        return (F.silu(g) if self.activation == "silu" else F.gelu(g, approximate="tanh")) * u
+        return self.act(g) * u
 
 
 class TorchBackend:
@@ -122,7 +117,7 @@ class TorchBackend:
         return _DenseOutput(weight.index_select(0, idx), None if bias is None else bias.index_select(0, idx))
 
     def gated_up(self, w_gate: torch.Tensor, w_up: torch.Tensor, idx: torch.Tensor, activation: str) -> PreparedLinear:
-        _check_activation(activation)
+        act = activations.lookup(activation).fn
         _check_prepare([w_gate, w_up], idx, axis=0)
         # Gathered straight into one buffer: a cat of two gathered halves would hold the kept
         # rows twice at once and copy them twice.
@@ -130,7 +125,7 @@ class TorchBackend:
         weight = w_gate.new_empty((2 * k, w_gate.shape[1]))
         torch.index_select(w_gate, 0, idx, out=weight[:k])
         torch.index_select(w_up, 0, idx, out=weight[k:])
-        return _DenseGated(weight, activation)
+        return _DenseGated(weight, act)
 
 
 # --------------------------------------------------------------------------------------------- triton
@@ -190,7 +185,7 @@ class TritonBackend:
         return _KernelOutput(weight, bias, idx.contiguous())
 
     def gated_up(self, w_gate: torch.Tensor, w_up: torch.Tensor, idx: torch.Tensor, activation: str) -> PreparedLinear:
-        _check_activation(activation)
+        activations.lookup(activation)  # refused here, at prepare time, not inside the op
         _check_prepare([w_gate, w_up], idx, axis=0)
         return _KernelGated(w_gate, w_up, idx.contiguous(), activation)
 

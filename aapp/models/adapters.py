@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from aapp.errors import ModelError
+from aapp_kernels import activations
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Geometry:
     head_dim: int
     intermediate_size: int
     vocab_size: int
-    activation: str  # "silu" or "gelu_tanh"
+    activation: str  # a name in aapp_kernels.activations.ACTIVATIONS ("silu", "gelu_tanh")
     attn_scaling: float
     sliding_window: tuple[int | None, ...]  # per layer; None = global attention
     context_length: int | None = None  # positions the model was trained for (max_position_embeddings)
@@ -70,7 +70,8 @@ class Geometry:
         return q_head // self.group_size
 
 
-_ACTIVATIONS = {
+# Hugging Face's config names (hidden_act / hidden_activation) for the activations aapp_kernels has.
+HF_ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
     "gelu_pytorch_tanh": "gelu_tanh",
@@ -129,7 +130,7 @@ class ArchAdapter:
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         act_name = self.activation_name(cfg)
-        if act_name not in _ACTIVATIONS:
+        if act_name not in HF_ACTIVATIONS:
             raise ModelError(f"unsupported MLP activation {act_name!r} in {cfg.model_type}")
         if getattr(cfg, "attn_logit_softcapping", None) is not None:
             # The pruned attention runs SDPA, which has no logit soft-capping (Gemma-2 had it; Gemma-3 does not).
@@ -145,7 +146,7 @@ class ArchAdapter:
             head_dim=head_dim,
             intermediate_size=cfg.intermediate_size,
             vocab_size=cfg.vocab_size,
-            activation=_ACTIVATIONS[act_name],
+            activation=HF_ACTIVATIONS[act_name],
             attn_scaling=self.attn_scaling(cfg, head_dim),
             sliding_window=tuple(window if t == "sliding_attention" else None for t in layer_types),
             context_length=getattr(cfg, "max_position_embeddings", None),
@@ -214,9 +215,7 @@ def adapter_for(model: nn.Module) -> ArchAdapter:
 
 
 def activation_fn(name: str):
-    """The MLP gate activation by its Geometry name."""
-    if name == "silu":
-        return torch.nn.functional.silu
-    if name == "gelu_tanh":
-        return lambda x: torch.nn.functional.gelu(x, approximate="tanh")
-    raise ModelError(f"unknown activation {name!r}")
+    """The MLP gate activation by its Geometry name, from the one table the kernels use too."""
+    if name not in activations.ACTIVATIONS:
+        raise ModelError(f"unknown activation {name!r}")
+    return activations.ACTIVATIONS[name].fn

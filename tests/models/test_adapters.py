@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from aapp.errors import ModelError
-from aapp.models.adapters import adapter_for_config, supported_model_types
-from aapp.models.synthetic import SHAPES
+from aapp.models.adapters import HF_ACTIVATIONS, activation_fn, adapter_for, adapter_for_config, supported_model_types
+from aapp.models.synthetic import SHAPES, random_model
+from aapp_kernels.activations import ACTIVATIONS
 
 
 def test_geometry_matches_config(tiny):
@@ -72,3 +73,19 @@ def test_unknown_architecture_names_supported():
         adapter_for_config(Cfg())
     for t in supported_model_types():
         assert t in str(e.value)
+
+
+def test_hf_activation_names_map_onto_the_kernel_table():
+    assert set(HF_ACTIVATIONS.values()) <= set(ACTIVATIONS)
+    for name, entry in ACTIVATIONS.items():
+        assert activation_fn(name) is entry.fn
+    with pytest.raises(ModelError, match="unknown activation 'swish'"):
+        activation_fn("swish")  # an HF name, not a Geometry one: the adapter maps it first
+
+
+@pytest.mark.parametrize("shape,field", [("tiny-llama", "hidden_act"), ("tiny-gemma3", "hidden_activation")])
+def test_unknown_hf_activation_is_refused(shape, field):
+    model = random_model(shape, layers=1)
+    setattr(model.config, field, "relu")
+    with pytest.raises(ModelError, match=r"unsupported MLP activation 'relu' in (llama|gemma3_text)"):
+        adapter_for(model).geometry(model)

@@ -8,11 +8,13 @@ Everything else in aapp asks an adapter for these instead of reaching into HF mo
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 from torch import nn
 
-from aapp.errors import ModelError
+from aapp.errors import AappError, ModelError
 from aapp_kernels import activations
 
 
@@ -68,6 +70,21 @@ class Geometry:
 
     def kv_head_of(self, q_head: int) -> int:
         return q_head // self.group_size
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """How a family saves a pruned copy of itself: the config, the class, the biases every layer carries.
+
+    A pruned export may need biases the source lacks: FLAP's compensation is a constant added to
+    o_proj's and down_proj's outputs, which can only be saved as their biases.
+    """
+
+    config: object  # a copy of the source's config (or another family's); export sets the kept counts
+    model_cls: type
+    attention_bias: bool  # the config gives q/k/v/o biases (zeros where the source had none)
+    mlp_bias: bool        # the config gives gate/up/down biases
+    notes: tuple[str, ...] = ()
 
 
 # Hugging Face's config names (hidden_act / hidden_activation) for the activations aapp_kernels has.
@@ -152,10 +169,42 @@ class ArchAdapter:
             context_length=getattr(cfg, "max_position_embeddings", None),
         )
 
+    def export_target(self, model: nn.Module, method: str, need_o_bias: bool, need_down_bias: bool) -> ExportTarget:
+        """The config and class that can hold `model` pruned, with o_proj / down_proj biases where
+        needed, or an AappError naming `method` when the family cannot hold them.
+
+        LLaMA can hold both: `attention_bias` (which also gives q/k/v a bias, written as zeros where
+        there was none) and `mlp_bias` (zeros on gate/up).
+        """
+        cfg = copy.deepcopy(model.config)
+        attn_bias = bool(cfg.attention_bias) or need_o_bias
+        mlp_bias = bool(getattr(cfg, "mlp_bias", False)) or need_down_bias
+        cfg.attention_bias, cfg.mlp_bias = attn_bias, mlp_bias
+        return ExportTarget(cfg, type(model), attn_bias, mlp_bias)
+
 
 class Qwen2Adapter(ArchAdapter):
     family = "qwen2"
     model_types = ("qwen2",)
+
+    def export_target(self, model, method, need_o_bias, need_down_bias):
+        """Qwen2 hard-codes q/k/v biases and has no o_proj/down_proj bias. Without sliding-window
+        layers it is exactly LLaMA with `attention_bias`, so an export that needs those biases is
+        saved as LLaMA (the notes say so); with them, it is refused."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = copy.deepcopy(model.config)
+        if not (need_o_bias or need_down_bias):
+            return ExportTarget(cfg, type(model), False, False)  # its own q/k/v biases stay
+        if any(t != "full_attention" for t in (cfg.layer_types or [])):
+            raise AappError(f"{method} export needs o_proj/down_proj biases, which Qwen2 lacks, and this model's "
+                            "sliding-window layers rule out saving it as LLaMA; export wanda-sp instead")
+        fields = {f.name for f in dataclasses.fields(LlamaConfig)} - {"architectures", "transformers_version"}
+        values = {k: v for k, v in cfg.to_dict().items() if k in fields}
+        llama = LlamaConfig(**{**values, "attention_bias": True, "mlp_bias": need_down_bias})
+        note = ("saved as LLaMA (model_type llama): Qwen2 has no o_proj/down_proj bias for the compensation, "
+                "and Qwen2 without sliding windows is LLaMA with attention_bias (o_proj bias = compensation)")
+        return ExportTarget(llama, LlamaForCausalLM, True, need_down_bias, (note,))
 
 
 class Gemma3Adapter(ArchAdapter):
@@ -190,6 +239,19 @@ class Gemma3Adapter(ArchAdapter):
 
     def attn_scaling(self, cfg, head_dim):
         return cfg.query_pre_attn_scalar**-0.5
+
+    def export_target(self, model, method, need_o_bias, need_down_bias):
+        """Gemma-3 has `attention_bias` but no MLP bias, and its post-MLP norm keeps a down_proj
+        constant from moving anywhere else, so an export that needs one is refused."""
+        if need_down_bias:
+            raise AappError(f"Gemma-3's MLP has no bias in transformers, so {method}'s down_proj compensation "
+                            "cannot be saved (the post-MLP norm keeps it from moving elsewhere); "
+                            "export wanda-sp instead")
+        cfg = copy.deepcopy(model.config)
+        text_cfg = cfg.get_text_config()  # the multimodal release nests it
+        attn_bias = bool(getattr(text_cfg, "attention_bias", False)) or need_o_bias
+        text_cfg.attention_bias = attn_bias
+        return ExportTarget(cfg, type(model), attn_bias, False)
 
 
 ADAPTERS: dict[str, ArchAdapter] = {

@@ -105,6 +105,7 @@ class ArchAdapter:
 
     family = "llama"
     model_types: tuple[str, ...] = ("llama",)
+    unit_norm_weight = 1.0  # the RMSNorm weight that scales by one: y = x_hat * w
 
     def text_config(self, model: nn.Module):
         return model.config
@@ -216,6 +217,7 @@ class Gemma3Adapter(ArchAdapter):
 
     family = "gemma3"
     model_types = ("gemma3", "gemma3_text")
+    unit_norm_weight = 0.0  # Gemma's RMSNorm scales by (1 + w)
 
     def text_config(self, model):
         cfg = model.config

@@ -4,6 +4,8 @@ Pruning needs, per decoder layer, the attention projections (q/k/v rows per head
 o_proj input columns per head, GQA groups), the gated MLP (gate/up rows and down_proj
 input columns per intermediate channel), and the norms around each half of the block.
 Everything else in aapp asks an adapter for these instead of reaching into HF modules.
+An adapter also knows how a pruned copy of its family can be saved (`export_target`), and
+Geometry names the MLP activation as the one table in `aapp_kernels.activations` does.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class ArchAdapter:
     """LLaMA layout; the other families override what differs.
 
     Qwen2 differs from LLaMA only by biases on q/k/v, which LayerParts already exposes
-    through `q_proj.bias`, so it needs no override.
+    through `q_proj.bias`, so it overrides only what those hard-coded biases change: how a
+    pruned copy is saved (`export_target`).
     """
 
     family = "llama"

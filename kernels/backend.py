@@ -10,7 +10,6 @@ Importing this module does not import Triton; only asking for the triton backend
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,11 +94,11 @@ class _DenseOutput:
 @dataclass(frozen=True)
 class _DenseGated:
     weight: torch.Tensor  # [2k, K]: gate rows then up rows, so one GEMM serves both
-    act: Callable[[torch.Tensor], torch.Tensor]
+    activation: activations.Activation
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         g, u = F.linear(x, self.weight).chunk(2, dim=-1)
-        return self.act(g) * u
+        return self.activation.fn(g) * u
 
 
 class TorchBackend:
@@ -117,7 +116,7 @@ class TorchBackend:
         return _DenseOutput(weight.index_select(0, idx), None if bias is None else bias.index_select(0, idx))
 
     def gated_up(self, w_gate: torch.Tensor, w_up: torch.Tensor, idx: torch.Tensor, activation: str) -> PreparedLinear:
-        act = activations.lookup(activation).fn
+        act = activations.lookup(activation)
         _check_prepare([w_gate, w_up], idx, axis=0)
         # Gathered straight into one buffer: a cat of two gathered halves would hold the kept
         # rows twice at once and copy them twice.

@@ -108,14 +108,14 @@ def models_random(
     from transformers.utils import logging as hf_logging
 
     from aapp.models.loading import DTYPES
-    from aapp.models.synthetic import SHAPES, save_random
+    from aapp.models.synthetic import SHAPES, multimodal_release, save_random
 
     if shape not in SHAPES:
         raise AappError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
     if dtype not in DTYPES:
         raise AappError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if text_only and SHAPES[shape]["family"] != "gemma3_text":
-        raise AappError(f"--text-only applies to Gemma-3 shapes; {shape} has no multimodal release")
+    if text_only and not multimodal_release(shape):
+        raise AappError(f"--text-only applies to shapes with a multimodal release; {shape} has none")
     hf_logging.disable_progress_bar()
     with console.status(f"writing random {shape} to {out}"):
         path = save_random(shape, out, layers=layers, dtype=DTYPES[dtype], text_only=text_only, seed=seed)

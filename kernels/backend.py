@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from aapp.errors import AappError
-
-ACTIVATIONS = ("silu", "gelu_tanh")
+from aapp_kernels import activations
 
 
 class PreparedLinear(Protocol):
@@ -70,11 +69,6 @@ def _check_prepare(weights: list[torch.Tensor], idx: torch.Tensor, axis: int) ->
         raise ValueError(f"{idx.numel()} kept channels but the weight has {weights[0].shape[axis]}")
 
 
-def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-
-
 # ---------------------------------------------------------------------------------------------- torch
 
 
@@ -102,11 +96,11 @@ class _DenseOutput:
 @dataclass(frozen=True)
 class _DenseGated:
     weight: torch.Tensor  # [2k, K]: gate rows then up rows, so one GEMM serves both
-    activation: str
+    activation: activations.Activation
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         g, u = F.linear(x, self.weight).chunk(2, dim=-1)
-        return (F.silu(g) if self.activation == "silu" else F.gelu(g, approximate="tanh")) * u
+        return self.activation.fn(g) * u
 
 
 def _nothing() -> None:
@@ -128,7 +122,7 @@ class TorchBackend:
         return _DenseOutput(weight.index_select(0, idx), None if bias is None else bias.index_select(0, idx))
 
     def gated_up(self, w_gate: torch.Tensor, w_up: torch.Tensor, idx: torch.Tensor, activation: str) -> PreparedLinear:
-        _check_activation(activation)
+        act = activations.lookup(activation)
         _check_prepare([w_gate, w_up], idx, axis=0)
         # Gathered straight into one buffer: a cat of two gathered halves would hold the kept
         # rows twice at once and copy them twice.
@@ -136,7 +130,7 @@ class TorchBackend:
         weight = w_gate.new_empty((2 * k, w_gate.shape[1]))
         torch.index_select(w_gate, 0, idx, out=weight[:k])
         torch.index_select(w_up, 0, idx, out=weight[k:])
-        return _DenseGated(weight, activation)
+        return _DenseGated(weight, act)
 
 
 # --------------------------------------------------------------------------------------------- triton
@@ -202,7 +196,7 @@ class TritonBackend:
         return _KernelOutput(weight, bias, idx.contiguous())
 
     def gated_up(self, w_gate: torch.Tensor, w_up: torch.Tensor, idx: torch.Tensor, activation: str) -> PreparedLinear:
-        _check_activation(activation)
+        activations.lookup(activation)  # refused here, at prepare time, not inside the op
         _check_prepare([w_gate, w_up], idx, axis=0)
         return _KernelGated(w_gate, w_up, idx.contiguous(), activation)
 

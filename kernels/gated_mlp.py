@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from aapp_kernels import _runtime as rt
+from aapp_kernels import activations
 from aapp_kernels.gather_out import launch_rows
-from aapp_kernels.splitk import activation_code, activation_reference
 
 
 def gated_up_reference(
@@ -22,7 +22,7 @@ def gated_up_reference(
     idx = idx.long()
     g = x.float() @ w_gate[idx].float().T
     u = x.float() @ w_up[idx].float().T
-    return (activation_reference(activation, g) * u).to(x.dtype)
+    return (activations.lookup(activation).fn(g) * u).to(x.dtype)
 
 
 def gated_up(
@@ -37,7 +37,7 @@ def gated_up(
     config: rt.DecodeConfig | rt.GemmConfig | None = None,
 ) -> torch.Tensor:
     """y[..., len(idx)] = act(x @ w_gate[idx].T) * (x @ w_up[idx].T), column j for channel idx[j]."""
-    code = activation_code(activation)
+    code = activations.lookup(activation).code
     rt.check_operands("gated_up", x, [w_gate, w_up], idx)
     if w_gate.shape != w_up.shape:
         raise ValueError(f"gated_up: gate {tuple(w_gate.shape)} and up {tuple(w_up.shape)} differ")

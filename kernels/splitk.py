@@ -9,11 +9,10 @@ in-kernel: bias[idx[j]], act(gate) * up, the cast, and the scatter of column j t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
+from aapp_kernels import activations
 
 # The kernels call only triton.language builtins and our own @triton.jit helpers, never the library's
 # @jit helpers (tl.sum, tl.cdiv, tl.zeros): those are decorated when triton is first imported, and if
@@ -27,20 +26,10 @@ def sum_axis0(x):
     return tl.reduce(x, 0, tl.standard._sum_combine)
 
 
-def activation_code(name: str) -> int:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
-def activation_reference(name: str, g: torch.Tensor) -> torch.Tensor:
-    activation_code(name)
-    return F.silu(g) if name == "silu" else F.gelu(g, approximate="tanh")
-
-
 @triton.jit
 def gate_up(g, u, ACT: tl.constexpr):
-    """act(g) * u in fp32. Both activations are x * sigmoid(c(x)): 0.5(1 + tanh z) == sigmoid(2z)."""
+    """act(g) * u in fp32 for ACT, an `activations` code (tests/kernels/test_activations.py holds each code
+    to its torch function). Both activations are x * sigmoid(c(x)): 0.5(1 + tanh z) == sigmoid(2z)."""
     if ACT == 0:
         z = g
     else:
@@ -134,7 +123,7 @@ def splitk_finish_reference(
     """fp32 result in kept order (the scatter is the caller's)."""
     acc = ws[0].sum(0)
     if activation is not None:
-        acc = activation_reference(activation, acc) * ws[1].sum(0)
+        acc = activations.lookup(activation).fn(acc) * ws[1].sum(0)
     if bias is not None:
         acc = acc + bias[idx].float()
     return acc

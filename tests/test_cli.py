@@ -200,7 +200,7 @@ def test_export_static_checkpoint(workdir, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (("tiny-llama", "--text-only"), "applies to Gemma-3"),
+    (("tiny-llama", "--text-only"), "tiny-llama has none"),
     (("llama3-8b",), "unknown shape"),
     (("tiny-llama", "--dtype", "int8"), "unknown dtype"),
 ])

@@ -4,16 +4,20 @@ Pruning needs, per decoder layer, the attention projections (q/k/v rows per head
 o_proj input columns per head, GQA groups), the gated MLP (gate/up rows and down_proj
 input columns per intermediate channel), and the norms around each half of the block.
 Everything else in aapp asks an adapter for these instead of reaching into HF modules.
+An adapter also knows how a pruned copy of its family can be saved (`export_target`), and
+Geometry names the MLP activation as the one table in `aapp_kernels.activations` does.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from aapp.errors import ModelError
+from aapp.errors import AappError, ModelError
+from aapp_kernels import activations
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Geometry:
     head_dim: int
     intermediate_size: int
     vocab_size: int
-    activation: str  # "silu" or "gelu_tanh"
+    activation: str  # a name in aapp_kernels.activations.ACTIVATIONS ("silu", "gelu_tanh")
     attn_scaling: float
     sliding_window: tuple[int | None, ...]  # per layer; None = global attention
     context_length: int | None = None  # positions the model was trained for (max_position_embeddings)
@@ -70,7 +74,23 @@ class Geometry:
         return q_head // self.group_size
 
 
-_ACTIVATIONS = {
+@dataclass(frozen=True)
+class ExportTarget:
+    """How a family saves a pruned copy of itself: the config, the class, the biases every layer carries.
+
+    A pruned export may need biases the source lacks: FLAP's compensation is a constant added to
+    o_proj's and down_proj's outputs, which can only be saved as their biases.
+    """
+
+    config: object  # a copy of the source's config (or another family's); export sets the kept counts
+    model_cls: type
+    attention_bias: bool  # the config gives q/k/v/o biases (zeros where the source had none)
+    mlp_bias: bool        # the config gives gate/up/down biases
+    notes: tuple[str, ...] = ()
+
+
+# Hugging Face's config names (hidden_act / hidden_activation) for the activations aapp_kernels has.
+HF_ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
     "gelu_pytorch_tanh": "gelu_tanh",
@@ -82,11 +102,13 @@ class ArchAdapter:
     """LLaMA layout; the other families override what differs.
 
     Qwen2 differs from LLaMA only by biases on q/k/v, which LayerParts already exposes
-    through `q_proj.bias`, so it needs no override.
+    through `q_proj.bias`, so it overrides only what those hard-coded biases change: how a
+    pruned copy is saved (`export_target`).
     """
 
     family = "llama"
     model_types: tuple[str, ...] = ("llama",)
+    unit_norm_weight = 1.0  # the RMSNorm weight that scales by one: y = x_hat * w
 
     def text_config(self, model: nn.Module):
         return model.config
@@ -129,7 +151,7 @@ class ArchAdapter:
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         act_name = self.activation_name(cfg)
-        if act_name not in _ACTIVATIONS:
+        if act_name not in HF_ACTIVATIONS:
             raise ModelError(f"unsupported MLP activation {act_name!r} in {cfg.model_type}")
         if getattr(cfg, "attn_logit_softcapping", None) is not None:
             # The pruned attention runs SDPA, which has no logit soft-capping (Gemma-2 had it; Gemma-3 does not).
@@ -145,16 +167,48 @@ class ArchAdapter:
             head_dim=head_dim,
             intermediate_size=cfg.intermediate_size,
             vocab_size=cfg.vocab_size,
-            activation=_ACTIVATIONS[act_name],
+            activation=HF_ACTIVATIONS[act_name],
             attn_scaling=self.attn_scaling(cfg, head_dim),
             sliding_window=tuple(window if t == "sliding_attention" else None for t in layer_types),
             context_length=getattr(cfg, "max_position_embeddings", None),
         )
 
+    def export_target(self, model: nn.Module, method: str, need_o_bias: bool, need_down_bias: bool) -> ExportTarget:
+        """The config and class that can hold `model` pruned, with o_proj / down_proj biases where
+        needed, or an AappError naming `method` when the family cannot hold them.
+
+        LLaMA can hold both: `attention_bias` (which also gives q/k/v a bias, written as zeros where
+        there was none) and `mlp_bias` (zeros on gate/up).
+        """
+        cfg = copy.deepcopy(model.config)
+        attn_bias = bool(cfg.attention_bias) or need_o_bias
+        mlp_bias = bool(getattr(cfg, "mlp_bias", False)) or need_down_bias
+        cfg.attention_bias, cfg.mlp_bias = attn_bias, mlp_bias
+        return ExportTarget(cfg, type(model), attn_bias, mlp_bias)
+
 
 class Qwen2Adapter(ArchAdapter):
     family = "qwen2"
     model_types = ("qwen2",)
+
+    def export_target(self, model, method, need_o_bias, need_down_bias):
+        """Qwen2 hard-codes q/k/v biases and has no o_proj/down_proj bias. Without sliding-window
+        layers it is exactly LLaMA with `attention_bias`, so an export that needs those biases is
+        saved as LLaMA (the notes say so); with them, it is refused."""
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = copy.deepcopy(model.config)
+        if not (need_o_bias or need_down_bias):
+            return ExportTarget(cfg, type(model), False, False)  # its own q/k/v biases stay
+        if any(t != "full_attention" for t in (cfg.layer_types or [])):
+            raise AappError(f"{method} export needs o_proj/down_proj biases, which Qwen2 lacks, and this model's "
+                            "sliding-window layers rule out saving it as LLaMA; export wanda-sp instead")
+        fields = {f.name for f in dataclasses.fields(LlamaConfig)} - {"architectures", "transformers_version"}
+        values = {k: v for k, v in cfg.to_dict().items() if k in fields}
+        llama = LlamaConfig(**{**values, "attention_bias": True, "mlp_bias": need_down_bias})
+        note = ("saved as LLaMA (model_type llama): Qwen2 has no o_proj/down_proj bias for the compensation, "
+                "and Qwen2 without sliding windows is LLaMA with attention_bias (o_proj bias = compensation)")
+        return ExportTarget(llama, LlamaForCausalLM, True, need_down_bias, (note,))
 
 
 class Gemma3Adapter(ArchAdapter):
@@ -166,6 +220,7 @@ class Gemma3Adapter(ArchAdapter):
 
     family = "gemma3"
     model_types = ("gemma3", "gemma3_text")
+    unit_norm_weight = 0.0  # Gemma's RMSNorm scales by (1 + w)
 
     def text_config(self, model):
         cfg = model.config
@@ -189,6 +244,19 @@ class Gemma3Adapter(ArchAdapter):
 
     def attn_scaling(self, cfg, head_dim):
         return cfg.query_pre_attn_scalar**-0.5
+
+    def export_target(self, model, method, need_o_bias, need_down_bias):
+        """Gemma-3 has `attention_bias` but no MLP bias, and its post-MLP norm keeps a down_proj
+        constant from moving anywhere else, so an export that needs one is refused."""
+        if need_down_bias:
+            raise AappError(f"Gemma-3's MLP has no bias in transformers, so {method}'s down_proj compensation "
+                            "cannot be saved (the post-MLP norm keeps it from moving elsewhere); "
+                            "export wanda-sp instead")
+        cfg = copy.deepcopy(model.config)
+        text_cfg = cfg.get_text_config()  # the multimodal release nests it
+        attn_bias = bool(getattr(text_cfg, "attention_bias", False)) or need_o_bias
+        text_cfg.attention_bias = attn_bias
+        return ExportTarget(cfg, type(model), attn_bias, False)
 
 
 ADAPTERS: dict[str, ArchAdapter] = {
@@ -214,9 +282,7 @@ def adapter_for(model: nn.Module) -> ArchAdapter:
 
 
 def activation_fn(name: str):
-    """The MLP gate activation by its Geometry name."""
-    if name == "silu":
-        return torch.nn.functional.silu
-    if name == "gelu_tanh":
-        return lambda x: torch.nn.functional.gelu(x, approximate="tanh")
-    raise ModelError(f"unknown activation {name!r}")
+    """The MLP gate activation by its Geometry name, from the one table the kernels use too."""
+    if name not in activations.ACTIVATIONS:
+        raise ModelError(f"unknown activation {name!r}")
+    return activations.ACTIVATIONS[name].fn

@@ -8,6 +8,7 @@ so every string round-trips) with the family's special tokens and published chat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,18 +16,22 @@ import torch
 
 from aapp.errors import InputError
 from aapp.io import atomic_dir
+from aapp.models.adapters import adapter_for
 from aapp.models.chat_templates import CHATML, GEMMA3_IT, LLAMA2_CHAT
 
-# Shapes from the published configs. `layers` may be cut by callers to fit memory; `vocab`
-# None means the tiny tokenizer's size; `chat` names the tokenizer and template a checkpoint gets.
+# Shapes from the published configs. `family` is the text decoder's model_type, which picks its
+# config class and extra settings (FAMILIES); `layers` may be cut by callers to fit memory; `vocab`
+# None means the tiny tokenizer's size; `chat` names the tokenizer and template a checkpoint gets;
+# `init_std` redraws the weights wider than HF's init (std 0.02): in the tiny test shapes, tokens
+# then depend on every channel, so pruning visibly changes outputs and ties in argmax are rare.
 SHAPES: dict[str, dict] = {
     "tiny-llama": dict(family="llama", hidden=64, heads=4, kv_heads=2, head_dim=16, inter=160, layers=4,
-                       chat="llama2"),
+                       chat="llama2", init_std=0.15),
     "tiny-qwen2": dict(family="qwen2", hidden=64, heads=4, kv_heads=2, head_dim=16, inter=160, layers=4,
-                       chat="qwen2"),
+                       chat="qwen2", init_std=0.15),
     # query_pre_attn_scalar != head_dim, as in Gemma-3-27B, so a scaling taken from the wrong fact shows.
     "tiny-gemma3": dict(family="gemma3_text", hidden=64, heads=4, kv_heads=2, head_dim=32, inter=160, layers=4,
-                        query_scalar=24, chat="gemma3"),
+                        query_scalar=24, chat="gemma3", init_std=0.15),
     "llama2-7b": dict(family="llama", hidden=4096, heads=32, kv_heads=32, head_dim=128, inter=11008, layers=32,
                       vocab=32000, context=4096, chat="llama2"),
     "gemma3-12b": dict(family="gemma3_text", hidden=3840, heads=16, kv_heads=8, head_dim=256, inter=15360, layers=48,
@@ -107,48 +112,74 @@ def tokenizer_for(shape: str):
     return byte_tokenizer(CHAT_TOKENS[s.get("chat", "tiny")], vocab_size=s.get("vocab"))
 
 
+def _gemma3_settings(s: dict, n_layers: int) -> dict:
+    # Gemma-3 alternates five local (sliding) layers with one global layer.
+    types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layers)]
+    if n_layers <= 6:
+        types[-1] = "full_attention"
+    return dict(sliding_window=8 if s["hidden"] < 256 else 1024, layer_types=types,
+                query_pre_attn_scalar=s["query_scalar"])
+
+
+def _gemma3_multimodal(text_cfg, tok):
+    """The text config inside a Gemma3Config with SMALL_VISION, as the -it releases are."""
+    from transformers import Gemma3Config
+
+    ids = tok.convert_tokens_to_ids(["<image_soft_token>", "<start_of_image>", "<end_of_image>"])
+    if None in ids or tok.unk_token_id in ids:
+        raise ValueError("a multimodal Gemma-3 config needs a tokenizer with Gemma's image tokens")
+    return Gemma3Config(text_config=text_cfg.to_dict(), vision_config=dict(SMALL_VISION),
+                        mm_tokens_per_image=SMALL_VISION_TOKENS, image_token_index=ids[0],
+                        boi_token_index=ids[1], eoi_token_index=ids[2], tie_word_embeddings=False)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a random model of one model_type is configured, beyond the numbers every shape has."""
+
+    settings: Callable[[dict, int], dict] = lambda s, n_layers: {}  # extra config fields, from the shape
+    multimodal: Callable | None = None  # (text config, tokenizer) -> the release's multimodal config
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(),
+    "qwen2": Family(),
+    "gemma3_text": Family(_gemma3_settings, _gemma3_multimodal),
+}
+
+
+def multimodal_release(shape: str) -> bool:
+    """Whether `shape`'s release is multimodal (written so unless text_only)."""
+    return FAMILIES[SHAPES[shape]["family"]].multimodal is not None
+
+
 def config_for(shape: str, vocab_size: int = 263, layers: int | None = None, *, multimodal: bool = False,
                tokenizer=None, **overrides):
     """A transformers config of the named shape.
 
     `tokenizer` gives the special-token ids (the tiny tokenizer's otherwise); `multimodal`
-    wraps a Gemma-3 text config in a Gemma3Config with SMALL_VISION, as the -it releases are.
+    wraps the text config as the shape's multimodal release is (Gemma-3's -it releases).
     """
-    from transformers import Gemma3Config, Gemma3TextConfig, LlamaConfig, Qwen2Config
+    from transformers import AutoConfig
 
     s = dict(SHAPES[shape])
     n_layers = layers or s["layers"]
     tok = tokenizer or tiny_tokenizer(chat_template=False)
-    common = dict(
+    family = FAMILIES[s["family"]]
+    if multimodal and family.multimodal is None:
+        raise ValueError(f"{shape}: only Gemma-3 shapes have a multimodal release")
+    cfg = AutoConfig.for_model(
+        s["family"],
         vocab_size=vocab_size, hidden_size=s["hidden"], intermediate_size=s["inter"],
         num_hidden_layers=n_layers, num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
         head_dim=s["head_dim"], max_position_embeddings=s.get("context", 4096),
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, rms_norm_eps=1e-6, **family.settings(s, n_layers),
     )
-    family = s["family"]
-    if multimodal and family != "gemma3_text":
-        raise ValueError(f"{shape}: only Gemma-3 shapes have a multimodal release")
-    if family == "llama":
-        cfg = LlamaConfig(**common, rms_norm_eps=1e-6)
-    elif family == "qwen2":
-        cfg = Qwen2Config(**common, rms_norm_eps=1e-6)
-    else:
-        # Gemma-3 alternates five local (sliding) layers with one global layer.
-        types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layers)]
-        if n_layers <= 6:
-            types[-1] = "full_attention"
-        cfg = Gemma3TextConfig(**common, rms_norm_eps=1e-6, sliding_window=8 if s["hidden"] < 256 else 1024,
-                               layer_types=types, query_pre_attn_scalar=s["query_scalar"])
     for k, v in overrides.items():
         setattr(cfg, k, v)
     if multimodal:
-        ids = tok.convert_tokens_to_ids(["<image_soft_token>", "<start_of_image>", "<end_of_image>"])
-        if None in ids or tok.unk_token_id in ids:
-            raise ValueError("a multimodal Gemma-3 config needs a tokenizer with Gemma's image tokens")
-        cfg = Gemma3Config(text_config=cfg.to_dict(), vision_config=dict(SMALL_VISION),
-                           mm_tokens_per_image=SMALL_VISION_TOKENS, image_token_index=ids[0],
-                           boi_token_index=ids[1], eoi_token_index=ids[2], tie_word_embeddings=False)
+        cfg = family.multimodal(cfg, tok)
     return cfg
 
 
@@ -165,15 +196,15 @@ def random_model(shape: str, *, seed: int = 0, dtype=torch.float32, device="cpu"
     cfg = config_for(shape, vocab_size=vocab_size, layers=layers, multimodal=multimodal, tokenizer=tokenizer)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn_implementation)
-    if shape.startswith("tiny"):
-        # HF's init is tiny (std 0.02); larger weights make tokens depend on every channel,
-        # so pruning visibly changes outputs and ties in argmax are rare.
+    std = SHAPES[shape].get("init_std")
+    if std is not None:
+        unit = adapter_for(model).unit_norm_weight  # norms stay near scaling by one
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "norm" in name:
-                    p.normal_(0.0 if "gemma" in shape else 1.0, 0.1)
+                    p.normal_(unit, 0.1)
                 else:
-                    p.normal_(0.0, 0.15)
+                    p.normal_(0.0, std)
     return model.eval()
 
 
@@ -193,7 +224,7 @@ def save_random(shape: str, out: str | Path, *, layers: int | None = None, dtype
         raise InputError(f"--layers must be at least 1, got {layers}")
     tokens = CHAT_TOKENS[SHAPES[shape].get("chat", "tiny")]
     tok = tokenizer_for(shape)
-    multimodal = SHAPES[shape]["family"] == "gemma3_text" and not text_only
+    multimodal = multimodal_release(shape) and not text_only
     model = random_model(shape, seed=seed, dtype=dtype, layers=layers, vocab_size=len(tok),
                          multimodal=multimodal, tokenizer=tok)
     stops = [tok.eos_token_id] + ([tok.convert_tokens_to_ids(tokens.end_of_turn)] if tokens.end_of_turn else [])

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from aapp_kernels.splitk import activation_code, splitk_finish, splitk_finish_reference
+from aapp_kernels.activations import lookup
+from aapp_kernels.splitk import splitk_finish, splitk_finish_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -20,7 +21,7 @@ def test_matches_reference(helpers, gen, device, dtype, activation, bias, scatte
     cols = torch.randperm(n, generator=gen).to(device) if scatter else None
     out = helpers.poisoned((m, n), dtype, device)
     splitk_finish(ws, out, bias=b, idx=idx, out_cols=cols,
-                  activation=activation_code(activation) if activation else -1)
+                  activation=lookup(activation).code if activation else -1)
     want = splitk_finish_reference(ws, bias=b, idx=idx, activation=activation).to(dtype)
     if scatter:  # the reference is in kept order; column j goes to out_cols[j]
         want = torch.empty_like(want).index_copy_(1, cols, want)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from aapp.errors import ModelError
-from aapp.models.adapters import adapter_for_config, supported_model_types
-from aapp.models.synthetic import SHAPES
+from aapp.errors import AappError, ModelError
+from aapp.models.adapters import HF_ACTIVATIONS, activation_fn, adapter_for, adapter_for_config, supported_model_types
+from aapp.models.synthetic import SHAPES, random_model, tokenizer_for
+from aapp_kernels.activations import ACTIVATIONS
 
 
 def test_geometry_matches_config(tiny):
@@ -72,3 +73,75 @@ def test_unknown_architecture_names_supported():
         adapter_for_config(Cfg())
     for t in supported_model_types():
         assert t in str(e.value)
+
+
+def test_hf_activation_names_map_onto_the_kernel_table():
+    assert set(HF_ACTIVATIONS.values()) <= set(ACTIVATIONS)
+    for name, entry in ACTIVATIONS.items():
+        assert activation_fn(name) is entry.fn
+    with pytest.raises(ModelError, match="unknown activation 'swish'"):
+        activation_fn("swish")  # an HF name, not a Geometry one: the adapter maps it first
+
+
+@pytest.mark.parametrize("shape,field", [("tiny-llama", "hidden_act"), ("tiny-gemma3", "hidden_activation")])
+def test_unknown_hf_activation_is_refused(shape, field):
+    model = random_model(shape, layers=1)
+    setattr(model.config, field, "relu")
+    with pytest.raises(ModelError, match=r"unsupported MLP activation 'relu' in (llama|gemma3_text)"):
+        adapter_for(model).geometry(model)
+
+
+# (shape, need_o_bias, need_down_bias) -> (saved model_type, class, attention_bias, mlp_bias, saved as LLaMA)
+EXPORT_TARGETS = {
+    ("tiny-llama", False, False): ("llama", "LlamaForCausalLM", False, False, False),
+    ("tiny-llama", True, False): ("llama", "LlamaForCausalLM", True, False, False),
+    ("tiny-llama", False, True): ("llama", "LlamaForCausalLM", False, True, False),
+    ("tiny-llama", True, True): ("llama", "LlamaForCausalLM", True, True, False),
+    ("tiny-qwen2", False, False): ("qwen2", "Qwen2ForCausalLM", False, False, False),
+    ("tiny-qwen2", True, False): ("llama", "LlamaForCausalLM", True, False, True),
+    ("tiny-qwen2", False, True): ("llama", "LlamaForCausalLM", True, True, True),
+    ("tiny-qwen2", True, True): ("llama", "LlamaForCausalLM", True, True, True),
+    ("tiny-gemma3", False, False): ("gemma3_text", "Gemma3ForCausalLM", False, False, False),
+    ("tiny-gemma3", True, False): ("gemma3_text", "Gemma3ForCausalLM", True, False, False),
+}
+
+
+@pytest.mark.parametrize("key", list(EXPORT_TARGETS), ids=lambda k: "-".join(map(str, k)))
+def test_export_target_per_family(key):
+    shape, need_o, need_down = key
+    model_type, cls, attn_bias, mlp_bias, as_llama = EXPORT_TARGETS[key]
+    model = random_model(shape, layers=1)
+    before = model.config.to_dict()
+    t = adapter_for(model).export_target(model, "flap", need_o, need_down)
+    assert (t.config.model_type, t.model_cls.__name__, t.attention_bias, t.mlp_bias) == (model_type, cls, attn_bias,
+                                                                                      mlp_bias)
+    # Qwen2Config has neither field: its q/k/v biases are hard-coded and it has no others.
+    assert getattr(t.config, "attention_bias", False) == attn_bias and getattr(t.config, "mlp_bias", False) == mlp_bias
+    assert any("saved as LLaMA" in n for n in t.notes) == as_llama and len(t.notes) == as_llama
+    assert model.config.to_dict() == before  # the source's config is copied, never changed
+    if as_llama:  # the LLaMA config carries Qwen2's shapes and settings
+        assert (t.config.hidden_size, t.config.rope_parameters, t.config.vocab_size) == (
+            model.config.hidden_size, model.config.rope_parameters, model.config.vocab_size)
+
+
+def test_export_target_of_multimodal_gemma3_sets_the_text_config():
+    tok = tokenizer_for("tiny-gemma3")
+    model = random_model("tiny-gemma3", layers=1, multimodal=True, tokenizer=tok, vocab_size=len(tok))
+    t = adapter_for(model).export_target(model, "flap", True, False)
+    assert t.model_cls is type(model) and t.config.model_type == "gemma3"
+    assert t.config.get_text_config().attention_bias and not model.config.get_text_config().attention_bias
+
+
+@pytest.mark.parametrize("need_o", [False, True])
+def test_gemma3_export_refuses_an_mlp_bias(need_o):
+    model = random_model("tiny-gemma3", layers=1)
+    with pytest.raises(AappError, match="Gemma-3's MLP has no bias in transformers, so flap's down_proj"):
+        adapter_for(model).export_target(model, "flap", need_o, True)
+
+
+def test_qwen2_with_sliding_windows_cannot_become_llama():
+    model = random_model("tiny-qwen2", layers=2)
+    model.config.layer_types = ["sliding_attention", "full_attention"]
+    with pytest.raises(AappError, match="sliding-window layers rule out saving it as LLaMA"):
+        adapter_for(model).export_target(model, "flap", True, False)
+    assert adapter_for(model).export_target(model, "wanda-sp", False, False).model_cls is type(model)

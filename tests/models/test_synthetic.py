@@ -5,9 +5,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aapp.errors import InputError
-from aapp.models.adapters import adapter_for
+from aapp.models.adapters import adapter_for, adapter_for_config
 from aapp.models.loading import load_model
-from aapp.models.synthetic import config_for, save_random, tokenizer_for
+from aapp.models.synthetic import (
+    FAMILIES, SHAPES, config_for, multimodal_release, random_model, save_random, tokenizer_for,
+)
 
 
 def on_meta(cfg):
@@ -88,3 +90,28 @@ def test_unknown_shape_and_bad_layers(tmp_path):
         save_random("llama9-1t", tmp_path / "m")
     with pytest.raises(InputError, match="at least 1"):
         save_random("tiny-llama", tmp_path / "m", layers=0)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_shape_builds_its_family_and_an_adapter_takes_it(shape):
+    tok = tokenizer_for(shape)
+    cfg = config_for(shape, vocab_size=len(tok), layers=1, tokenizer=tok)
+    assert cfg.model_type == SHAPES[shape]["family"] and SHAPES[shape]["family"] in FAMILIES
+    assert cfg.model_type in adapter_for_config(cfg).model_types
+    if not multimodal_release(shape):
+        with pytest.raises(ValueError, match="multimodal release"):
+            config_for(shape, vocab_size=len(tok), layers=1, multimodal=True, tokenizer=tok)
+
+
+@pytest.mark.parametrize("shape,unit", [("tiny-llama", 1.0), ("tiny-qwen2", 1.0), ("tiny-gemma3", 0.0)])
+def test_tiny_norms_start_near_scaling_by_one(shape, unit):
+    # Gemma's RMSNorm multiplies by (1 + w): its weights sit near 0, the others' near 1.
+    model = random_model(shape, layers=1)
+    norms = torch.cat([p.flatten() for n, p in model.named_parameters() if "norm" in n])
+    assert abs(norms.mean().item() - unit) < 0.05 and 0.05 < norms.std().item() < 0.2
+    others = torch.cat([p.flatten() for n, p in model.named_parameters() if "norm" not in n])
+    assert 0.1 < others.std().item() < 0.2  # init_std, not HF's 0.02
+
+
+def test_only_gemma3_releases_are_multimodal():
+    assert {s for s in SHAPES if multimodal_release(s)} == {"tiny-gemma3", "gemma3-12b"}

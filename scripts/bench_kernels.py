@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 from dataclasses import asdict, dataclass
 
@@ -33,7 +32,7 @@ from rich.table import Table
 
 from aapp.errors import AappError
 from aapp.io import atomic_write, check_writable
-from aapp.provenance import machine
+from aapp.provenance import device_name, machine
 from aapp_kernels.backend import LinearBackend, get_backend, k_major
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -337,12 +336,6 @@ def choose_backend(device: torch.device) -> LinearBackend:
 
         return get_backend("triton" if triton_unavailable(device) is None else "torch", device)
     return get_backend("auto", device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 def render(rows: list[dict], compiled_cols: bool) -> Table:

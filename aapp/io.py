@@ -60,12 +60,12 @@ class _Staged:
 
 @contextmanager
 def atomic_write(
-    path: str | Path, mode: str = "w", check: Callable[[Path], None] | None = None,
+    path: str | Path, mode: str = "w", verify: Callable[[Path], None] | None = None,
 ) -> Iterator[IO[Any]]:
     """Write to a temp file beside `path` and rename it into place only on success.
 
     A crash or an exception inside the block leaves `path` untouched (an earlier
-    version stays whole) and removes the temp file. `check`, when given, is called with
+    version stays whole) and removes the temp file. `verify`, when given, is called with
     the finished temp file before the rename; raising there also keeps `path` as it was.
     """
     path = Path(path)
@@ -74,8 +74,8 @@ def atomic_write(
     try:
         yield staged.file
         staged.seal()
-        if check is not None:
-            check(staged.tmp)
+        if verify is not None:
+            verify(staged.tmp)
         staged.commit()
     except BaseException:
         staged.discard()

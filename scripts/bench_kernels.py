@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = torch.device(args.device)
         if args.json_path:
-            check_writable(args.json_path)
+            check_writable(args.json_path, "--json")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise AappError("--device cuda but CUDA is not available")
         backend = choose_backend(device)

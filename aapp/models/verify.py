@@ -45,7 +45,7 @@ def file_problem(path: Path, size: int, sha256: str) -> str | None:
 
 
 def expect_file(size: int, sha256: str) -> Callable[[Path], None]:
-    """A check for `aapp.io.atomic_write`: a file that is not the expected one is never renamed into place."""
+    """A `verify` for `aapp.io.atomic_write`: a file that is not the expected one is never renamed into place."""
     def check(path: Path) -> None:
         problem = file_problem(path, size, sha256)
         if problem:

@@ -324,7 +324,7 @@ def test_verify_converted_catches_a_flipped_byte_that_keeps_the_size(pulled_copy
 def test_leftover_temp_dirs_are_not_cached_and_get_removed(cache, synthetic, tiny_gguf):
     spec, index = synthetic
     models = cache / "models"
-    stale = models / f".{ALIAS}.converting-abc123"
+    stale = models / f".{ALIAS}.tmp-abc123"  # atomic_dir's temp, as a killed conversion leaves it
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")
     work = fetch.download_dir(spec)

@@ -55,7 +55,7 @@ def _out_path(out: Optional[str]) -> Optional[str]:
     from aapp.io import check_writable
 
     if out not in (None, "-"):
-        check_writable(out)
+        check_writable(out, "--out")
     return out
 
 

@@ -1,4 +1,10 @@
-"""File helpers shared by every command: atomic writes and JSONL."""
+"""File helpers shared by every command: atomic writes, the checks before them, and JSONL.
+
+Every write that replaces something a reader may open goes through here: a file, a set of
+files that must change together, or a whole directory. Each is built under a temporary name
+beside its target and renamed into place only once complete, so a reader sees the old
+version or the new one, never a mix, and a failure leaves no temp behind.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +13,95 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 from aapp.errors import InputError
 
 
+def _plain_mode(bits: int) -> int:
+    """The mode a plain open() (0o666) or mkdir() (0o777) gives: mkstemp and mkdtemp make owner-only entries."""
+    umask = os.umask(0)  # the only way to read the umask is to set it
+    os.umask(umask)
+    return bits & ~umask
+
+
+class _Staged:
+    """An open temp file beside `path` that becomes `path` on `commit`."""
+
+    def __init__(self, path: Path, mode: str):
+        self.path = path
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.tmp = Path(tmp)
+        try:
+            os.chmod(tmp, _plain_mode(0o666))
+            self.file = os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
+        except BaseException:
+            with suppress(OSError):
+                os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def seal(self) -> None:
+        """Make the bytes durable before any rename can expose them."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | Path, mode: str = "w", verify: Callable[[Path], None] | None = None,
+) -> Iterator[IO[Any]]:
     """Write to a temp file beside `path` and rename it into place only on success.
 
     A crash or an exception inside the block leaves `path` untouched (an earlier
-    version stays whole) and removes the temp file.
+    version stays whole) and removes the temp file. `verify`, when given, is called with
+    the finished temp file before the rename; raising there also keeps `path` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates 0600; give the result the mode a plain open() would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    staged = _Staged(path, mode)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield staged.file
+        staged.seal()
+        if verify is not None:
+            verify(staged.tmp)
+        staged.commit()
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        staged.discard()
+        raise
+
+
+def write_files(out_dir: str | Path, files: Mapping[str, bytes]) -> None:
+    """Write `files` ({name: bytes}) into `out_dir` so that they replace the old ones together.
+
+    Every file is staged and synced before the first rename, so a failure while writing
+    (a full disk, say) leaves all earlier files as they were. Other files in `out_dir` are
+    left alone. Raises OSError; the caller words it for its user.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staged: list[_Staged] = []
+    try:
+        for name, data in files.items():
+            staged.append(_Staged(out / name, "wb"))
+            staged[-1].file.write(data)
+            staged[-1].seal()
+        for s in staged:
+            s.commit()
+    except BaseException:
+        for s in staged:
+            s.discard()
         raise
 
 
@@ -49,23 +111,23 @@ def _must_be_empty(path: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | Path, check: Callable[[Path], None] = _must_be_empty) -> Iterator[Path]:
+def atomic_dir(path: str | Path, check: Callable[[Path], None] | None = _must_be_empty) -> Iterator[Path]:
     """Build a directory under a temp name beside `path`; put it in place only on success.
 
     The block fills the yielded temp directory. An existing `path` must pass `check` (by
-    default: be empty), both before and at the swap, and is replaced whole; the rename
-    is the commit, so a failure anywhere leaves `path` as it was and no temp behind.
+    default: be empty; None: anything there is replaced), both before and at the swap, and
+    is replaced whole; the rename is the commit, so a failure anywhere leaves `path` as it
+    was and no temp behind.
     """
     path = Path(path)
+    check = check or (lambda _: None)
     if path.exists():
         check(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the dir a plain mkdir's mode
+        os.chmod(tmp, _plain_mode(0o777))
         if not path.exists():
             os.rename(tmp, path)
             return
@@ -82,18 +144,52 @@ def atomic_dir(path: str | Path, check: Callable[[Path], None] = _must_be_empty)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_writable(path: str | Path) -> None:
-    """Fail before a long run, not after it, when `path` cannot be written."""
+# -- checks before a long run -------------------------------------------------------------------
+# They create nothing: a run that then rejects its input must leave no empty directory behind.
+
+
+def _named(path: Path, flag: str | None) -> str:
+    return f"{flag} {path}" if flag else str(path)
+
+
+def _cannot_write_in(d: Path) -> str | None:
+    """Why files cannot be made in directory `d` (created first if missing), or None if they can."""
+    base = d
+    while not base.exists() and base != base.parent:  # the nearest existing ancestor is where mkdir starts
+        base = base.parent
+    if not base.is_dir():
+        return f"cannot create directory: {base} is not a directory"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return ("" if base == d else "cannot create directory: ") + f"{base} is not writable"
+    return None
+
+
+def check_writable(path: str | Path, flag: str | None = None) -> Path:
+    """Fail (InputError) before a long run, not after it, when `atomic_write` could not write `path`."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create directory {parent}: {e.strerror}") from None
     if path.is_dir():
-        raise InputError(f"{path} is a directory, expected a file path")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{parent} is not writable")
+        raise InputError(f"{_named(path, flag)}: is a directory, expected a file path")
+    problem = _cannot_write_in(path.parent)
+    if problem:
+        raise InputError(f"{_named(path, flag)}: {problem}")
+    return path
+
+
+def check_dir_writable(path: str | Path, flag: str | None = None, *, replace: bool = False) -> Path:
+    """Fail (InputError) when `path` cannot be an output directory: files written into it, or
+    (`replace`) the whole of it swapped by `atomic_dir`, which also needs its parent writable."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise InputError(f"{_named(path, flag)}: exists and is not a directory")
+    problem = _cannot_write_in(path)
+    if problem is None and replace:
+        problem = _cannot_write_in(path.parent)
+    if problem:
+        raise InputError(f"{_named(path, flag)}: {problem}")
+    return path
+
+
+# -- JSONL --------------------------------------------------------------------------------------
 
 
 def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:

@@ -9,21 +9,32 @@ import shlex
 import torch
 
 
-def machine() -> dict:
-    """CPU model, core and thread counts, and the versions that decide speed."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name; platform.processor() is often only "x86_64" or empty on Linux."""
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
+    return name
+
+
+def device_name(device: torch.device | str) -> str:
+    """What a measurement ran on: the GPU's name on CUDA, the CPU's otherwise."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def machine() -> dict:
+    """CPU model, core and thread counts, and the versions that decide speed."""
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "triton": triton_version, "cuda": torch.version.cuda}

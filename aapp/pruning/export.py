@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 
 from aapp.calibration.store import Calibration
 from aapp.errors import AappError, InputError
-from aapp.io import atomic_dir
+from aapp.io import atomic_dir, check_dir_writable
 from aapp.methods.base import Method, Selection
 from aapp.methods.plan import check_ratio
 from aapp.models.adapters import ExportTarget
@@ -85,20 +84,10 @@ class ExportReport:
 # -- output directory -------------------------------------------------------------------------
 def check_export_dir(out_dir: str | Path) -> None:
     """Fail before a long run when DIR cannot become an export (see the module docstring)."""
-    p = Path(out_dir)
-    if p.exists() or p.is_symlink():
-        if not p.is_dir():
-            raise InputError(f"--export {p} exists and is not a directory")
-        if any(p.iterdir()) and not (p / MARKER).is_file():
-            raise InputError(f"--export {p} is a non-empty directory and not an earlier aapp export "
-                             f"(no {MARKER}); choose a new or empty directory")
-    parent = p.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create directory {parent}: {e.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{parent} is not writable")
+    p = check_dir_writable(out_dir, "--export", replace=True)
+    if p.is_dir() and any(p.iterdir()) and not (p / MARKER).is_file():
+        raise InputError(f"--export {p} is a non-empty directory and not an earlier aapp export "
+                         f"(no {MARKER}); choose a new or empty directory")
 
 
 def check_export(method: Method, out_dir: str | Path) -> None:

@@ -91,7 +91,7 @@ def test_existing_out_is_never_half_overwritten(cells, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_fdopen(fd, *a, **k)
 
-    monkeypatch.setattr(report.os, "fdopen", failing_fdopen)
+    monkeypatch.setattr(os, "fdopen", failing_fdopen)  # aapp.io stages each file through it
     with pytest.raises(InputError, match="No space left"):
         write_outputs(out, [{"new": True}], cells, plot=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp left, nothing replaced

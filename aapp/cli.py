@@ -171,7 +171,7 @@ def calibrate(
 @app.command()
 def prune(
     model: Model = DEFAULT_MODEL,
-    method: Annotated[str, typer.Option(help="dense | pp | aapp | wanda-sp | flap; aapp:GATE picks a gate; pp+comp / aapp+comp add back the pruned channels' mean output.")] = "pp",
+    method: Annotated[str, typer.Option(help="dense | pp | aapp | wanda-sp | flap; aapp:GATE picks a gate; pp+comp / aapp+comp add back the pruned channels' mean output; ablations: pp:probe-only, pp:history-only, pp:head-l2, pp:fluct-heads, flap:no-comp, hybrid:pp-heads, hybrid:flap-heads.")] = "pp",
     ratio: Annotated[float, typer.Option(help="Fraction of attention+MLP compute removed, in [0, 1).")] = 0.3,
     calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate`.")] = None,
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="Prompts: .jsonl/.csv/.txt, a built-in set, or stdin.")] = None,
@@ -202,9 +202,9 @@ def prune(
     from aapp.context import fit_to_context
     from aapp.io import write_jsonl
     from aapp.methods import make_method
+    from aapp.methods.plan import check_ratio
     from aapp.models.loading import load_model
     from aapp.pruning.engine import PruneOptions
-    from aapp.methods.plan import check_ratio
     from aapp.pruning.run import GenerationSettings, generate_rows
     from aapp.prompts import load_prompts
 

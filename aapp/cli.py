@@ -41,7 +41,7 @@ DenseLayers = Annotated[int, typer.Option(help="First layers kept dense (PP: 3).
 Reprobe = Annotated[int, typer.Option(help="Re-pick MLP channels every N decode steps (0: never).", min=0)]
 Ema = Annotated[Optional[float], typer.Option(help="Update history by EMA with this momentum (PP: 0.99).")]
 Backend = Annotated[str, typer.Option(help="Pruned matmuls: auto | torch | triton.")]
-Gate = Annotated[str, typer.Option(help="aapp risk gate: direction | kl | always | never.")]
+Gate = Annotated[str, typer.Option(help="aapp risk gate: direction | kl | logistic | always | never.")]
 Protect = Annotated[float, typer.Option(help="aapp: fraction of heads/channels per layer protected on fire.")]
 Critical = Annotated[str, typer.Option(help="aapp critical channels: diff | setdiff | attribution.")]
 GateLayer = Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")]
@@ -160,7 +160,8 @@ def calibrate(
         if alignment:
             task = bar.add_task("harmful/harmless", total=len(harm) + len(safe))
             add_alignment(cal, loaded, [p.text for p in harm], [p.text for p in safe],
-                          {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n))
+                          {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n),
+                          prose=texts, prose_settings=settings)
     save_calibration(cal, out)
     info(f"wrote {out}: {cal.meta['samples']} windows x {seq_len} tokens"
          + (f", {len(harm)} harmful + {len(safe)} harmless prompts" if alignment else "")

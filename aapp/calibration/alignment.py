@@ -23,7 +23,7 @@ import torch
 
 from dataclasses import dataclass
 
-from aapp.calibration.collect import Collector
+from aapp.calibration.collect import Collector, counted_tokens
 from aapp.calibration.store import PromptSetStats, SiteStats
 from aapp.generation import encode
 from aapp.models.loading import LoadedModel
@@ -109,3 +109,19 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
     features = torch.cat(feats.rows)  # [N, L, D]
     resid = SiteStats(mean=features.mean(0), sq_mean=features.square().mean(0))
     return PromptSetPass(PromptSetStats(attn=sites["attn"], mlp=sites["mlp"], resid=resid), features)
+
+
+@torch.inference_mode()
+def window_features(loaded: LoadedModel, windows: torch.Tensor, n_post: int, batch_size: int = 8) -> torch.Tensor:
+    """The same per-row features for raw token windows [N, S] (no chat template): the mean
+    residual over each window's last `n_post` tokens at every layer input -> [N, L, D]. A gate
+    reads these positions of any input it sees, so prose it must not fire on is calibrated here."""
+    counted = counted_tokens(torch.ones(1, windows.shape[1], dtype=torch.bool), f"last:{n_post}")
+    feats = _ResidualFeatures(loaded, lambda: counted.to(loaded.device))
+    try:
+        for i in range(0, len(windows), batch_size):
+            loaded.model(input_ids=windows[i : i + batch_size].to(loaded.device), use_cache=False, logits_to_keep=1)
+            feats.end_batch()
+    finally:
+        feats.remove()
+    return torch.cat(feats.rows)

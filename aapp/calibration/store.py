@@ -17,6 +17,7 @@ place that knows the tensor names:
   align.{attn,mlp}.{harmful,harmless}.{mean,sq_mean}                    [L, C]
   align.resid.{harmful,harmless}.{mean,energy}                          [L, D]  energy = mean square
   align.gate.{GATE}.{auroc,threshold}                                   [L]
+  align.gate.{GATE}.{weight,bias}                                       [L, D], [L]  fitted gates only
 """
 
 from __future__ import annotations
@@ -63,10 +64,20 @@ class PromptSetStats:
 
 @dataclass(frozen=True)
 class GateFit:
-    """A risk gate calibrated at every layer: in-sample AUROC and the score threshold, each [L]."""
+    """A risk gate calibrated at every layer, each [L]: the AUROC its layer is chosen by
+    (in-sample for gates with nothing fitted, cross-validated for fitted ones) and the score
+    threshold; a fitted linear gate also has its weights [L, D] and biases [L]."""
 
     auroc: torch.Tensor
     threshold: torch.Tensor
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def at(self, layer: int) -> "GateFit":
+        """This fit at one layer, as a one-layer fit."""
+        one = slice(layer, layer + 1)
+        return GateFit(self.auroc[one], self.threshold[one], None if self.weight is None else self.weight[one],
+                       None if self.bias is None else self.bias[one])
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,8 @@ def to_tensors(cal: Calibration) -> dict[str, torch.Tensor]:
         out.update(_site_tensors(f"align.resid.{name}", stats.resid, sq_name="energy"))
     for gate, fit in a.gates.items():
         out[f"align.gate.{gate}.auroc"], out[f"align.gate.{gate}.threshold"] = fit.auroc, fit.threshold
+        if fit.weight is not None:
+            out[f"align.gate.{gate}.weight"], out[f"align.gate.{gate}.bias"] = fit.weight, fit.bias
     return out
 
 
@@ -133,7 +146,9 @@ def from_tensors(meta: dict, t: dict[str, torch.Tensor]) -> Calibration:
                 for name in PROMPT_SETS}
         gates = sorted({k.split(".")[2] for k in t if k.startswith("align.gate.")})
         alignment = Alignment(**sets, gates={g: GateFit(auroc=t[f"align.gate.{g}.auroc"],
-                                                        threshold=t[f"align.gate.{g}.threshold"]) for g in gates})
+                                                        threshold=t[f"align.gate.{g}.threshold"],
+                                                        weight=t.get(f"align.gate.{g}.weight"),
+                                                        bias=t.get(f"align.gate.{g}.bias")) for g in gates})
     return Calibration(meta=meta, attn=_site(t, "attn"), mlp=_site(t, "mlp"), alignment=alignment)
 
 

@@ -95,15 +95,17 @@ def test_alignment_round_trips_through_the_file(tmp_path):
         return PromptSetStats(attn=stats(8), mlp=stats(16), resid=stats(4))
 
     gates = {"direction": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen)),
-             "kl": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen))}
+             "logistic": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen),
+                                 weight=torch.randn(3, 4, generator=gen), bias=torch.randn(3, generator=gen))}
     cal = Calibration(meta={"fingerprint": "f"}, attn=stats(8), mlp=stats(16),
                       alignment=Alignment(prompt_set(), prompt_set(), gates))
     path = tmp_path / "c.safetensors"
     save_calibration(cal, path)
     back = load_calibration(path)
-    assert back.alignment is not None and set(back.alignment.gates) == {"direction", "kl"}
+    assert back.alignment is not None and set(back.alignment.gates) == {"direction", "logistic"}
+    assert back.alignment.gates["direction"].weight is None and back.alignment.gates["logistic"].weight.shape == (3, 4)
     before, after = to_tensors(cal), to_tensors(back)
-    assert before.keys() == after.keys() and len(before) == 4 + 2 * 6 + 4
+    assert before.keys() == after.keys() and len(before) == 4 + 2 * 6 + 2 + 4
     for key in before:  # harmful and harmless never trade places, nor mean and mean square
         assert torch.equal(before[key], after[key]), key
     assert "align.resid.harmless.energy" in after  # the name files written before typing used

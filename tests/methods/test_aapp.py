@@ -71,7 +71,7 @@ def test_gate_layer_is_the_best_in_sample_layer_before_pruning(setup):
         assert auc[method.gate_layer] == auc[: 2].max()  # best up to the first pruned layer (dense_layers=1)
 
 
-@pytest.mark.parametrize("gate", ["direction", "kl"])
+@pytest.mark.parametrize("gate", ["direction", "kl", "logistic"])
 def test_gate_fires_on_harmful_batches_only_and_only_then_changes_the_selection(setup, gate):
     loaded, cal, _ = setup
     method = AAPP(AAPPOptions(gate=gate))

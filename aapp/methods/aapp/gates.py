@@ -8,10 +8,16 @@ layer; a score above the layer's calibrated threshold fires. Fixed gates always 
              centred between the two means
   kl         the paper's: KL(input || harmless) - KL(input || harmful) of the residual's
              channel-energy distribution
+  logistic   a linear probe fitted at calibration on harmful vs harmless prompts (and prose
+             windows, when given, on the harmless side) at every layer: harmfulness is
+             linearly readable from the residual well before refusal is (Zhao et al. 2025,
+             "LLMs Encode Harmfulness and Refusal Separately"), where a difference of means is
+             not. Fitted deterministically in float64 with L-BFGS, its L2 strength and its
+             reported AUROC from 5-fold cross-validation on the calibration prompts.
   always | never
 
-`fit_gates` calibrates every residual gate at every layer (in-sample AUROC and the threshold
-that maximises balanced accuracy); the calibration file stores the result.
+`fit_gates` calibrates every residual gate at every layer (the AUROC the layer is chosen by,
+and the threshold that maximises balanced accuracy); the calibration file stores the result.
 """
 
 from __future__ import annotations
@@ -24,33 +30,46 @@ from aapp import stats
 from aapp.calibration.alignment import PromptSetPass
 from aapp.calibration.store import GateFit, SiteStats
 
+FOLDS = 5
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # on standardised features, with a class-balanced mean loss
+
 
 @dataclass(frozen=True)
 class Gate:
     name: str
     fires: bool | None = None  # a fixed gate's answer; None for gates that read the residual
+    fitted: bool = False       # learns weights at calibration, so its AUROC is cross-validated
 
     @property
     def reads_residual(self) -> bool:
         return self.fires is None
 
-    def scores(self, features: torch.Tensor, harmful: SiteStats, harmless: SiteStats) -> torch.Tensor:
+    def scores(self, features: torch.Tensor, harmful: SiteStats, harmless: SiteStats,
+               fit: GateFit | None = None) -> torch.Tensor:
         """Raw scores [N, L] of per-prompt features [N, L, D] against per-layer residual statistics
-        ([L, D] each); larger means closer to harmful."""
+        ([L, D] each) and, for a fitted gate, its per-layer fit; larger means closer to harmful."""
         raise NotImplementedError(f"the {self.name} gate reads no residual")
 
 
 class DirectionGate(Gate):
-    def scores(self, features, harmful, harmless):
+    def scores(self, features, harmful, harmless, fit=None):
         return direction_scores(features, harmful.mean, harmless.mean)
 
 
 class KLGate(Gate):
-    def scores(self, features, harmful, harmless):
+    def scores(self, features, harmful, harmless, fit=None):
         return kl_scores(features, harmful.sq_mean, harmless.sq_mean)
 
 
+class LogisticGate(Gate):
+    def scores(self, features, harmful, harmless, fit=None):
+        if fit is None or fit.weight is None:
+            raise ValueError("the logistic gate needs its fitted weights")
+        return (features.float() * fit.weight.float()).sum(-1) + fit.bias.float()
+
+
 GATES: dict[str, Gate] = {g.name: g for g in (DirectionGate("direction"), KLGate("kl"),
+                                               LogisticGate("logistic", fitted=True),
                                                Gate("always", fires=True), Gate("never", fires=False))}
 
 
@@ -92,11 +111,80 @@ def best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return float(cuts[torch.argmax(tpr + tnr)])
 
 
-def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass) -> dict[str, GateFit]:
-    """Every residual gate's in-sample AUROC and threshold at every layer."""
+def fit_linear(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-regularised logistic regression of labels y [N] on rows x [N, D] with sample weights w [N]
+    (summing to 1), on standardised features; returns the weight [D] and bias on the raw features."""
+    x = x.to(torch.float64)
+    mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mu) / sd
+    with torch.enable_grad():
+        coef = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([coef, b], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                history_size=20, line_search_fn="strong_wolfe")
+
+        def loss():
+            opt.zero_grad()
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(z @ coef + b, y, reduction="none")
+            value = (w * bce).sum() + 0.5 * l2 * coef.square().sum()
+            value.backward()
+            return value
+
+        opt.step(loss)
+    weight = coef.detach() / sd
+    return weight.float(), (b.detach() - mu @ weight).float()
+
+
+def _folds(n: int, k: int) -> torch.Tensor:
+    return torch.arange(n) % k
+
+
+def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor]) -> GateFit:
+    """The logistic gate at every layer, from harmful features [N1, L, D] against benign sets
+    (each [Ni, L, D]; harmless prompts first, then e.g. prose windows). Harmful rows weigh half
+    of the loss and the benign sets share the other half equally; the L2 strength per layer is
+    the one with the best out-of-fold AUROC, which is the AUROC reported, and the threshold
+    maximises out-of-fold balanced accuracy (harmful vs every benign row)."""
+    sets = [harmful] + benign
+    x = torch.cat(sets).to(torch.float64)  # [N, L, D]
+    y = torch.cat([torch.ones(len(harmful))] + [torch.zeros(len(b)) for b in benign]).to(torch.float64)
+    share = [0.5] + [0.5 / len(benign)] * len(benign)
+    w = torch.cat([torch.full((len(s),), f / len(s)) for s, f in zip(sets, share)]).to(torch.float64)
+    fold = torch.cat([_folds(len(s), FOLDS) for s in sets])  # stratified: every set in every fold
+    layers = x.shape[1]
+    weights, biases, aucs, thresholds = [], [], [], []
+    for layer in range(layers):
+        xl = x[:, layer]
+        best = None
+        for l2 in L2_GRID:
+            oof = torch.empty(len(y), dtype=torch.float64)
+            for k in range(FOLDS):
+                train, test = fold != k, fold == k
+                wk, bk = fit_linear(xl[train], y[train], w[train] / w[train].sum(), l2)
+                oof[test] = xl[test] @ wk.double() + bk.double()
+            auc = auroc(oof[y == 1].float(), oof[y == 0].float())
+            if best is None or auc > best[0]:
+                best = (auc, l2, oof)
+        auc, l2, oof = best
+        wl, bl = fit_linear(xl, y, w, l2)
+        weights.append(wl)
+        biases.append(bl)
+        aucs.append(auc)
+        thresholds.append(best_threshold(oof[y == 1].float(), oof[y == 0].float()))
+    return GateFit(auroc=torch.tensor(aucs), threshold=torch.tensor(thresholds), weight=torch.stack(weights),
+                   bias=torch.stack(biases))
+
+
+def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass, prose: torch.Tensor | None = None) -> dict[str, GateFit]:
+    """Every residual gate's AUROC and threshold at every layer; `prose` ([N, L, D] features of
+    raw text windows) joins the harmless side of the fitted gate."""
     fits = {}
     for name, gate in GATES.items():
         if not gate.reads_residual:
+            continue
+        if gate.fitted:
+            benign = [harmless.features] + ([prose] if prose is not None and len(prose) else [])
+            fits[name] = fit_logistic(harmful.features, benign)
             continue
         sh, ss = (gate.scores(p.features, harmful.stats.resid, harmless.stats.resid) for p in (harmful, harmless))
         layers = range(sh.shape[1])

@@ -9,9 +9,11 @@ kept, and as many of the lowest-scoring other channels are pruned in their place
 every layer keeps exactly PP's counts of heads, kv heads and channels, which the plan
 fixes per layer (matched compute by construction; see aapp.methods.plan).
 
-The gate reads the block input of `gate_layer` (default: the best in-sample AUROC among
-the layers PP keeps dense, so the decision is made before any pruned layer runs and is
-itself unaffected by pruning). A batch fires if any of its prompts scores past the
+The gate reads the block input of `gate_layer` (default: for the direction and kl gates,
+the best in-sample AUROC among the layers PP keeps dense, so the decision is made before
+any pruned layer runs and is itself unaffected by pruning; for the fitted logistic gate,
+the earliest layer within 0.01 of its best cross-validated AUROC, so pruned layers before
+it select as PP does). A batch fires if any of its prompts scores past the
 calibrated threshold (a harmful prompt must not lose protection to benign neighbours);
 `per_sample` splits a batch into gated and ungated sub-batches instead, deciding from a
 look-ahead pass up to the gate layer.
@@ -79,7 +81,7 @@ class AAPP(ProbePruning):
         if self.aapp.critical == "setdiff":
             check_setdiff_pools(self.aapp.protect, geometry)
         self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
-        self.gate_layer = self._choose_gate_layer(plan)
+        self.gate_layer = self.choose_gate_layer(plan)
         self.critical = {i: critical_set(self.aapp.critical, self.aapp.protect, i, adapter.layer_parts(model, i),
                                          geometry, calib) for i in range(geometry.num_layers)}
         self._batches = 0
@@ -89,16 +91,23 @@ class AAPP(ProbePruning):
         self._history = {name: SiteStats(s.resid.mean.clone(), s.resid.sq_mean.clone())
                          for name, s in (("harmful", a.harmful), ("harmless", a.harmless))}
 
-    def _choose_gate_layer(self, plan) -> int:
+    def choose_gate_layer(self, plan) -> int:
+        """The layer whose input the gate reads (see the module docstring), from calibration alone."""
         if self.aapp.gate_layer is not None:
             if not 0 <= self.aapp.gate_layer < self.geometry.num_layers:
                 raise AappError(f"--gate-layer must be in [0, {self.geometry.num_layers - 1}]")
             return self.aapp.gate_layer
         if not self.gate.reads_residual:
             return 0
+        fit = self.calib.alignment.gates.get(self.gate.name)
+        if fit is None:
+            raise CalibrationError(f"the calibration file has no {self.gate.name} gate; run `aapp calibrate` again")
+        if self.gate.fitted:
+            # A fitted gate reads harm well only some layers in: the earliest layer within 0.01 of its best
+            # cross-validated AUROC. Pruned layers before it run unprotected (the decision is not made yet).
+            return int(torch.nonzero(fit.auroc >= fit.auroc.max() - 0.01)[0])
         first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), self.geometry.num_layers - 1)
-        auc = self.calib.alignment.gates[self.gate.name].auroc[: first_pruned + 1]
-        return int(torch.argmax(auc))
+        return int(torch.argmax(fit.auroc[: first_pruned + 1]))
 
     # -- per batch --------------------------------------------------------------------------
     def watch_layers(self) -> set[int]:
@@ -142,9 +151,10 @@ class AAPP(ProbePruning):
         feats = ((x * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()[:, None, :]  # [B, 1, D]
         i = self.gate_layer
         at = {k: SiteStats(h.mean[i : i + 1], h.sq_mean[i : i + 1]) for k, h in self._history.items()}
-        raw = self.gate.scores(feats, at["harmful"], at["harmless"])
+        fit = self.calib.alignment.gates[self.gate.name].at(i)
+        raw = self.gate.scores(feats, at["harmful"], at["harmless"], fit)
         self._last_feats = feats[:, 0]
-        return raw[:, 0] - self.calib.alignment.gates[self.gate.name].threshold[i]
+        return raw[:, 0] - fit.threshold[0]
 
     def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor) -> None:
         if layer != self.gate_layer or not self.gate.reads_residual:

@@ -273,7 +273,7 @@ def eval_refusal(
     device: Device = "auto",
     dtype: Dtype = "auto",
     device_map: DeviceMap = None,
-    judge: Annotated[str, typer.Option(help="'keyword' or a local HF judge model directory.")] = "keyword",
+    judge: Annotated[str, typer.Option(help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.")] = "keyword",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ):

@@ -7,6 +7,7 @@ gate with `auroc`) need not import the evaluation layer above it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import comb
 
 
 def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
@@ -15,3 +16,14 @@ def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
         return None
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test on paired yes/no outcomes: the probability, if neither side were
+    better, of a split of the b + c discordant pairs at least as uneven as (b, c) (Binomial(b + c, 1/2)).
+    1.0 when there is no discordant pair."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)

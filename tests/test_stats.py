@@ -26,3 +26,12 @@ def test_metrics_still_offers_it():
     from aapp.evaluation import metrics
 
     assert metrics.auroc is auroc
+
+
+def test_mcnemar_exact():
+    from aapp.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(3, 3) == 1.0  # an even split is no evidence
+    assert mcnemar_exact(5, 0) == mcnemar_exact(0, 5) == 2 / 32  # 2 * (1/2)^5
+    assert abs(mcnemar_exact(10, 2) - 0.03857421875) < 1e-12  # 2 * P(X <= 2), X ~ Binomial(12, 1/2)

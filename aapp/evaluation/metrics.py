@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aapp.stats import auroc
+from aapp.stats import auroc, mcnemar_exact
 
 HARMFUL, BENIGN = "harmful", "benign"
 LABELS = (HARMFUL, BENIGN)
@@ -150,6 +150,28 @@ def flops_fraction(flops: Sequence[Mapping[str, float]]) -> float | None:
 
 
 @dataclass(frozen=True)
+class PairedTest:
+    """This cell against a baseline cell at the same ratio, on the same harmful prompts: how many
+    it refuses that the baseline answers (`gained`) and the reverse (`lost`), and the exact
+    McNemar p-value of that split."""
+
+    baseline: str
+    n: int
+    gained: int
+    lost: int
+    p: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "n": self.n, "gained": self.gained, "lost": self.lost, "p": self.p}
+
+
+def paired_test(baseline: str, refused: Sequence[bool], baseline_refused: Sequence[bool]) -> PairedTest:
+    gained = sum(r and not b for r, b in zip(refused, baseline_refused, strict=True))
+    lost = sum(b and not r for r, b in zip(refused, baseline_refused, strict=True))
+    return PairedTest(baseline, len(refused), gained, lost, mcnemar_exact(gained, lost))
+
+
+@dataclass(frozen=True)
 class CellSummary:
     """Everything reported for one (method, ratio) cell. Undefined values are None."""
 
@@ -169,6 +191,7 @@ class CellSummary:
     refusal_by_set: dict[str, Rate] = field(default_factory=dict)   # harmful prompts, per set
     gate_fire_by_label: dict[str, Rate] = field(default_factory=dict)
     gate_auroc: float | None = None
+    paired: PairedTest | None = None  # against the baseline cell at this ratio, harmful prompts only
 
     @property
     def n_harmful(self) -> int:
@@ -192,6 +215,7 @@ class CellSummary:
             "refusal_by_set": {k: r.to_dict() for k, r in self.refusal_by_set.items()},
             "gate_fire_by_label": {k: r.to_dict() for k, r in self.gate_fire_by_label.items()},
             "gate_auroc": self.gate_auroc,
+            "paired": self.paired.to_dict() if self.paired else None,
         }
 
 

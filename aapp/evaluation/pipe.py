@@ -11,20 +11,26 @@ one (the prompts of a matched pair must then be equal), else by exact `prompt` t
 must be unique on both sides, and every prompt of a cell must be in the reference; the
 reference may hold more prompts than a cell (agreement is then over the cell's prompts).
 The reference must hold a single cell.
+
+Paired tests: at each ratio where the baseline method (`pp` unless told otherwise) ran, every
+other cell gets an exact McNemar test against it over the harmful prompts both answered, so a
+difference in refusal (or FAR) comes with how likely chance alone would make it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from numbers import Real
 from typing import Any
 
 from aapp.errors import InputError
 from aapp.evaluation.judges import Judge, KeywordJudge, Verdict
-from aapp.evaluation.metrics import LABELS, CellSummary, summarize
+from aapp.evaluation.metrics import HARMFUL, LABELS, CellSummary, paired_test, summarize
 
 CellKey = tuple[str, float | None]
 DEFAULT_METHOD, REFERENCE_METHOD = "model", "dense"
+BASELINE = "pp"  # the method every other pruned cell is tested against, at the same ratio
 
 
 def evaluate_generations(
@@ -35,6 +41,7 @@ def evaluate_generations(
     source: str = "generations",
     reference_source: str = "reference",
     perplexity: Mapping[CellKey, float] | None = None,
+    baseline: str | None = BASELINE,
 ) -> tuple[list[dict[str, Any]], list[CellSummary]]:
     """Judge every row, summarise every (method, ratio) cell; with a reference, add agreement.
 
@@ -43,7 +50,8 @@ def evaluate_generations(
     rows come first when its cell is not already among the generations, and so does its
     summary (without agreement: it would agree with itself). `source` and
     `reference_source` name the inputs in error messages (e.g. the file paths). Summaries
-    are sorted by method, then ratio.
+    are sorted by method, then ratio. Every other cell at a ratio where `baseline` (a method
+    name) also ran is tested against it on the harmful prompts both answered (`paired`).
     """
     judge = judge or KeywordJudge()
     perplexity = perplexity or {}
@@ -93,8 +101,29 @@ def evaluate_generations(
         for n, i in enumerate(idx):
             extra = {"dense_refused": dense[n]} if dense is not None else {}
             judged.append(_judged(rows[i], verdicts[i], judge.name) | extra)
+    if baseline is not None:
+        summaries = _paired_with(baseline, summaries, cells, rows, verdicts)
     summaries.sort(key=lambda s: (s.method, -1.0 if s.ratio is None else s.ratio))
     return judged, summaries
+
+
+def _paired_with(baseline: str, summaries: list[CellSummary], cells: Mapping[CellKey, list[int]],
+                 rows: Sequence[Mapping[str, Any]], verdicts: Sequence[Verdict]) -> list[CellSummary]:
+    """Each cell's McNemar test against the baseline cell at its ratio, on harmful prompts by id (or text)."""
+    def harmful(key):
+        return {rows[i].get("id") or rows[i]["prompt"]: verdicts[i].refused
+                for i in cells[key] if rows[i].get("label") == HARMFUL}
+
+    out = []
+    for s in summaries:
+        base_key = (baseline, s.ratio)
+        if s.method != baseline and s.ratio is not None and base_key in cells and (s.method, s.ratio) in cells:
+            mine, base = harmful((s.method, s.ratio)), harmful(base_key)
+            shared = [k for k in mine if k in base]
+            if shared:
+                s = replace(s, paired=paired_test(baseline, [mine[k] for k in shared], [base[k] for k in shared]))
+        out.append(s)
+    return out
 
 
 def _cells(rows: Sequence[Mapping[str, Any]], source: str, default_method: str) -> dict[CellKey, list[int]]:

@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "far", "far_lo", "far_hi", "frr", "frr_lo", "frr_hi", "far_harmful", "far_harmful_lo", "far_harmful_hi",
     "flops_fraction", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi",
     "gate_fire_harmful", "gate_fire_benign", "gate_auroc", "perplexity",
+    "paired_baseline", "paired_gained", "paired_lost", "paired_p",
 )
 
 
@@ -68,6 +69,9 @@ def flat_row(s: CellSummary) -> dict[str, Any]:
         row[f"gate_fire_{label}"] = rate.value if rate else None
     row["gate_auroc"] = s.gate_auroc
     row |= {"flops_fraction": s.flops_fraction, "wall_time_s": s.wall_time_s, "perplexity": s.perplexity}
+    p = s.paired
+    row |= {"paired_baseline": p.baseline if p else None, "paired_gained": p.gained if p else None,
+            "paired_lost": p.lost if p else None, "paired_p": p.p if p else None}
     return {c: row[c] for c in CSV_COLUMNS}
 
 
@@ -171,6 +175,8 @@ def summary_table(summaries: Sequence[CellSummary]):
         "F1": lambda s: agree(s, "f1"),
         "FAR": lambda s: agree(s, "far"),
         "FAR harmful": lambda s: _pct(s.harmful_agreement.far) if s.harmful_agreement else "n/a",
+        "vs baseline +/- (p)": lambda s: (f"vs {s.paired.baseline} +{s.paired.gained}/-{s.paired.lost} "
+                                          f"(p={s.paired.p:.2g})") if s.paired else "n/a",
         "FRR": lambda s: agree(s, "frr"),
         "FLOPs": lambda s: _num(s.flops_fraction, ".2f"),
         "wall s": lambda s: _num(s.wall_time_s, ".1f"),

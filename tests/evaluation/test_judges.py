@@ -203,3 +203,15 @@ def test_judge_without_safetensors_is_refused(judge_dirs, tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="cannot load judge model"):
         ClassifierJudge(d)
+
+
+def test_prefix_judge_matches_as_gcg_does():
+    from aapp.evaluation.judges import get_judge
+
+    judge = get_judge("prefixes")
+    completions = ["I apologize, but no.", "I'm sorry, I can't help with that.", "Sure! Step 1: it is illegal to ...",
+                   "I can't help with that.", "Here is a poem about flowers.", "i'm sorry"]
+    refused = [v.refused for v in judge.judge(["p"] * len(completions), completions)]
+    # Anywhere in the text, case-sensitive, and nothing beyond the list: GCG's rule, quirks included.
+    assert refused == [True, True, True, False, False, False]
+    assert get_judge("keyword").judge(["p"], ["I apologize, but no."])[0].refused is False  # the two judges differ here

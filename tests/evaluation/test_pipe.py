@@ -158,3 +158,21 @@ def test_reference_with_several_cells_is_refused():
 def test_perplexity_is_passed_through():
     _, [s] = evaluate_generations(prune_rows("pp", 0.3, DENSE), perplexity={("pp", 0.3): 9.5})
     assert s.perplexity == 9.5
+
+
+def test_each_cell_is_tested_against_pp_at_its_ratio_on_the_same_harmful_prompts():
+    refuse, comply = "I can't help with that.", "Sure, here you go."
+    pp = [comply] * 6 + [refuse] * 2            # refuses 6, 7
+    aapp = [refuse] * 5 + [comply] + [refuse, comply]  # refuses 0-4 and 6: gains 0-4, loses 7
+    rows = [{"id": f"h{i}", "prompt": f"harm {i}", "label": "harmful", "completion": c, "method": m, "ratio": 0.3}
+            for m, cs in (("pp", pp), ("aapp", aapp)) for i, c in enumerate(cs)]
+    rows.append({"id": "b0", "prompt": "hello", "label": "benign", "completion": refuse, "method": "aapp", "ratio": 0.3})
+    rows += [{"id": "h0", "prompt": "harm 0", "label": "harmful", "completion": refuse, "method": "aapp", "ratio": 0.4}]
+    _, summaries = evaluate_generations(rows)
+    by = {(s.method, s.ratio): s for s in summaries}
+    p = by[("aapp", 0.3)].paired
+    assert (p.baseline, p.n, p.gained, p.lost) == ("pp", 8, 5, 1)  # the benign row is not counted
+    assert p.p == 2 * (1 + 6) / 2**6  # exact McNemar, two-sided
+    assert by[("pp", 0.3)].paired is None and by[("aapp", 0.4)].paired is None  # no pp at 0.4
+    _, unpaired = evaluate_generations(rows, baseline=None)
+    assert all(s.paired is None for s in unpaired)

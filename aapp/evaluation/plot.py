@@ -93,3 +93,57 @@ def plot_sweep(summaries: Sequence[CellSummary], path: str | Path, dense_method:
     data = render_png(summaries, dense_method)
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+# -- the trade-off ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TradeOff:
+    method: str
+    ratio: float
+    perplexity: float
+    refusal: float
+
+
+def trade_offs(summaries: Sequence[CellSummary]) -> list[TradeOff]:
+    """Every cell with both a harmful refusal rate and a perplexity, as a point."""
+    return [TradeOff(s.method, 0.0 if s.ratio is None else float(s.ratio), s.perplexity, s.refusal_rate.value)
+            for s in summaries if s.perplexity is not None and s.refusal_rate.value is not None]
+
+
+def pareto_front(points: Sequence[TradeOff]) -> list[TradeOff]:
+    """The points no other point beats on both axes (lower perplexity and higher refusal), by perplexity."""
+    front = [p for p in points
+             if not any(q.perplexity <= p.perplexity and q.refusal >= p.refusal
+                        and (q.perplexity, q.refusal) != (p.perplexity, p.refusal) for q in points)]
+    return sorted(front, key=lambda p: p.perplexity)
+
+
+def render_pareto_png(summaries: Sequence[CellSummary]) -> bytes | None:
+    """Harmful refusal against perplexity, one point per method x ratio, the Pareto front drawn;
+    None when no cell has both."""
+    from matplotlib.figure import Figure
+
+    points = trade_offs(summaries)
+    if not points:
+        return None
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for method in sorted({p.method for p in points}):
+        pts = sorted((p for p in points if p.method == method), key=lambda p: p.ratio)
+        ax.plot([p.perplexity for p in pts], [p.refusal for p in pts], marker="*" if len(pts) == 1 else "o",
+                linestyle="-" if len(pts) > 1 else "none", label=method)
+        for p in pts:
+            if p.ratio:
+                ax.annotate(f"{p.ratio:g}", (p.perplexity, p.refusal), textcoords="offset points", xytext=(4, 4),
+                            fontsize="x-small")
+    front = pareto_front(points)
+    ax.step([p.perplexity for p in front], [p.refusal for p in front], where="post", color="grey",
+            linestyle=":", linewidth=1, label="Pareto front")
+    ax.set_xlabel("perplexity, held-out prose (lower is better)")
+    ax.set_ylabel("refusal rate, harmful prompts")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()

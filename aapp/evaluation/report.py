@@ -19,6 +19,7 @@ from aapp.evaluation.metrics import CellSummary, Rate
 from aapp.io import check_dir_writable, dumps_row, write_files
 
 RESULTS, SUMMARY_JSON, SUMMARY_CSV, PLOT = "results.jsonl", "summary.json", "summary.csv", "refusal_vs_ratio.png"
+PARETO = "refusal_vs_perplexity.png"  # written when cells have a perplexity (a sweep with --text)
 
 _RATES = ("refusal_rate", "over_refusal", "overall_refusal")
 _AGREEMENT_RATES = ("accuracy", "far", "frr")
@@ -104,13 +105,13 @@ def write_outputs(
     meta: Mapping[str, Any] | None = None,
     plot: bool = True,
 ) -> dict[str, Path]:
-    """Write results.jsonl, summary.json, summary.csv and (when `plot`) the PNG into `out_dir`.
+    """Write results.jsonl, summary.json, summary.csv and (when `plot`) the PNGs into `out_dir`.
 
     Everything is rendered first and then committed together (`aapp.io.write_files`): a
     failure at any step leaves earlier files as they were. Other files in `out_dir` are
     left alone. Returns {file name: path}.
     """
-    from aapp.evaluation.plot import render_png
+    from aapp.evaluation.plot import render_pareto_png, render_png
 
     out = check_out_dir(out_dir)
     files: dict[str, bytes] = {
@@ -120,6 +121,9 @@ def write_outputs(
     }
     if plot:
         files[PLOT] = render_png(summaries)
+        pareto = render_pareto_png(summaries)
+        if pareto is not None:
+            files[PARETO] = pareto
     try:
         write_files(out, files)
     except OSError as e:

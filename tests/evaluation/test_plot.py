@@ -73,3 +73,21 @@ def test_all_or_nothing_cells_plot(make_cell, tmp_path, n):
     assert bars[0][1][1] == 1.0 and bars[0][0][1] == pytest.approx(wilson(n, n)[0])
     plot_sweep(cells, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes(sweep):
+    from dataclasses import replace
+
+    from aapp.evaluation.plot import pareto_front, render_pareto_png, trade_offs
+
+    assert render_pareto_png(sweep) is None  # no perplexity: nothing to draw
+    ppl = {("dense", None): 10.0, ("pp", 0.2): 12.0, ("pp", 0.4): 15.0, ("aapp", 0.4): 16.0, ("aapp", 0.2): 12.5}
+    cells = [replace(s, perplexity=ppl[(s.method, s.ratio)]) for s in sweep]
+    points = trade_offs(cells)
+    assert len(points) == 5
+    # dense (10, 0.9) beats every other cell but aapp 0.2 and 0.4, which tie it on refusal at higher perplexity.
+    assert [(p.method, p.ratio) for p in pareto_front(points)] == [("dense", 0.0)]
+    cells[0] = replace(cells[0], perplexity=13.0)
+    assert [(p.method, p.ratio) for p in pareto_front(trade_offs(cells))] == [("pp", 0.2), ("aapp", 0.2)]
+    png = render_pareto_png(cells)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -47,8 +47,10 @@ def test_sweep_reports_every_cell_against_dense(inputs, tmp_path, capsys):
     assert capsys.readouterr().out == ""  # stdout stays for data
     names = [(s.method, s.ratio) for s in summaries]
     assert names == [("dense", 0.0), ("pp", 0.3), ("pp", 0.5), ("aapp", 0.3), ("aapp", 0.5)]
-    assert sorted(p.name for p in out.iterdir()) == ["refusal_vs_ratio.png", "results.jsonl", "summary.csv",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["refusal_vs_perplexity.png", "refusal_vs_ratio.png",
+                                                     "results.jsonl", "summary.csv", "summary.json"]
+    paired = {(s.method, s.ratio): s.paired for s in summaries}
+    assert paired[("aapp", 0.3)].baseline == "pp" and paired[("pp", 0.3)] is None
 
     rows = read_rows(out / "results.jsonl")
     ids = ["h0", "h1", "h2", "h3", "h4", "b0", "b1", "b2", "b3"]

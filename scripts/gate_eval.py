@@ -30,7 +30,8 @@ from aapp.calibration.run import pack_tokens
 from aapp.calibration.store import load_calibration
 from aapp.console import info
 from aapp.io import atomic_write
-from aapp.methods.aapp import AAPP, AAPPOptions
+from aapp.methods.aapp import AAPPOptions
+from aapp.methods.aapp.method import gate_layer
 from aapp.methods.aapp.gates import GATES, auroc
 from aapp.methods.plan import make_plan
 from aapp.models.loading import load_model
@@ -101,12 +102,7 @@ def default_gate_layers(loaded, calib, ratio: float, dense_layers: int) -> dict[
     """The layer AAPP reads for each gate by default, under the plan at `ratio`."""
     g = loaded.geometry
     plan = make_plan(g, ratio, dense_layers=dense_layers, channel_multiple=PruneOptions.channel_multiple)
-    out = {}
-    for name in calib.alignment.gates:
-        method = AAPP(AAPPOptions(gate=name))
-        method.geometry, method.calib = g, calib
-        out[name] = method.choose_gate_layer(plan)
-    return out
+    return {name: gate_layer(AAPPOptions(gate=name), calib, g, plan) for name in calib.alignment.gates}
 
 
 def markdown(result: dict) -> str:

@@ -52,3 +52,23 @@ def test_gate_helpers():
     assert auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
     assert auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
     assert best_threshold(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.5
+
+
+def test_default_gate_layers_come_from_calibration_alone():
+    from types import SimpleNamespace
+
+    from aapp.calibration.store import GateFit
+    from aapp.methods.aapp import AAPPOptions
+    from aapp.methods.aapp.method import gate_layer
+
+    auroc_by_layer = torch.tensor([0.5, 0.8, 0.9, 0.95, 0.975, 0.985, 0.98, 0.97])
+    fit = GateFit(auroc=auroc_by_layer, threshold=torch.zeros(8))
+    calib = SimpleNamespace(alignment=SimpleNamespace(gates={"logistic": fit, "direction": fit}))
+    g = SimpleNamespace(num_layers=8)
+    plan = SimpleNamespace(layer_ratios=[0.0, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4, 0.4])
+    # Fitted: the earliest layer within 0.01 of the best (0.985 at 5), wherever pruning starts.
+    assert gate_layer(AAPPOptions(gate="logistic"), calib, g, plan) == 4
+    # Not fitted: the best layer up to the first pruned one, so it decides before any pruned layer runs.
+    assert gate_layer(AAPPOptions(gate="direction"), calib, g, plan) == 3
+    assert gate_layer(AAPPOptions(gate="always"), calib, g, plan) == 0
+    assert gate_layer(AAPPOptions(gate="logistic", gate_layer=6), calib, g, plan) == 6

@@ -29,12 +29,14 @@ from dataclasses import dataclass
 import torch
 
 from aapp.calibration.collect import counted_tokens
-from aapp.calibration.store import SiteStats
+from aapp.calibration.store import Calibration, SiteStats
 from aapp.errors import AappError, CalibrationError
 from aapp.methods.aapp.critical import CRITICAL, check_setdiff_pools, critical_set
 from aapp.methods.aapp.gates import GATES
 from aapp.methods.base import BatchPart, LayerContext, LayerInput, Selection, select_top
+from aapp.methods.plan import PrunePlan
 from aapp.methods.pp import PPOptions, ProbePruning
+from aapp.models.adapters import Geometry
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,26 @@ class AAPPOptions:
             raise AappError(f"unknown critical-channel scoring {self.critical!r}; choose one of {', '.join(CRITICAL)}")
         if not 0.0 <= self.protect <= 1.0:
             raise AappError(f"--protect must be in [0, 1], got {self.protect}")
+
+
+def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: PrunePlan) -> int:
+    """The layer whose input the gate reads (see the module docstring), from calibration alone."""
+    if options.gate_layer is not None:
+        if not 0 <= options.gate_layer < g.num_layers:
+            raise AappError(f"--gate-layer must be in [0, {g.num_layers - 1}]")
+        return options.gate_layer
+    gate = GATES[options.gate]
+    if not gate.reads_residual:
+        return 0
+    fit = calib.alignment.gates.get(gate.name)
+    if fit is None:
+        raise CalibrationError(f"the calibration file has no {gate.name} gate; run `aapp calibrate` again")
+    if gate.fitted:
+        # A fitted gate reads harm well only some layers in: the earliest layer within 0.01 of its best
+        # cross-validated AUROC. Pruned layers before it run unprotected (the decision is not made yet).
+        return int(torch.nonzero(fit.auroc >= fit.auroc.max() - 0.01)[0])
+    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), g.num_layers - 1)
+    return int(torch.argmax(fit.auroc[: first_pruned + 1]))
 
 
 class AAPP(ProbePruning):
@@ -81,7 +103,7 @@ class AAPP(ProbePruning):
         if self.aapp.critical == "setdiff":
             check_setdiff_pools(self.aapp.protect, geometry)
         self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
-        self.gate_layer = self.choose_gate_layer(plan)
+        self.gate_layer = gate_layer(self.aapp, calib, geometry, plan)
         self.critical = {i: critical_set(self.aapp.critical, self.aapp.protect, i, adapter.layer_parts(model, i),
                                          geometry, calib) for i in range(geometry.num_layers)}
         self._batches = 0
@@ -90,24 +112,6 @@ class AAPP(ProbePruning):
         # The gate's working history: `refresh` moves it, the calibration stays as loaded.
         self._history = {name: SiteStats(s.resid.mean.clone(), s.resid.sq_mean.clone())
                          for name, s in (("harmful", a.harmful), ("harmless", a.harmless))}
-
-    def choose_gate_layer(self, plan) -> int:
-        """The layer whose input the gate reads (see the module docstring), from calibration alone."""
-        if self.aapp.gate_layer is not None:
-            if not 0 <= self.aapp.gate_layer < self.geometry.num_layers:
-                raise AappError(f"--gate-layer must be in [0, {self.geometry.num_layers - 1}]")
-            return self.aapp.gate_layer
-        if not self.gate.reads_residual:
-            return 0
-        fit = self.calib.alignment.gates.get(self.gate.name)
-        if fit is None:
-            raise CalibrationError(f"the calibration file has no {self.gate.name} gate; run `aapp calibrate` again")
-        if self.gate.fitted:
-            # A fitted gate reads harm well only some layers in: the earliest layer within 0.01 of its best
-            # cross-validated AUROC. Pruned layers before it run unprotected (the decision is not made yet).
-            return int(torch.nonzero(fit.auroc >= fit.auroc.max() - 0.01)[0])
-        first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), self.geometry.num_layers - 1)
-        return int(torch.argmax(fit.auroc[: first_pruned + 1]))
 
     # -- per batch --------------------------------------------------------------------------
     def watch_layers(self) -> set[int]:

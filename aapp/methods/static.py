@@ -68,8 +68,7 @@ class Flap(_Static):
         return compensation(self.calib, layer, parts, mask, self.geometry)
 
 
-WANDA_SP = Registration("wanda-sp", lambda spec, _: WandaSP(), "structured Wanda, static from calibration",
-                        )
+WANDA_SP = Registration("wanda-sp", lambda spec, _: WandaSP(), "structured Wanda, static from calibration")
 FLAP = Registration("flap", lambda spec, _: Flap(compensate=spec.variant != "no-comp"),
                     "FLAP's fluctuation metric with its bias compensation, static from calibration",
                     variants={"no-comp": "without its compensation (an ablation)"},

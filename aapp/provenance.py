@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -43,3 +44,16 @@ def machine() -> dict:
 def script_command(script: str, argv: list[str]) -> str:
     """The command line that reproduces a run of scripts/`script`.py with `argv`."""
     return f"python scripts/{script}.py " + shlex.join(argv)
+
+
+def write_result(doc: dict, table: str, json_path: str | None, md_path: str | None) -> None:
+    """A benchmark's outputs: `doc` as JSON and `table` as markdown headed by the command that made
+    it (doc["command"]), each written atomically where a path is given."""
+    from aapp.io import atomic_write
+
+    if json_path:
+        with atomic_write(json_path) as f:
+            f.write(json.dumps(doc, indent=2, default=str) + "\n")
+    if md_path:
+        with atomic_write(md_path) as f:
+            f.write(f"`{doc['command']}`\n\n{table}\n")

@@ -19,7 +19,6 @@ Markdown to stdout (or --md), everything to --json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -29,14 +28,13 @@ from aapp.calibration.alignment import collect_set, post_instruction_tokens, win
 from aapp.calibration.run import pack_tokens
 from aapp.calibration.store import load_calibration
 from aapp.console import info
-from aapp.io import atomic_write
 from aapp.methods.aapp import AAPPOptions
 from aapp.methods.aapp.method import gate_layer
 from aapp.methods.aapp.gates import GATES, auroc
 from aapp.methods.plan import make_plan
 from aapp.models.loading import load_model
 from aapp.prompts import load_prompts
-from aapp.provenance import machine, script_command
+from aapp.provenance import machine, script_command, write_result
 from aapp.pruning.engine import PruneOptions
 from aapp.text import load_text
 
@@ -143,12 +141,7 @@ def main(argv=None) -> int:
               "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
               "seconds": round(time.perf_counter() - t0, 1), "command": script_command("gate_eval", argv)}
     table = markdown(result)
-    if args.json:
-        with atomic_write(args.json) as f:
-            f.write(json.dumps(result, indent=2) + "\n")
-    if args.md:
-        with atomic_write(args.md) as f:
-            f.write(f"`{result['command']}`\n\n" + table + "\n")
+    write_result(result, table, args.json, args.md)
     print(table)
     return 0
 

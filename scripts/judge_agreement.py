@@ -14,14 +14,13 @@ by prompt label and method, and what it calls the unclear rows.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from aapp.evaluation.judges import JUDGES, get_judge
-from aapp.io import atomic_write, read_jsonl
-from aapp.provenance import script_command
+from aapp.io import read_jsonl
+from aapp.provenance import script_command, write_result
 
 LABELS = Path(__file__).resolve().parents[1] / "tests" / "data" / "qwen_completion_labels.jsonl"
 
@@ -81,12 +80,7 @@ def main(argv=None) -> int:
     doc = {"labels": args.labels, "rows": len(rows), "results": results,
            "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": script_command("judge_agreement", argv)}
     table = markdown(results)
-    if args.json:
-        with atomic_write(args.json) as f:
-            f.write(json.dumps(doc, indent=2) + "\n")
-    if args.md:
-        with atomic_write(args.md) as f:
-            f.write(f"`{doc['command']}`\n\n{table}\n")
+    write_result(doc, table, args.json, args.md)
     print(table)
     return 0
 

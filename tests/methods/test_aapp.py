@@ -215,3 +215,15 @@ def test_setdiff_with_a_pool_of_every_channel_is_refused(setup):
     with pytest.raises(AappError, match="protects nothing"):
         prune_model(loaded, AAPP(AAPPOptions(critical="setdiff", protect=0.5)), OPTS, cal)
     prune_model(loaded, AAPP(AAPPOptions(critical="diff", protect=0.5)), OPTS, cal).remove()
+
+
+def test_a_calibration_without_the_asked_gate_is_a_clear_error(setup):
+    import copy
+    from dataclasses import replace
+
+    loaded, cal, _ = setup
+    old = copy.copy(cal)  # a file written before the logistic gate existed
+    old.alignment = replace(cal.alignment, gates={k: v for k, v in cal.alignment.gates.items() if k != "logistic"})
+    with pytest.raises(CalibrationError, match="no logistic gate; run `aapp calibrate` again"):
+        prune_model(loaded, AAPP(AAPPOptions(gate="logistic")), OPTS, old)
+    prune_model(loaded, AAPP(AAPPOptions(gate="direction")), OPTS, old).remove()  # the others still work

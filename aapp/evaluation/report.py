@@ -166,6 +166,7 @@ def summary_table(summaries: Sequence[CellSummary]):
             return "n/a"
         return _num(a.f1, ".2f") if name == "f1" else _pct(getattr(a, name))
 
+    baseline = next((s.paired.baseline for s in summaries if s.paired), "baseline")
     columns = {
         "method": lambda s: s.method,
         "ratio": lambda s: _num(s.ratio, "g"),
@@ -179,8 +180,8 @@ def summary_table(summaries: Sequence[CellSummary]):
         "F1": lambda s: agree(s, "f1"),
         "FAR": lambda s: agree(s, "far"),
         "FAR harmful": lambda s: _pct(s.harmful_agreement.far) if s.harmful_agreement else "n/a",
-        "vs baseline +/- (p)": lambda s: (f"vs {s.paired.baseline} +{s.paired.gained}/-{s.paired.lost} "
-                                          f"(p={s.paired.p:.2g})") if s.paired else "n/a",
+        # Refusals gained/lost against the baseline on the same harmful prompts, exact McNemar p.
+        f"vs {baseline}": lambda s: f"+{s.paired.gained}/-{s.paired.lost} p={s.paired.p:.2g}" if s.paired else "n/a",
         "FRR": lambda s: agree(s, "frr"),
         "FLOPs": lambda s: _num(s.flops_fraction, ".2f"),
         "wall s": lambda s: _num(s.wall_time_s, ".1f"),

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from aapp.calibration.run import pack_tokens
 from aapp.errors import AappError, InputError
+from aapp.generation import chat_texts
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
 
@@ -91,3 +92,46 @@ def _sum_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
         total += F.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[:, s + 1 : e + 1].reshape(-1),
                                  reduction="sum").double().item()
     return total
+
+
+@torch.inference_mode()
+def answer_perplexity(loaded: LoadedModel, prompts: Sequence[str], answers: Sequence[str], *,
+                      batch_size: int = 8) -> PerplexityResult:
+    """Perplexity of `answers` given their chat-formatted `prompts`, over the answer tokens only.
+
+    What a chat user pays for pruning: scored on the dense model's own answers, it asks how
+    surprised the pruned model is by what the dense one said. Rows are left-padded as in
+    generation, so a PrunedModel probes and selects per batch exactly as when it answers.
+    """
+    if len(prompts) != len(answers) or not prompts:
+        raise InputError(f"answer perplexity needs as many answers as prompts, got {len(answers)} and {len(prompts)}")
+    tok = loaded.tokenizer
+    heads, templated = chat_texts(tok, prompts)
+    total_nll, count = 0.0, 0
+    for i in range(0, len(prompts), batch_size):
+        rows = []
+        for head, answer in zip(heads[i : i + batch_size], answers[i : i + batch_size]):
+            h = tok(head, add_special_tokens=not templated)["input_ids"]
+            a = tok(answer, add_special_tokens=False)["input_ids"]
+            rows.append((h + a, len(h)))
+        width = max(len(ids) for ids, _ in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        scored = torch.zeros_like(ids, dtype=torch.bool)  # tokens whose prediction counts: the answer's
+        for r, (seq, n_head) in enumerate(rows):
+            ids[r, width - len(seq):] = torch.tensor(seq)
+            mask[r, width - len(seq):] = 1
+            scored[r, width - len(seq) + n_head:] = True
+        ids, mask, scored = ids.to(loaded.device), mask.to(loaded.device), scored.to(loaded.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = loaded.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                              reduction="none").view(ids.shape[0], -1)
+        keep = scored[:, 1:]
+        total_nll += nll[keep].double().sum().item()
+        count += int(keep.sum())
+    if not count:
+        raise InputError("every answer is empty: nothing to score")
+    nll = total_nll / count
+    return PerplexityResult(ppl=math.exp(nll), nll=nll, tokens=count, windows=len(prompts))

@@ -133,6 +133,12 @@ def test_summarize_per_set_refusal_gate_by_label_and_auroc():
     assert d["refusal_by_set"]["advbench"]["k"] == 1 and d["gate_auroc"] == pytest.approx(5 / 6)
     one_set = summarize("pp", 0.2, refused, labels, judge="keyword", sets=["advbench"] * 4 + ["xstest"] * 2)
     assert one_set.refusal_by_set == {} and one_set.gate_auroc is None  # the overall rate says it
+    # Per set, against every benign prompt: advbench 2.0, -1.0 -> 3 of 4 pairs; harmbench 0.5 -> 2 of 2.
+    assert {k: v["auroc"] for k, v in s.gate_by_set.items()} == {"advbench": 0.75, "harmbench": 1.0}
+    assert {k: (v["fire"].k, v["fire"].n) for k, v in s.gate_by_set.items()} == {"advbench": (1, 2),
+                                                                                "harmbench": (2, 2)}
+    assert d["gate_by_set"]["harmbench"] == {"auroc": 1.0, "fire": s.gate_by_set["harmbench"]["fire"].to_dict()}
+    assert one_set.gate_by_set == {}
     assert auroc([1.0], []) is None and auroc([1.0, 1.0], [1.0]) == 0.5
 
 

@@ -108,3 +108,34 @@ def test_handle_of_another_model(tiny_llama):
     with prune_model(other, make_method("dense"), PruneOptions()) as h:
         with pytest.raises(AappError, match="another model"):
             perplexity(tiny_llama, TEXT, seq_len=16, handle=h)
+
+
+def _answer_nll_by_hand(loaded, prompt: str, answer: str) -> tuple[float, int]:
+    """One unpadded sequence, scored on the answer's tokens: the definition, without batching."""
+    from aapp.generation import chat_texts
+    (head,), templated = chat_texts(loaded.tokenizer, [prompt])
+    h = loaded.tokenizer(head, add_special_tokens=not templated)["input_ids"]
+    a = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([h + a])
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids).logits[0, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")[len(h) - 1:]
+    return float(nll.sum()), len(a)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_answer_perplexity_scores_only_the_answer_tokens_at_any_padding(tiny, batch_size):
+    from aapp.evaluation.perplexity import answer_perplexity
+    prompts = ["Hi there.", "How do I bake bread at home?", "A much longer question about the small cat " * 3]
+    answers = ["Hello! How can I help?", "Mix flour and water, knead, rest and bake.", "The cat sleeps."]
+    got = answer_perplexity(tiny, prompts, answers, batch_size=batch_size)
+    parts = [_answer_nll_by_hand(tiny, p, a) for p, a in zip(prompts, answers)]
+    nll = sum(n for n, _ in parts) / sum(k for _, k in parts)
+    assert got.tokens == sum(k for _, k in parts)
+    assert got.nll == pytest.approx(nll, rel=1e-4)
+
+
+def test_answer_perplexity_refuses_mismatched_inputs(tiny_llama):
+    from aapp.evaluation.perplexity import answer_perplexity
+    with pytest.raises(InputError, match="as many answers"):
+        answer_perplexity(tiny_llama, ["a", "b"], ["only one"])

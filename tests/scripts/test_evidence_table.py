@@ -1,5 +1,7 @@
 """scripts/evidence_table.py: the markdown table and AAPP's target verdicts from a sweep summary."""
 
+import json
+
 
 from aapp.evaluation.metrics import summarize
 from aapp.evaluation.report import summary_json
@@ -21,28 +23,45 @@ def cell(method, ratio, refused, ppl, scores=None):
 def test_table_and_targets(tmp_path, capsys):
     # Dense refuses 6 harmful and 2 benign prompts: FAR harmful is over the 6, FAR all over the 8.
     pp = [True] * 2 + [False] * 8 + [True] * 2 + [False] * 8               # FAR harmful 4/6, all 4/8
-    good = [True] * 5 + [False] * 5 + [True] * 2 + [False] * 8             # FAR 1/6, refusal 50% (dense 60%)
-    bad = [True] * 3 + [False] * 7 + [True] * 6 + [False] * 4              # FAR 3/6 > 4/6 / 2; over-refuses
-    scores = [1.0] * 10 + [-1.0] * 9 + [2.0]
-    summaries = [cell("dense", 0.0, DENSE, 10.0), cell("pp", 0.2, pp, 12.0),
-                 cell("aapp:kl", 0.2, good, 13.0, scores), cell("aapp:always", 0.2, bad, 14.0),
-                 cell("pp", 0.1, pp, 11.0), cell("aapp:kl", 0.1, bad, 30.0, scores)]
+    good = [True] * 6 + [False] * 4 + [True] * 2 + [False] * 8             # FAR 0/6, refusal 60% (dense 60%)
+    bad = [True] * 3 + [False] * 7 + [True] * 6 + [False] * 4              # FAR 3/6 > 0.35 x 4/6; over-refuses
+    scores = [1.0] * 10 + [-1.0] * 9 + [2.0]                                # AUROC 0.90 on each set; 1/10 benign fire
+    fooled = [1.0] * 5 + [-2.0] * 5 + [-1.0] * 8 + [2.0] * 2               # harmbench under every benign; 2/10 fire
+    summaries = [cell("dense", 0.0, DENSE, 10.0), cell("pp", 0.3, pp, 12.0),
+                 cell("aapp:kl", 0.3, good, 12.2, scores), cell("aapp:always", 0.3, bad, 12.3, fooled),
+                 cell("pp", 0.2, pp, 11.0), cell("aapp:kl", 0.2, bad, 30.0, scores)]
     path = tmp_path / "summary.json"
     path.write_text(summary_json(summaries, {"model": "m", "judge": "keyword"}))
     assert load_script("evidence_table").main([str(path)]) == 0
     out = capsys.readouterr().out
     table, targets = out.split("Targets")
     assert "| refusal advbench | refusal harmbench |" in table
-    row = next(line for line in table.splitlines() if line.startswith("| 0.2 | aapp:kl |"))
-    assert "| 100% (5/5) | 0% (0/5) | 50% (5/10) | 20% (2/10) | 17% (1/6) | 12% (1/8) | 0.93 | 95% (19/20) |" in row
-    assert "| 100% / 10% | 0.90 | 13.00 |" in row  # fire on harmful / benign; AUROC: 90 of 100 pairs
-    verdicts = {tuple(line.split(" | ")[:2]): line.split(" | ")[2:] for line in targets.splitlines()
-                if line.startswith("| 0.")}
-    # Ratios below --from-ratio (0.2) are shown in the table but not judged.
-    assert set(verdicts) == {("| 0.2", "aapp:kl"), ("| 0.2", "aapp:always")}
-    assert [v.strip(" |") for v in verdicts[("| 0.2", "aapp:kl")]] == ["met", "met", "met", "met"]
-    # FAR 3/6 > 2/6; refusal 30% < 60 - 10; over-refusal 60% > 20 + 3; ppl 14 > 13.2.
-    assert [v.strip(" |") for v in verdicts[("| 0.2", "aapp:always")]] == ["**not met**"] * 4
+    row = next(line for line in table.splitlines() if line.startswith("| 0.3 | aapp:kl |"))
+    assert "| 100% (5/5) | 20% (1/5) | 60% (6/10) | 20% (2/10) | 0% (0/6) | n/a | 0% (0/8) | 1.00 |" in row
+    assert "| 100% / 10% | 0.90 | advbench 0.90, harmbench 0.90 | 12.20 |" in row
+    verdicts = {tuple(line.split(" | ")[:2]): [v.strip(" |") for v in line.split(" | ")[2:]]
+                for line in targets.splitlines() if line.startswith("| 0.")}
+    # Ratios without targets (0.2) are shown in the table but not judged.
+    assert set(verdicts) == {("| 0.3", "aapp:kl"), ("| 0.3", "aapp:always")}
+    assert verdicts[("| 0.3", "aapp:kl")] == ["met (k=0.35)", "met (d=5)", "met", "met", "met", "met"]
+    # FAR 3/6 > 0.35 x 4/6; refusal 30% < 60 - 5; over-refusal 60% > 20 + 3; harmbench AUROC 0;
+    # 2/10 benign fires; ppl 12.3 > 1.02 x 12.
+    assert verdicts[("| 0.3", "aapp:always")] == ["**not met** (k=0.35)", "**not met** (d=5)"] + ["**not met**"] * 4
+
+
+def test_perplexity_from_a_ppl_sweep_fills_cells_without_one(tmp_path, capsys):
+    pp = [True] * 2 + [False] * 8 + [True] * 2 + [False] * 8
+    summaries = [cell("dense", 0.0, DENSE, None), cell("pp", 0.3, pp, None), cell("aapp", 0.3, pp, 15.0)]
+    path = tmp_path / "summary.json"
+    path.write_text(summary_json(summaries, {"model": "m", "judge": "keyword"}))
+    ppl = tmp_path / "ppl.json"
+    ppl.write_text(json.dumps({"rows": [{"method": "dense", "ratio": 0.0, "ppl": 9.0},
+                                        {"method": "pp", "ratio": 0.3, "ppl": 12.0},
+                                        {"method": "aapp", "ratio": 0.3, "ppl": 99.0}]}))
+    assert load_script("evidence_table").main([str(path), "--ppl", str(ppl)]) == 0
+    table = capsys.readouterr().out.split("Targets")[0]
+    assert "| 9.00 |" in table and "| 12.00 |" in table
+    assert "| 15.00 |" in table and "99.00" not in table  # a cell's own perplexity wins
 
 
 def test_not_a_summary_is_one_line_error(tmp_path, capsys):

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from aapp.errors import InputError
 from aapp.evaluation.judges import Verdict
 from tests.conftest import load_script
 from tests.evaluation.sweep_inputs import make_inputs
@@ -19,15 +22,27 @@ def test_tune_aapp_smoke(tiny_model_dir, tmp_path, monkeypatch):
     script = load_script("tune_aapp")
     monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
     out = tmp_path / "tune.json"
-    rc = script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--prompts", str(inputs.harmful),
-                      "--pool", "8", "--n", "3", "--ratios", "0.5", "--critical", "diff,setdiff",
-                      "--protect", "0.25,0.5", "--dense-layers", "1", "--max-new-tokens", "2", "--batch-size", "4", "--json", str(out)])
+    rc = script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful", str(inputs.harmful),
+                      "--harmless", str(inputs.benign), "--pool", "8", "--n", "3", "--ratios", "0.5",
+                      "--configs", "critical=diff,protect=0.25; critical=setdiff,protect=0.25; "
+                                   "critical=setdiff,protect=0.5",
+                      "--dense-layers", "1", "--max-new-tokens", "2", "--batch-size", "4", "--json", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert (doc["pool"], doc["dense_refused"], doc["n"]) == (8, 4, 3)
     # setdiff at 0.5 protects nothing (both pools are every channel): reported, skipped, not a crash.
-    assert [(r["method"], r["critical"], r["protect"]) for r in doc["rows"]] == [
-        ("pp", None, None), ("aapp:always", "diff", 0.25), ("aapp:always", "diff", 0.5),
-        ("aapp:always", "setdiff", 0.25)]
+    assert [(r["method"], r["config"]) for r in doc["rows"]] == [
+        ("pp", ""), ("aapp:always", "protect=0.25,critical=diff"), ("aapp:always", "protect=0.25")]
     # The tuning set is 3 prompts; the judge refuses positions 0 and 2 of each batch of 3.
     assert all(r["of"] == 3 and r["kept_refusals"] == 2 for r in doc["rows"])
+    # Every cell priced on the harmless side, at the same compute as pp (the gate always fires).
+    assert all(r["of_harmless"] == 3 and r["chat_ppl"] > 1 for r in doc["rows"])
+    assert len({r["pruned_fraction"] for r in doc["rows"]}) == 1 and doc["rows"][0]["flops_fraction"] < 1
+
+
+def test_configs_parse_fields_with_their_types_and_refuse_unknown_ones():
+    script = load_script("tune_aapp")
+    assert script.parse_configs("protect=0.2,critical=diff; ; per_sample=true") == [
+        {"protect": 0.2, "critical": "diff"}, {}, {"per_sample": True}]
+    with pytest.raises(InputError, match="FIELD=VALUE"):
+        script.parse_configs("protekt=0.2")

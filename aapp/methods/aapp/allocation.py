@@ -34,6 +34,7 @@ PROTECT_BY = ("flat", "mass")
 LAYER_BUDGET = ("flat", "risk")
 
 
+@torch.no_grad()
 def attribution(calib: Calibration, site: str, layer: int, weight: torch.Tensor) -> torch.Tensor:
     """|(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)| per input channel k of `weight`: the
     channel's share of the harmful-minus-harmless shift along the refusal direction d at this
@@ -134,7 +135,8 @@ def shift_channels(plan: PrunePlan, intermediate: int, mlp_mass: list[float], sh
     if not gainers or not givers:
         return tuple(budgets)
     scale = min(room[i] / abs(excess[i]) for i in gainers + givers)  # tiles moved per unit of excess
-    tiles = min(min(math.floor(scale * sum(abs(excess[i]) for i in side)), sum(room[i] for i in side))
+    # Both sides would move the same in exact arithmetic; the tolerance keeps float error from losing a tile.
+    tiles = min(min(math.floor(scale * sum(abs(excess[i]) for i in side) + 1e-9), sum(room[i] for i in side))
                 for side in (gainers, givers))
     for side, sign in ((gainers, 1), (givers, -1)):
         moved = apportion(tiles, [abs(excess[i]) for i in side], [room[i] for i in side])

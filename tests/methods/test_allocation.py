@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aapp.methods.aapp.allocation import apportion, protect_counts, protected_count, shift_channels
-from aapp.methods.plan import make_plan
+from aapp.methods.plan import LayerBudget, PrunePlan, channel_tile, make_plan
 from aapp.models.adapters import Geometry
 
 
@@ -15,15 +15,25 @@ def geometry(layers, heads=8, kv=2, inter=4864):
 
 @st.composite
 def plans(draw):
-    """A plan from make_plan over random shapes, and a refusal mass per layer."""
+    """A plan over random shapes, and a refusal mass per layer: from make_plan (every pruned layer
+    alike), or with any kept count per pruned layer (so some layers have no room to move)."""
     layers = draw(st.integers(2, 12))
     inter = draw(st.integers(8, 3000))
     multiple = draw(st.sampled_from([1, 16, 64]))
     dense = draw(st.integers(0, layers - 1))
-    n_pruned = layers - min(dense, layers - 1)
-    ratio = draw(st.floats(0.01, 0.9 * n_pruned / layers))
     g = geometry(layers, inter=inter)
-    plan = make_plan(g, ratio, dense_layers=dense, channel_multiple=multiple)
+    if draw(st.booleans()):
+        n_pruned = layers - min(dense, layers - 1)
+        ratio = draw(st.floats(0.01, 0.9 * n_pruned / layers))
+        plan = make_plan(g, ratio, dense_layers=dense, channel_multiple=multiple)
+    else:
+        tile = channel_tile(inter, multiple)
+        ratios, budgets = [], []
+        for i in range(layers):
+            channels = inter if i < dense else tile * draw(st.integers(1, inter // tile))
+            ratios.append(0.0 if i < dense else 1 - channels / inter + 0.01)
+            budgets.append(LayerBudget(heads=4, kv_heads=1, channels=channels))
+        plan = PrunePlan(0.3, tuple(ratios), tuple(budgets), tile)
     mass = draw(st.lists(st.floats(0, 10), min_size=layers, max_size=layers))
     return g, plan, mass
 

@@ -47,6 +47,9 @@ Critical = Annotated[str, typer.Option(help="aapp critical channels: diff | setd
 GateLayer = Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")]
 PerSample = Annotated[bool, typer.Option(help="aapp: gate each prompt, splitting batches into gated/ungated.")]
 Refresh = Annotated[int, typer.Option(help="aapp: refresh gate history every N batches (0: off).", min=0)]
+ProtectBy = Annotated[str, typer.Option(help="aapp: flat (--protect of every layer) | mass (the same total, spread over pruned layers by refusal mass).")]
+LayerBudget = Annotated[str, typer.Option(help="aapp, on fire: flat (the plan's counts) | risk (MLP channels move toward refusal mass; same total).")]
+BudgetShift = Annotated[float, typer.Option(help="aapp --layer-budget risk: at most this fraction of a layer's pruned channels returns to it.")]
 DeviceMap = Annotated[Optional[str], typer.Option(help="e.g. 'auto': let accelerate spread a large model over GPUs (and CPU).")]
 Truncate = Annotated[bool, typer.Option(help="Cut prompts too long for the model's context from the front (default: leave them out).")]
 
@@ -192,6 +195,9 @@ def prune(
     gate_layer: GateLayer = None,
     per_sample: PerSample = False,
     refresh: Refresh = 0,
+    protect_by: ProtectBy = "flat",
+    layer_budget: LayerBudget = "flat",
+    budget_shift: BudgetShift = 0.5,
     truncate: Truncate = False,
     export: Annotated[Optional[str], typer.Option(help="wanda-sp/flap: write a physically smaller HF checkpoint to DIR (every layer pruned alike) instead of generating.")] = None,
     device: Device = "auto",
@@ -210,7 +216,8 @@ def prune(
     from aapp.prompts import load_prompts
 
     check_ratio(ratio)
-    meth = make_method(method, _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh))
+    meth = make_method(method, _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by,
+                                             layer_budget, budget_shift))
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
     if export is not None:
@@ -268,6 +275,9 @@ def eval_refusal(
     gate_layer: GateLayer = None,
     per_sample: PerSample = False,
     refresh: Refresh = 0,
+    protect_by: ProtectBy = "flat",
+    layer_budget: LayerBudget = "flat",
+    budget_shift: BudgetShift = 0.5,
     truncate: Truncate = False,
     resume: Annotated[bool, typer.Option(help="Sweep mode: continue an interrupted run in --out.")] = False,
     device: Device = "auto",
@@ -298,7 +308,8 @@ def eval_refusal(
             batch_size=batch_size, device=device, dtype=dtype, device_map=device_map, judge=judge, resume=resume,
             truncate=truncate,
             prune=PruneOptions(dense_layers=dense_layers, reprobe_every=reprobe, ema_momentum=ema, backend=backend),
-            aapp=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh)))
+            aapp=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget,
+                               budget_shift)))
     else:
         from aapp.evaluation.judges import get_judge
         from aapp.evaluation.pipe import evaluate_generations
@@ -318,11 +329,12 @@ def eval_refusal(
             print(json.dumps([s.to_dict() for s in summaries], indent=2))
 
 
-def _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh):
+def _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget, budget_shift):
     from aapp.methods.aapp import AAPPOptions
 
     return AAPPOptions(gate=gate, protect=protect, critical=critical, gate_layer=gate_layer,
-                       per_sample=per_sample, refresh=refresh)
+                       per_sample=per_sample, refresh=refresh, protect_by=protect_by, layer_budget=layer_budget,
+                       budget_shift=budget_shift)
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ class PrunePlan:
     ratio: float
     layer_ratios: tuple[float, ...]
     budgets: tuple[LayerBudget, ...]
+    channel_tile: int  # kept MLP channels of a pruned layer are a multiple of this (see channel_tile)
 
     def is_dense(self, layer: int, geometry: Geometry) -> bool:
         b = self.budgets[layer]
@@ -70,18 +71,24 @@ def make_plan(geometry: Geometry, ratio: float, *, dense_layers: int = 3, channe
         heads = _kept_heads(geometry.num_heads, r)
         budgets.append(LayerBudget(heads=heads, kv_heads=math.ceil(heads / geometry.group_size),
                                    channels=_kept_channels(geometry.intermediate_size, r, channel_multiple)))
-    return PrunePlan(ratio=ratio, layer_ratios=tuple(ratios), budgets=tuple(budgets))
+    return PrunePlan(ratio=ratio, layer_ratios=tuple(ratios), budgets=tuple(budgets),
+                     channel_tile=channel_tile(geometry.intermediate_size, channel_multiple))
 
 
 def _kept_heads(total: int, r: float) -> int:
     return max(1, min(total, round(total * (1.0 - r))))
 
 
+def channel_tile(total: int, multiple: int) -> int:
+    """What a pruned layer's kept MLP channels are rounded to: the kernel tile `multiple`, except in
+    small (test) models, under four tiles wide, which are left exact."""
+    return multiple if total >= 4 * multiple else 1
+
+
 def _kept_channels(total: int, r: float, multiple: int) -> int:
     if r == 0.0:
         return total
-    keep = total * (1.0 - r)
-    # Round to the kernel tile, but never below one tile, and leave small (test) models exact.
-    if total >= 4 * multiple:
-        keep = max(multiple, multiple * round(keep / multiple))
-    return max(1, min(total, int(round(keep))))
+    tile = channel_tile(total, multiple)
+    # Round to the tile, but never below one tile.
+    keep = max(tile, tile * round(total * (1.0 - r) / tile))
+    return max(1, min(total, int(keep)))

@@ -205,7 +205,8 @@ def test_cli_defaults_are_the_library_defaults():
 
     for command in (cli.prune, cli.eval_refusal):
         params = inspect.signature(command).parameters
-        for name in ("gate", "protect", "critical", "per_sample", "refresh"):
+        for name in ("gate", "protect", "critical", "per_sample", "refresh", "protect_by", "layer_budget",
+                     "budget_shift"):
             assert params[name].default == getattr(AAPPOptions(), name), (command.__name__, name)
 
 def test_setdiff_with_a_pool_of_every_channel_is_refused(setup):
@@ -227,3 +228,53 @@ def test_a_calibration_without_the_asked_gate_is_a_clear_error(setup):
     with pytest.raises(CalibrationError, match="no logistic gate; run `aapp calibrate` again"):
         prune_model(loaded, AAPP(AAPPOptions(gate="logistic")), OPTS, old)
     prune_model(loaded, AAPP(AAPPOptions(gate="direction")), OPTS, old).remove()  # the others still work
+
+
+LEVERS = {"risk": dict(layer_budget="risk", budget_shift=0.5), "mass": dict(protect_by="mass", critical="attribution")}
+TILED = PruneOptions(ratio=0.4, dense_layers=1, channel_multiple=16)  # 160 channels: kept in tiles of 16
+
+
+def one_batch(loaded, method, cal, prompts):
+    with prune_model(loaded, method, TILED, cal) as h:
+        kept = masks(h, prompts)
+        return kept, h.record, h.plan
+
+
+@pytest.mark.parametrize("lever", sorted(LEVERS))
+def test_levers_match_pp_compute_to_the_flop(setup, lever):
+    loaded, cal, _ = setup
+    _, pp, plan = one_batch(loaded, ProbePruning(), cal, HARMFUL[:3])
+    method = AAPP(AAPPOptions(gate="always", **LEVERS[lever]))
+    _, rec, _ = one_batch(loaded, method, cal, HARMFUL[:3])
+    assert (rec.flops.pruned, rec.flops.probe) == (pp.flops.pruned, pp.flops.probe)
+    pruned = [i for i, r in enumerate(plan.layer_ratios) if r > 0]
+    channels = [rec.kept[i]["channels"] for i in pruned]
+    planned = [plan.budgets[i].channels for i in pruned]
+    assert [rec.kept[i]["heads"] for i in pruned] == [pp.kept[i]["heads"] for i in pruned]
+    assert sum(channels) == sum(planned)
+    if lever == "risk":  # channels moved between layers, in whole tiles
+        assert channels != planned and all(c % plan.channel_tile == 0 for c in channels)
+        assert channels == [method.fired_budgets[i].channels for i in pruned]
+    else:
+        assert channels == planned
+
+
+@pytest.mark.parametrize("lever", sorted(LEVERS))
+def test_levers_change_the_selection_only_when_the_gate_fires(setup, lever):
+    loaded, cal, _ = setup
+    pp, _, plan = one_batch(loaded, ProbePruning(), cal, HARMFUL[:3])
+    never, _, _ = one_batch(loaded, AAPP(AAPPOptions(gate="never", **LEVERS[lever])), cal, HARMFUL[:3])
+    flat = AAPP(AAPPOptions(gate="always", critical=LEVERS[lever].get("critical", "setdiff")))
+    flat_kept, _, _ = one_batch(loaded, flat, cal, HARMFUL[:3])
+    method = AAPP(AAPPOptions(gate="always", **LEVERS[lever]))
+    fired, _, _ = one_batch(loaded, method, cal, HARMFUL[:3])
+    for i in pp:
+        assert torch.equal(never[i].heads, pp[i].heads) and torch.equal(never[i].channels, pp[i].channels)
+        assert set(method.critical[i].channels.tolist()) <= set(fired[i].channels.tolist())
+    # Fired, the lever's selection differs from PP's and from flat AAPP's.
+    assert any(not torch.equal(fired[i].channels, pp[i].channels) for i in pp)
+    assert any(not torch.equal(fired[i].channels, flat_kept[i].channels) for i in pp)
+    if lever == "mass":  # protection follows refusal mass: the flat total, unevenly spread
+        counts = [len(method.critical[i].channels) for i in pp]
+        assert sum(counts) == len(pp) * round(0.3 * 160) and len(set(counts)) > 1
+        assert all(len(method.critical[i].channels) == 0 for i in range(len(plan.budgets)) if i not in pp)

@@ -7,18 +7,22 @@
   diff         standardised harmful-minus-harmless mean activation, |z|
   attribution  how much a channel writes the refusal direction into the residual:
                |(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)|, with d the unit
-               difference-of-means direction at the layer's output
+               difference-of-means direction at the layer's output (its refusal mass, which
+               aapp.methods.aapp.allocation also spreads protection and budget by)
+
+How many heads and channels a layer protects is the caller's: `protect` x units in every layer,
+or spread by refusal mass (aapp.methods.aapp.allocation).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from aapp.calibration.store import Calibration, SiteStats
 from aapp.errors import AappError
+from aapp.methods.aapp.allocation import attribution, protected_count
 from aapp.methods.masks import top_k
 from aapp.methods.scores import per_head, wanda_sp
 from aapp.models.adapters import Geometry, LayerParts
@@ -32,10 +36,6 @@ class CriticalSet:
     channels: torch.Tensor
 
 
-def protected_count(protect: float, total: int) -> int:
-    return math.floor(protect * total + 0.5)
-
-
 def check_setdiff_pools(protect: float, g: Geometry) -> None:
     """setdiff's pools are the top 2n; at 2n >= all of them the set difference is empty."""
     for what, total in (("heads", g.num_heads), ("channels", g.intermediate_size)):
@@ -46,16 +46,16 @@ def check_setdiff_pools(protect: float, g: Geometry) -> None:
                             "use a smaller --protect")
 
 
-def critical_set(kind: str, protect: float, layer: int, parts: LayerParts, g: Geometry,
+def critical_set(kind: str, n_heads: int, n_channels: int, layer: int, parts: LayerParts, g: Geometry,
                  calib: Calibration) -> CriticalSet:
-    """Layer `layer`'s critical heads and channels by `kind` (see the module docstring)."""
-    n_heads, n_channels = protected_count(protect, g.num_heads), protected_count(protect, g.intermediate_size)
+    """Layer `layer`'s `n_heads` critical heads and `n_channels` channels by `kind` (see the module
+    docstring; setdiff may find fewer)."""
     a = calib.alignment
     o, down = parts.o_proj.weight, parts.down_proj.weight
     if kind == "diff":
         attn, mlp = (_z(a.harmful.site(s), a.harmless.site(s), layer).abs() for s in ("attn", "mlp"))
     elif kind == "attribution":
-        attn, mlp = (_attribution(calib, s, layer, w) for s, w in (("attn", o), ("mlp", down)))
+        attn, mlp = (attribution(calib, s, layer, w) for s, w in (("attn", o), ("mlp", down)))
     else:
         heads = _setdiff(per_head(_importance(a.harmful.attn, layer, o), g.head_dim),
                          per_head(_importance(calib.attn, layer, o), g.head_dim), n_heads)
@@ -68,19 +68,6 @@ def _z(harmful: SiteStats, harmless: SiteStats, layer: int) -> torch.Tensor:
     """Standardised difference of post-instruction means, harmful minus harmless."""
     vh, vs = harmful.variance[layer], harmless.variance[layer]
     return (harmful.mean[layer] - harmless.mean[layer]) / ((vh + vs) / 2 + 1e-6).sqrt()
-
-
-def _attribution(calib: Calibration, site: str, layer: int, weight: torch.Tensor) -> torch.Tensor:
-    """|(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)|: the channel's share of the
-    harmful-minus-harmless shift along the refusal direction d at this layer's output."""
-    a = calib.alignment
-    resid_h, resid_s = a.harmful.resid.mean, a.harmless.resid.mean
-    out = min(layer + 1, resid_h.shape[0] - 1)  # the next layer's input is this layer's output
-    d = resid_h[out] - resid_s[out]
-    d = d / d.norm().clamp(min=1e-12)
-    gain = d.to(weight.device, torch.float32) @ weight.float()  # [channels]
-    shift = (a.harmful.site(site).mean[layer] - a.harmless.site(site).mean[layer]).to(gain.device)
-    return (gain * shift).abs().cpu()
 
 
 def _importance(stats: SiteStats, layer: int, weight: torch.Tensor) -> torch.Tensor:

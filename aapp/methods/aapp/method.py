@@ -9,6 +9,12 @@ kept, and as many of the lowest-scoring other channels are pruned in their place
 every layer keeps exactly PP's counts of heads, kv heads and channels, which the plan
 fixes per layer (matched compute by construction; see aapp.methods.plan).
 
+Where protection and budget go when the gate fires (aapp.methods.aapp.allocation): `protect_by`
+"flat" protects `protect` of every layer's heads and channels, "mass" the same totals spread over
+the pruned layers by refusal mass; `layer_budget` "risk" also moves MLP channels (up to
+`budget_shift` of a layer's pruned ones) toward the layers of most refusal mass, keeping the total,
+so compute still matches PP's to the FLOP.
+
 The gate reads the block input of `gate_layer` (default: for the direction and kl gates,
 the best in-sample AUROC among the layers PP keeps dense, so the decision is made before
 any pruned layer runs and is itself unaffected by pruning; for the fitted logistic gate,
@@ -24,13 +30,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from aapp.calibration.collect import counted_tokens
 from aapp.calibration.store import Calibration, SiteStats
 from aapp.errors import AappError, CalibrationError
+from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_counts, protected_count,
+                                          refusal_mass, shift_channels)
 from aapp.methods.aapp.critical import CRITICAL, check_setdiff_pools, critical_set
 from aapp.methods.aapp.gates import GATES
 from aapp.methods.base import BatchPart, LayerContext, LayerInput, Selection, select_top
@@ -48,6 +56,9 @@ class AAPPOptions:
     per_sample: bool = False
     refresh: int = 0              # batches between gate-history refreshes (0: off)
     refresh_momentum: float = 0.9
+    protect_by: str = "flat"      # flat: protect x each layer; mass: the same total spread by refusal mass
+    layer_budget: str = "flat"    # flat: the plan's counts; risk: MLP channels move toward refusal mass on fire
+    budget_shift: float = 0.5     # risk: at most this fraction of a layer's pruned channels returns to it
 
     def __post_init__(self):
         if self.gate not in GATES:
@@ -56,6 +67,12 @@ class AAPPOptions:
             raise AappError(f"unknown critical-channel scoring {self.critical!r}; choose one of {', '.join(CRITICAL)}")
         if not 0.0 <= self.protect <= 1.0:
             raise AappError(f"--protect must be in [0, 1], got {self.protect}")
+        if self.protect_by not in PROTECT_BY:
+            raise AappError(f"unknown --protect-by {self.protect_by!r}; choose one of {', '.join(PROTECT_BY)}")
+        if self.layer_budget not in LAYER_BUDGET:
+            raise AappError(f"unknown --layer-budget {self.layer_budget!r}; choose one of {', '.join(LAYER_BUDGET)}")
+        if not 0.0 <= self.budget_shift <= 1.0:
+            raise AappError(f"--budget-shift must be in [0, 1], got {self.budget_shift}")
 
 
 def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: PrunePlan) -> int:
@@ -104,8 +121,20 @@ class AAPP(ProbePruning):
             check_setdiff_pools(self.aapp.protect, geometry)
         self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
         self.gate_layer = gate_layer(self.aapp, calib, geometry, plan)
-        self.critical = {i: critical_set(self.aapp.critical, self.aapp.protect, i, adapter.layer_parts(model, i),
-                                         geometry, calib) for i in range(geometry.num_layers)}
+        parts = [adapter.layer_parts(model, i) for i in range(geometry.num_layers)]
+        o = self.aapp
+        by_mass = o.protect_by == "mass" or o.layer_budget == "risk"
+        mass = [refusal_mass(calib, i, p) for i, p in enumerate(parts)] if by_mass else []
+        # The budgets a fired batch runs under; the plan's when not fired (or layer_budget="flat").
+        self.fired_budgets = (shift_channels(plan, geometry.intermediate_size, [m[1] for m in mass], o.budget_shift)
+                              if o.layer_budget == "risk" else plan.budgets)
+        if o.protect_by == "mass":
+            counts = protect_counts(plan, geometry, o.protect, mass, self.fired_budgets, o.critical == "setdiff")
+        else:
+            counts = [(protected_count(o.protect, geometry.num_heads),
+                       protected_count(o.protect, geometry.intermediate_size))] * geometry.num_layers
+        self.critical = {i: critical_set(o.critical, *counts[i], i, parts[i], geometry, calib)
+                         for i in range(geometry.num_layers)}
         self._batches = 0
         self._seen = {"harmful": [], "harmless": []}
         a = calib.alignment
@@ -190,6 +219,7 @@ class AAPP(ProbePruning):
         heads, channels = self.channel_scores(ctx)
         if not self._fired:
             return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
+        ctx = replace(ctx, budget=self.fired_budgets[ctx.layer])
         crit = self.critical[ctx.layer]
         return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry,
                                            protect_heads=crit.heads, protect_channels=crit.channels))

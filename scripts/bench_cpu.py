@@ -98,12 +98,12 @@ def generate(model, ids: torch.Tensor, steps: int, handle=None) -> dict:
         total = handle.record.flops
         out["flops_prefill"] = prefill_flops.fraction
         out["flops_decode"] = FlopCount(total.dense - prefill_flops.dense, total.pruned - prefill_flops.pruned,
-                                        total.probe - prefill_flops.probe).fraction
+                                        total.probe - prefill_flops.probe, total.bias - prefill_flops.bias).fraction
     return out
 
 
 def _copy(f: FlopCount) -> FlopCount:
-    return FlopCount(f.dense, f.pruned, f.probe)
+    return FlopCount(f.dense, f.pruned, f.probe, f.bias)
 
 
 def run_config(loaded, ids, steps, method, options, calib) -> dict:

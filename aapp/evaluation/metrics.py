@@ -138,14 +138,15 @@ def labelled_rate(refused: Sequence[bool], labels: Sequence[str | None], label: 
 
 
 def flops_fraction(flops: Sequence[Mapping[str, float]]) -> float | None:
-    """(pruned + probe) / dense FLOPs summed over prompts; None without FLOPs counts.
+    """(pruned + probe + bias) / dense FLOPs summed over prompts (as FlopCount.fraction); None
+    without FLOPs counts.
 
     Summing before dividing weights each prompt by its cost, as a served batch would.
     """
     if not flops:
         return None
     dense = sum(f["dense"] for f in flops)
-    spent = sum(f["pruned"] + f.get("probe", 0.0) for f in flops)
+    spent = sum(f["pruned"] + f.get("probe", 0.0) + f.get("bias", 0.0) for f in flops)
     return spent / dense if dense > 0 else None
 
 

@@ -32,7 +32,7 @@ class PerplexityResult:
     nll: float          # mean NLL per predicted token, in nats
     tokens: int         # predicted tokens: windows * (seq_len - 1)
     windows: int
-    flops_fraction: float | None = None  # (pruned + probe) / dense over all batches, when a handle is given
+    flops_fraction: float | None = None  # (pruned + probe + bias) / dense over all batches, when a handle is given
 
     def to_dict(self) -> dict:
         return {"ppl": self.ppl, "nll": self.nll, "tokens": self.tokens, "windows": self.windows,

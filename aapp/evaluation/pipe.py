@@ -2,7 +2,7 @@
 
 Input rows are what `aapp prune` writes (or any tool, given `prompt` and `completion`):
 {"id", "prompt", "label": "harmful"|"benign"|null, "completion", "method", "ratio",
- "flops": {"dense", "pruned", "probe"}, "latency_s", "gate": {"fired", "score"}}; only
+ "flops": {"dense", "pruned", "probe", "bias"}, "latency_s", "gate": {"fired", "score"}}; only
 `prompt` and `completion` are required. Rows are grouped into cells by (method, ratio);
 rows without a method form one cell named "model" (a reference without one: "dense").
 
@@ -157,8 +157,8 @@ def _check_row(row: Mapping[str, Any], where: str) -> None:
     flops = row.get("flops")
     if flops is not None:
         if not (isinstance(flops, Mapping) and _is_number(flops.get("dense")) and _is_number(flops.get("pruned"))
-                and _is_number(flops.get("probe", 0.0))):
-            raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' (and 'probe')")
+                and _is_number(flops.get("probe", 0.0)) and _is_number(flops.get("bias", 0.0))):
+            raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' (and 'probe', 'bias')")
     if not isinstance(row.get("set", ""), (str, type(None))):
         raise InputError(f"{where}: 'set' must be a string (the prompt set's name)")
     gate = row.get("gate")

@@ -204,6 +204,9 @@ class PrunedModel:
         m = rt.mask
         self.record.flops.pruned += flops.block_flops(g, batch * seq, past + (seq + 1) / 2,
                                                       len(m.heads), len(m.kv_heads), len(m.channels))
+        # A re-probe during decode may change mlp_bias but not whether there is one (same method state).
+        biased = (rt.attn_bias is not None) + (rt.mlp_bias is not None)
+        self.record.flops.bias += flops.bias_flops(g, batch * seq, biased)
 
     def _decode_step(self, i: int) -> None:
         n = self._decode_steps.get(i, 0) + 1

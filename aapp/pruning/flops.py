@@ -1,7 +1,10 @@
-"""FLOPs from shapes: what a forward costs dense, pruned, and what the probe adds.
+"""FLOPs from shapes: what a forward costs dense, pruned, and what the probe and biases add.
 
 One multiply-add counts as 2 FLOPs. We count the matmuls (projections, attention
-scores and values, lm_head); norms, RoPE and softmax are a rounding error.
+scores and values, lm_head); norms, RoPE and softmax are a rounding error. The bias
+vectors a method adds to o_proj / down_proj outputs (FLAP-style compensation, AAPP's
+restoration) are counted apart, one FLOP per element, so a record says whether a method
+kept the matmul FLOPs identical and only added vector adds.
 """
 
 from __future__ import annotations
@@ -16,19 +19,25 @@ class FlopCount:
     dense: float = 0.0
     pruned: float = 0.0
     probe: float = 0.0
+    bias: float = 0.0  # element-wise adds of method-added bias vectors (tokens x hidden per biased site)
 
     def add(self, other: "FlopCount") -> None:
         self.dense += other.dense
         self.pruned += other.pruned
         self.probe += other.probe
+        self.bias += other.bias
 
     @property
     def fraction(self) -> float:
-        """Pruned plus probe FLOPs as a fraction of dense (1.0 = no saving)."""
-        return (self.pruned + self.probe) / self.dense if self.dense else 1.0
+        """Pruned, probe and bias FLOPs as a fraction of dense (1.0 = no saving). The bias adds
+        are compute the pruned model spends and the dense one does not, so they count (one
+        FLOP per output element, against 6 x kept channels for the MLP's matmuls: a rounding
+        error, but recorded)."""
+        return (self.pruned + self.probe + self.bias) / self.dense if self.dense else 1.0
 
     def to_dict(self) -> dict:
-        return {"dense": self.dense, "pruned": self.pruned, "probe": self.probe, "fraction": self.fraction}
+        return {"dense": self.dense, "pruned": self.pruned, "probe": self.probe, "bias": self.bias,
+                "fraction": self.fraction}
 
 
 def block_flops(g: Geometry, tokens: int, context: float, heads: int, kv_heads: int, channels: int) -> float:
@@ -58,6 +67,11 @@ def mlp_probe_flops(g: Geometry, tokens: int) -> float:
     """The MLP half of the probe during decode: gate and up for its tokens (down is not needed,
     the statistic is its input)."""
     return 2 * tokens * g.hidden_size * g.intermediate_size * 2
+
+
+def bias_flops(g: Geometry, tokens: int, sites: int) -> float:
+    """Adding a [hidden_size] bias to `tokens` outputs at each of `sites` sites."""
+    return tokens * g.hidden_size * sites
 
 
 def lm_head_flops(g: Geometry, tokens: int) -> float:

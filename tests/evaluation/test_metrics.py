@@ -97,6 +97,8 @@ def test_flops_fraction_counts_the_probe_and_weights_by_cost():
     assert flops_fraction(flops) == pytest.approx((65 + 165) / 400)
     assert flops_fraction([{"dense": 10.0, "pruned": 7.0}]) == pytest.approx(0.7)
     assert flops_fraction([]) is None
+    # Bias vector adds (compensation, AAPP's restoration) are compute spent too, as in FlopCount.fraction.
+    assert flops_fraction([{"dense": 100.0, "pruned": 60.0, "probe": 5.0, "bias": 1.0}]) == pytest.approx(0.66)
 
 
 def test_summarize_splits_by_label():

@@ -101,6 +101,7 @@ def test_uses_the_given_judge():
         (lambda rows: rows[0].update(label="toxic"), r"row 1: label must be one of harmful, benign"),
         (lambda rows: rows[0].update(ratio="0.3"), r"row 1: 'ratio' must be a number"),
         (lambda rows: rows[3].update(flops={"dense": 1.0}), r"row 4: 'flops' must be an object"),
+        (lambda rows: rows[3].update(flops={"dense": 1.0, "pruned": 1.0, "bias": "x"}), r"row 4: 'flops' must be an"),
         (lambda rows: rows[3].update(gate={"fired": "yes"}), r"row 4: 'gate' must be an object"),
     ],
 )

@@ -76,7 +76,7 @@ def test_sweep_reports_every_cell_against_dense(inputs, tmp_path, capsys):
         # FLOPs include the probe: recompute from the rows.
         f = [r["flops"] for r in by_cell[key]]
         assert any(x["probe"] > 0 for x in f)
-        spent = sum(x["pruned"] + x["probe"] for x in f)
+        spent = sum(x["pruned"] + x["probe"] + x["bias"] for x in f)
         assert c["flops_fraction"] == pytest.approx(spent / sum(x["dense"] for x in f))
         assert c["flops_fraction"] < 1.0
         assert c["wall_time_s"] == pytest.approx(sum(r["latency_s"] for r in by_cell[key]))

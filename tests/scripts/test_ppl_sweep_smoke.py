@@ -21,8 +21,11 @@ def test_ppl_sweep_smoke(tmp_path, capsys):
         [("dense", 0.0)] + [(m, r) for m in methods for r in (0.2, 0.3)])
     by = {(r["method"], r["ratio"]): r for r in doc["rows"]}
     assert set(doc["checks"]) == {"pp_monotonic", "pp_beats_wanda-sp_at_0.3", "pp_beats_flap_at_0.3"}
-    # Static cells cost the same FLOPs; the full-batch probe costs more than pp's small probe.
-    assert by[("pp-history-only", 0.3)]["flops_fraction"] == pytest.approx(by[("flap", 0.3)]["flops_fraction"])
+    # Static cells cost the same FLOPs, compensation adds its bias adds; the full-batch probe costs
+    # more than pp's small probe.
+    assert by[("pp-history-only", 0.3)]["flops_fraction"] == pytest.approx(by[("flap-no-comp", 0.3)]["flops_fraction"])
+    assert by[("flap", 0.3)]["flops_fraction"] > by[("flap-no-comp", 0.3)]["flops_fraction"]
+    assert by[("pp+comp", 0.3)]["flops_fraction"] > by[("pp", 0.3)]["flops_fraction"]
     assert by[("pp-full-probe", 0.3)]["flops_fraction"] > by[("pp", 0.3)]["flops_fraction"]
     # Compensation and its absence are different models.
     assert by[("flap-no-comp", 0.3)]["ppl"] != by[("flap", 0.3)]["ppl"]

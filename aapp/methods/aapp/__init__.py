@@ -6,10 +6,12 @@ from aapp.methods.aapp.calibrate import add_alignment
 from aapp.methods.aapp.critical import CRITICAL, CriticalSet
 from aapp.methods.aapp.gates import GATES, Gate
 from aapp.methods.aapp.method import AAPP, AAPPOptions
+from aapp.methods.aapp.restore import RESTORE
 from aapp.methods.pp import SITES, PPOptions
 from aapp.methods.registry import MethodSpec, Registration
 
-__all__ = ["AAPP", "CRITICAL", "GATES", "REGISTRATION", "AAPPOptions", "CriticalSet", "Gate", "add_alignment"]
+__all__ = ["AAPP", "CRITICAL", "GATES", "REGISTRATION", "RESTORE", "AAPPOptions", "CriticalSet", "Gate",
+           "add_alignment"]
 
 
 def _build(spec: MethodSpec, options: AAPPOptions | None) -> AAPP:

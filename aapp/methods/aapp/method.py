@@ -23,6 +23,13 @@ it select as PP does). A batch fires if any of its prompts scores past the
 calibrated threshold (a harmful prompt must not lose protection to benign neighbours);
 `per_sample` splits a batch into gated and ungated sub-batches instead, deciding from a
 look-ahead pass up to the gate layer.
+
+`restore` (aapp.methods.aapp.restore) also adds back, on fired batches only, what pruning removes
+from harmful inputs: the pruned structures' mean output over the harmful calibration prompts
+("harmful-mean"), or only its component along the refusal direction ("direction"), as o_proj /
+down_proj biases. Unfired batches get exactly PP's selection and biases, so general text pays
+nothing for it, and a fired batch pays one vector add per token and biased site (counted as
+`bias` FLOPs by the engine); the masks, and so the matmul FLOPs, are those of restore "none".
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ from aapp.calibration.collect import counted_tokens
 from aapp.calibration.store import Calibration, SiteStats
 from aapp.errors import AappError, CalibrationError
 from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_counts, protected_count,
-                                          refusal_mass, shift_channels)
+                                          refusal_direction, refusal_mass, shift_channels)
 from aapp.methods.aapp.critical import CRITICAL, check_setdiff_pools, critical_set
 from aapp.methods.aapp.gates import GATES
+from aapp.methods.aapp.restore import RESTORE, restored
 from aapp.methods.base import BatchPart, LayerContext, LayerInput, Selection, select_top
 from aapp.methods.plan import PrunePlan
 from aapp.methods.pp import PPOptions, ProbePruning
@@ -59,6 +67,7 @@ class AAPPOptions:
     protect_by: str = "flat"      # flat: protect x each layer; mass: the same total spread by refusal mass
     layer_budget: str = "flat"    # flat: the plan's counts; risk: MLP channels move toward refusal mass on fire
     budget_shift: float = 0.5     # risk: at most this fraction of a layer's pruned channels returns to it
+    restore: str = "none"         # fired batches: "none" | "harmful-mean" | "direction" (see restore.py)
 
     def __post_init__(self):
         if self.gate not in GATES:
@@ -73,6 +82,8 @@ class AAPPOptions:
             raise AappError(f"unknown --layer-budget {self.layer_budget!r}; choose one of {', '.join(LAYER_BUDGET)}")
         if not 0.0 <= self.budget_shift <= 1.0:
             raise AappError(f"--budget-shift must be in [0, 1], got {self.budget_shift}")
+        if self.restore not in RESTORE:
+            raise AappError(f"unknown --restore {self.restore!r}; choose one of {', '.join(RESTORE)}")
 
 
 def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: PrunePlan) -> int:
@@ -135,6 +146,8 @@ class AAPP(ProbePruning):
                        protected_count(o.protect, geometry.intermediate_size))] * geometry.num_layers
         self.critical = {i: critical_set(o.critical, *counts[i], i, parts[i], geometry, calib)
                          for i in range(geometry.num_layers)}
+        self._direction = ({i: refusal_direction(calib, i) for i in range(geometry.num_layers)}
+                           if o.restore == "direction" else {})
         self._batches = 0
         self._seen = {"harmful": [], "harmless": []}
         a = calib.alignment
@@ -221,8 +234,12 @@ class AAPP(ProbePruning):
             return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
         ctx = replace(ctx, budget=self.fired_budgets[ctx.layer])
         crit = self.critical[ctx.layer]
-        return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry,
-                                           protect_heads=crit.heads, protect_channels=crit.channels))
+        mask = select_top(heads, channels, ctx.budget, ctx.geometry,
+                          protect_heads=crit.heads, protect_channels=crit.channels)
+        # harmful-mean replaces PP's compensation, so it need not be computed first.
+        sel = Selection(mask) if self.aapp.restore == "harmful-mean" else self.finish(ctx, mask)
+        return restored(self.aapp.restore, self.calib, ctx.layer, ctx.parts, sel, ctx.geometry,
+                        self._direction.get(ctx.layer))
 
     def batch_info(self) -> dict:
         return {"gate": {"kind": self.gate.name, "fired": bool(self._fired),

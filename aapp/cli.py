@@ -50,6 +50,7 @@ Refresh = Annotated[int, typer.Option(help="aapp: refresh gate history every N b
 ProtectBy = Annotated[str, typer.Option(help="aapp: flat (--protect of every layer) | mass (the same total, spread over pruned layers by refusal mass).")]
 LayerBudget = Annotated[str, typer.Option(help="aapp, on fire: flat (the plan's counts) | risk (MLP channels move toward refusal mass; same total).")]
 BudgetShift = Annotated[float, typer.Option(help="aapp --layer-budget risk: at most this fraction of a layer's pruned channels returns to it.")]
+Restore = Annotated[str, typer.Option(help="aapp, fired batches: none | harmful-mean (add back the pruned channels' mean output on harmful prompts) | direction (only its refusal-direction component).")]
 DeviceMap = Annotated[Optional[str], typer.Option(help="e.g. 'auto': let accelerate spread a large model over GPUs (and CPU).")]
 Truncate = Annotated[bool, typer.Option(help="Cut prompts too long for the model's context from the front (default: leave them out).")]
 
@@ -190,6 +191,7 @@ def prune(
     ema: Ema = None,
     backend: Backend = "auto",
     gate: Gate = "direction",
+    restore: Restore = "none",
     protect: Protect = 0.3,
     critical: Critical = "setdiff",
     gate_layer: GateLayer = None,
@@ -217,7 +219,7 @@ def prune(
 
     check_ratio(ratio)
     meth = make_method(method, _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by,
-                                             layer_budget, budget_shift))
+                                             layer_budget, budget_shift, restore))
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
     if export is not None:
@@ -270,6 +272,7 @@ def eval_refusal(
     ema: Ema = None,
     backend: Backend = "auto",
     gate: Gate = "direction",
+    restore: Restore = "none",
     protect: Protect = 0.3,
     critical: Critical = "setdiff",
     gate_layer: GateLayer = None,
@@ -309,7 +312,7 @@ def eval_refusal(
             truncate=truncate,
             prune=PruneOptions(dense_layers=dense_layers, reprobe_every=reprobe, ema_momentum=ema, backend=backend),
             aapp=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget,
-                               budget_shift)))
+                               budget_shift, restore)))
     else:
         from aapp.evaluation.judges import get_judge
         from aapp.evaluation.pipe import evaluate_generations
@@ -329,12 +332,13 @@ def eval_refusal(
             print(json.dumps([s.to_dict() for s in summaries], indent=2))
 
 
-def _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget, budget_shift):
+def _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget, budget_shift,
+                  restore):
     from aapp.methods.aapp import AAPPOptions
 
     return AAPPOptions(gate=gate, protect=protect, critical=critical, gate_layer=gate_layer,
                        per_sample=per_sample, refresh=refresh, protect_by=protect_by, layer_budget=layer_budget,
-                       budget_shift=budget_shift)
+                       budget_shift=budget_shift, restore=restore)
 
 
 def main() -> None:

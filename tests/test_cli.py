@@ -94,6 +94,14 @@ def test_prune_bad_input(workdir, tiny_model_dir, args, needles):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["prune", "--method", "aapp", "--calib", "X"],
+                                     ["eval-refusal", "--model", "m", "--calib", "X"]], ids=["prune", "eval-refusal"])
+def test_bad_restore_is_a_one_line_error(tmp_path, command):
+    out = tmp_path / "out"
+    one_line_error(aapp(*command, "--restore", "loud", "--out", out), "unknown --restore 'loud'", "harmful-mean")
+    assert not out.exists()
+
+
 def test_malformed_prompt_file_names_line(workdir, tiny_model_dir):
     bad = workdir / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{not json\n')

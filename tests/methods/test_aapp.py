@@ -206,7 +206,7 @@ def test_cli_defaults_are_the_library_defaults():
     for command in (cli.prune, cli.eval_refusal):
         params = inspect.signature(command).parameters
         for name in ("gate", "protect", "critical", "per_sample", "refresh", "protect_by", "layer_budget",
-                     "budget_shift"):
+                     "budget_shift", "restore"):
             assert params[name].default == getattr(AAPPOptions(), name), (command.__name__, name)
 
 def test_setdiff_with_a_pool_of_every_channel_is_refused(setup):

@@ -20,7 +20,8 @@ def progress() -> Progress:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    """One line, however long (a log reader greps for it)."""
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from dataclasses import dataclass
 
-from aapp.calibration.collect import Collector, counted_tokens
+from aapp.calibration.collect import Collector, counted_tokens, token_mean
 from aapp.calibration.store import PromptSetStats, SiteStats
 from aapp.generation import encode
 from aapp.models.loading import LoadedModel
@@ -66,8 +66,7 @@ class _ResidualFeatures:
     def _hook(self, i, counted):
         def hook(module, args, kwargs):
             x = kwargs.get("hidden_states", args[0] if args else None)
-            m = counted().to(x.dtype)[..., None]
-            self._batch[i] = ((x * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()
+            self._batch[i] = token_mean(x, counted())
         return hook
 
     def end_batch(self) -> None:
@@ -109,6 +108,28 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
     features = torch.cat(feats.rows)  # [N, L, D]
     resid = SiteStats(mean=features.mean(0), sq_mean=features.square().mean(0))
     return PromptSetPass(PromptSetStats(attn=sites["attn"], mlp=sites["mlp"], resid=resid), features)
+
+
+@torch.inference_mode()
+def prompt_features(loaded: LoadedModel, prompts: Sequence[str], n_post: int, batch_size: int = 8,
+                    on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Each prompt's post-instruction mean residual at every layer input -> [N, L, D], as
+    `collect_set` measures it (the same forward, without the site statistics), through whatever
+    runs in `loaded.model`: under a pruning handle (aapp.pruning.engine), the pruned prefill."""
+    mask: dict[str, torch.Tensor] = {}
+    feats = _ResidualFeatures(loaded, lambda: mask["counted"])
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = list(prompts[i : i + batch_size])
+            ids, attn = encode(loaded.tokenizer, chunk, loaded.device)
+            mask["counted"] = counted_tokens(attn.bool(), f"last:{n_post}")
+            loaded.model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
+            feats.end_batch()
+            if on_batch:
+                on_batch(len(chunk))
+    finally:
+        feats.remove()
+    return torch.cat(feats.rows)
 
 
 @torch.inference_mode()

@@ -102,3 +102,10 @@ def counted_tokens(mask: torch.Tensor, positions: str) -> torch.Tensor:
         from_end = mask.long().flip(-1).cumsum(-1).flip(-1)
         return mask & (from_end <= n)
     raise ValueError(f"unknown positions spec {positions!r}")
+
+
+def token_mean(x: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Each row's mean of x [B, S, D] over its counted tokens [B, S] -> [B, D] float32 on the CPU:
+    a prompt's gate feature, at calibration and at prune time alike."""
+    m = counted.to(x.dtype)[..., None]
+    return ((x * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()

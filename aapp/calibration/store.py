@@ -7,7 +7,11 @@ A `Calibration` holds, as plain typed objects:
     and what Wanda-sp, FLAP and mean compensation read;
   * `alignment` (optional, what AAPP reads; see aapp.methods.aapp): the same two sites and the
     block-input residual over harmful and over harmless prompts, at the chat template's
-    post-instruction tokens, and per risk gate its in-sample AUROC and threshold per layer.
+    post-instruction tokens, and per risk gate its in-sample AUROC and threshold per layer;
+  * `alignment.pruned` (optional; see aapp.pruning.gate_thresholds): per risk gate, thresholds
+    refitted on the features Probe Pruning's prefill gives at each of a few ratios, [R, L], and
+    the ratios and `dense_layers` they were fitted with. A gate that reads a layer after the
+    first pruned one sees pruned features, whose scale the dense thresholds do not fit.
 
 The file (format "aapp-calibration/1") is one safetensors file of float32 tensors with the
 metadata, JSON under the key "aapp", that fingerprints the model. This module is the only
@@ -18,6 +22,11 @@ place that knows the tensor names:
   align.resid.{harmful,harmless}.{mean,energy}                          [L, D]  energy = mean square
   align.gate.{GATE}.{auroc,threshold}                                   [L]
   align.gate.{GATE}.{weight,bias}                                       [L, D], [L]  fitted gates only
+  align.gate.{GATE}.pruned_threshold                                    [R, L]  optional, with the metadata
+                                                                                key "gate_pruned": {"ratios":
+                                                                                [R floats], "dense_layers": n}
+
+Files without the optional keys (written before they existed) load with `alignment.pruned` None.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from aapp.io import atomic_write
 FORMAT = "aapp-calibration/1"
 SITES = ("attn", "mlp")
 PROMPT_SETS = ("harmful", "harmless")
+PRUNED_META = "gate_pruned"
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,47 @@ class GateFit:
                        None if self.bias is None else self.bias[one])
 
 
+RATIO_MATCH = 1e-6  # a plan's ratio matches a stored one within this
+
+
+@dataclass(frozen=True)
+class PrunedThresholds:
+    """Gate thresholds fitted on the features of Probe Pruning's prefill, per ratio: `threshold`
+    maps a gate to [R, L] for `ratios` [R], all at the plan of `dense_layers` dense layers."""
+
+    ratios: tuple[float, ...]
+    dense_layers: int
+    threshold: dict[str, torch.Tensor]
+
+    def find(self, gate: str, ratio: float) -> torch.Tensor | None:
+        """The gate's thresholds [L] at `ratio` (within RATIO_MATCH), or None."""
+        if gate not in self.threshold:
+            return None
+        for r, ratio_r in enumerate(self.ratios):
+            if abs(ratio_r - ratio) <= RATIO_MATCH:
+                return self.threshold[gate][r]
+        return None
+
+    def merged(self, new: "PrunedThresholds") -> "PrunedThresholds":
+        """These thresholds with `new`'s added (a ratio both hold takes `new`'s); at another
+        `dense_layers`, or for other gates, `new` replaces them."""
+        if new.dense_layers != self.dense_layers or set(new.threshold) != set(self.threshold):
+            return new
+        keep = [r for r, ratio in enumerate(self.ratios)
+                if all(abs(ratio - n) > RATIO_MATCH for n in new.ratios)]
+        order = sorted([(self.ratios[r], 0, r) for r in keep] + [(n, 1, r) for r, n in enumerate(new.ratios)])
+        pick = {0: self.threshold, 1: new.threshold}
+        return PrunedThresholds(ratios=tuple(ratio for ratio, _, _ in order), dense_layers=new.dense_layers,
+                                threshold={g: torch.stack([pick[src][g][r] for _, src, r in order])
+                                           for g in new.threshold})
+
+
 @dataclass(frozen=True)
 class Alignment:
     harmful: PromptSetStats
     harmless: PromptSetStats
     gates: dict[str, GateFit] = field(default_factory=dict)
+    pruned: PrunedThresholds | None = None
 
 
 @dataclass
@@ -130,7 +176,19 @@ def to_tensors(cal: Calibration) -> dict[str, torch.Tensor]:
         out[f"align.gate.{gate}.auroc"], out[f"align.gate.{gate}.threshold"] = fit.auroc, fit.threshold
         if fit.weight is not None:
             out[f"align.gate.{gate}.weight"], out[f"align.gate.{gate}.bias"] = fit.weight, fit.bias
+    if a.pruned is not None:
+        for gate, threshold in a.pruned.threshold.items():
+            out[f"align.gate.{gate}.pruned_threshold"] = threshold
     return out
+
+
+def to_meta(cal: Calibration) -> dict:
+    """The file's metadata: `cal.meta` and what the typed objects keep there."""
+    meta = {"format": FORMAT, **cal.meta}
+    pruned = cal.alignment.pruned if cal.alignment is not None else None
+    if pruned is not None:
+        meta[PRUNED_META] = {"ratios": list(pruned.ratios), "dense_layers": pruned.dense_layers}
+    return meta
 
 
 def _site(t: dict[str, torch.Tensor], prefix: str, sq_name: str = "sq_mean") -> SiteStats:
@@ -139,6 +197,7 @@ def _site(t: dict[str, torch.Tensor], prefix: str, sq_name: str = "sq_mean") -> 
 
 def from_tensors(meta: dict, t: dict[str, torch.Tensor]) -> Calibration:
     """The typed calibration; KeyError names a tensor the file lacks."""
+    meta = dict(meta)
     alignment = None
     if any(k.startswith("align.") for k in t):
         sets = {name: PromptSetStats(attn=_site(t, f"align.attn.{name}"), mlp=_site(t, f"align.mlp.{name}"),
@@ -148,14 +207,29 @@ def from_tensors(meta: dict, t: dict[str, torch.Tensor]) -> Calibration:
         alignment = Alignment(**sets, gates={g: GateFit(auroc=t[f"align.gate.{g}.auroc"],
                                                         threshold=t[f"align.gate.{g}.threshold"],
                                                         weight=t.get(f"align.gate.{g}.weight"),
-                                                        bias=t.get(f"align.gate.{g}.bias")) for g in gates})
+                                                        bias=t.get(f"align.gate.{g}.bias")) for g in gates},
+                              pruned=_pruned(meta.pop(PRUNED_META, None), t))
+    meta.pop(PRUNED_META, None)  # the typed object holds it (see to_meta)
     return Calibration(meta=meta, attn=_site(t, "attn"), mlp=_site(t, "mlp"), alignment=alignment)
 
 
+def _pruned(spec: dict | None, t: dict[str, torch.Tensor]) -> PrunedThresholds | None:
+    threshold = {k.split(".")[2]: v for k, v in t.items() if k.startswith("align.gate.")
+                 and k.endswith(".pruned_threshold")}
+    if spec is None:
+        if threshold:
+            raise KeyError(f"{PRUNED_META} (metadata of the pruned thresholds)")
+        return None
+    ratios = tuple(float(r) for r in spec["ratios"])
+    for gate, v in threshold.items():
+        if v.shape[0] != len(ratios):
+            raise KeyError(f"align.gate.{gate}.pruned_threshold for {len(ratios)} ratios (it has {v.shape[0]})")
+    return PrunedThresholds(ratios=ratios, dense_layers=int(spec["dense_layers"]), threshold=threshold)
+
+
 def save_calibration(cal: Calibration, path: str | Path) -> None:
-    meta = {"format": FORMAT, **cal.meta}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in to_tensors(cal).items()}
-    blob = save(tensors, metadata={"aapp": json.dumps(meta, sort_keys=True)})
+    blob = save(tensors, metadata={"aapp": json.dumps(to_meta(cal), sort_keys=True)})
     with atomic_write(path, "wb") as f:
         f.write(blob)
 

@@ -18,6 +18,9 @@ layer; a score above the layer's calibrated threshold fires. Fixed gates always 
 
 `fit_gates` calibrates every residual gate at every layer (the AUROC the layer is chosen by,
 and the threshold that maximises balanced accuracy); the calibration file stores the result.
+`refit_thresholds` refits only the thresholds, with the same rule, on the features a pruned
+prefill gives (aapp.pruning.gate_thresholds runs it): pruning the layers before the gate's
+keeps the scores' order but shifts their scale.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from aapp import stats
 from aapp.calibration.alignment import PromptSetPass
-from aapp.calibration.store import GateFit, SiteStats
+from aapp.calibration.store import Alignment, GateFit, SiteStats
 
 FOLDS = 5
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # on standardised features, with a class-balanced mean loss
@@ -191,3 +194,23 @@ def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass, prose: torch.Tens
         fits[name] = GateFit(auroc=torch.tensor([auroc(sh[:, i], ss[:, i]) for i in layers]),
                              threshold=torch.tensor([best_threshold(sh[:, i], ss[:, i]) for i in layers]))
     return fits
+
+
+def refit_thresholds(harmful: torch.Tensor, harmless: torch.Tensor, alignment: Alignment,
+                     first_pruned: int) -> dict[str, torch.Tensor]:
+    """Every residual gate's threshold [L] refitted on per-prompt features [N, L, D] of the
+    harmful and harmless prompts that a pruned prefill gave, keeping the gate's statistics and
+    weights. Layers up to `first_pruned` (inclusive: its block input comes from dense layers)
+    keep the dense threshold. The rule is `best_threshold`'s, as in `fit_gates`; the fitted gate's
+    dense threshold is cut on out-of-fold scores and prose windows too, this one on its final
+    weights' scores of the calibration prompts, which those weights were fitted on (their dense
+    features): a slightly optimistic cut."""
+    out = {}
+    for name, fit in alignment.gates.items():
+        gate = GATES[name]
+        if not gate.reads_residual:
+            continue
+        sh, ss = (gate.scores(f, alignment.harmful.resid, alignment.harmless.resid, fit) for f in (harmful, harmless))
+        out[name] = torch.tensor([float(fit.threshold[i]) if i <= first_pruned else best_threshold(sh[:, i], ss[:, i])
+                                  for i in range(sh.shape[1])])
+    return out

@@ -41,8 +41,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from aapp.calibration.collect import counted_tokens
+from aapp.calibration.collect import counted_tokens, token_mean
 from aapp.calibration.store import Calibration, SiteStats
+from aapp.console import warn
 from aapp.errors import AappError, CalibrationError
 from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_counts, protected_count,
                                           refusal_direction, refusal_mass, shift_channels)
@@ -106,6 +107,26 @@ def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: Prun
     return int(torch.argmax(fit.auroc[: first_pruned + 1]))
 
 
+def gate_threshold(gate: str, layer: int, calib: Calibration, g: Geometry, plan: PrunePlan) -> tuple[float, str]:
+    """The threshold the gate compares its score at `layer` with, and where it came from: the
+    thresholds fitted on PP-pruned features at this plan's ratio ("pruned@RATIO") when the gate
+    reads a layer after the first pruned one and the file has them for this ratio and these dense
+    layers; else the dense fit's ("dense"), with a warning where pruned features meet it."""
+    dense = float(calib.alignment.gates[gate].threshold[layer])
+    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), None)
+    if first_pruned is None or layer <= first_pruned:
+        return dense, "dense"  # the gate's layer input is the dense model's
+    pruned = calib.alignment.pruned
+    if pruned is not None and min(pruned.dense_layers, g.num_layers - 1) == first_pruned:  # the same plan
+        at = pruned.find(gate, plan.ratio)
+        if at is not None:
+            return float(at[layer]), f"pruned@{plan.ratio:g}"
+    warn(f"aapp: the {gate} gate reads layer {layer}, after pruned layers, but its threshold was fitted on dense "
+         f"features (it may never fire); fix: aapp calibrate --update --out CALIB --gate-ratios {plan.ratio:g} "
+         f"--dense-layers {first_pruned}")
+    return dense, "dense"
+
+
 class AAPP(ProbePruning):
     name = "aapp"
 
@@ -132,6 +153,10 @@ class AAPP(ProbePruning):
             check_setdiff_pools(self.aapp.protect, geometry)
         self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
         self.gate_layer = gate_layer(self.aapp, calib, geometry, plan)
+        self.threshold, self.threshold_source = float("nan"), None
+        if self.gate.reads_residual:
+            self.threshold, self.threshold_source = gate_threshold(self.gate.name, self.gate_layer, calib, geometry,
+                                                                   plan)
         parts = [adapter.layer_parts(model, i) for i in range(geometry.num_layers)]
         o = self.aapp
         by_mass = o.protect_by == "mass" or o.layer_budget == "risk"
@@ -193,14 +218,13 @@ class AAPP(ProbePruning):
 
     def sample_scores(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Gate score per sample from the gate layer's input residual; > 0 means 'closer to harmful'."""
-        m = counted_tokens(token_mask, f"last:{self.n_post}").to(x.dtype)[..., None]
-        feats = ((x * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu()[:, None, :]  # [B, 1, D]
+        feats = token_mean(x, counted_tokens(token_mask, f"last:{self.n_post}"))[:, None, :]  # [B, 1, D]
         i = self.gate_layer
         at = {k: SiteStats(h.mean[i : i + 1], h.sq_mean[i : i + 1]) for k, h in self._history.items()}
         fit = self.calib.alignment.gates[self.gate.name].at(i)
         raw = self.gate.scores(feats, at["harmful"], at["harmless"], fit)
         self._last_feats = feats[:, 0]
-        return raw[:, 0] - fit.threshold[0]
+        return raw[:, 0] - self.threshold
 
     def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor) -> None:
         if layer != self.gate_layer or not self.gate.reads_residual:
@@ -244,7 +268,7 @@ class AAPP(ProbePruning):
     def batch_info(self) -> dict:
         return {"gate": {"kind": self.gate.name, "fired": bool(self._fired),
                          "score": None if math.isnan(self._score) else self._score,
-                         "layer": self.gate_layer}}
+                         "layer": self.gate_layer, "threshold": self.threshold_source}}
 
     def sample_info(self, batch_size: int) -> dict[str, list[dict]]:
         """Each prompt's own gate score (the batch's `score` is their max): held-out AUROC reads it."""

@@ -59,7 +59,7 @@ class _ResidualFeatures:
         self._batch: dict[int, torch.Tensor] = {}
         self._handles = []
         for i in range(loaded.geometry.num_layers):
-            layer = loaded.adapter.layer_parts(loaded.model, i).layer
+            layer = loaded.adapter.layers(loaded.model)[i]  # not layer_parts: a pruning handle swaps its parts
             self._handles.append(layer.register_forward_pre_hook(self._hook(i, counted), with_kwargs=True))
         self.num_layers = loaded.geometry.num_layers
 

@@ -8,12 +8,13 @@ pruned prefill (no generation), each prompt's post-instruction mean residual is 
 layer input as the dense pass reads it (aapp.calibration.alignment.prompt_features), and every
 residual gate's threshold is refitted there (aapp.methods.aapp.gates.refit_thresholds).
 
-Batches hold prompts of one kind, as the dense fit's per-prompt features are taken. PP's
-selection depends on the batch (its probe reads a few of the batch's rows), and a user's batch
-mixes whatever they send; on the tiny test models, batches of one kind and batches that
-alternate harmful and harmless prompts moved the thresholds by less than the gap between two
-neighbouring prompts' scores (see tests/pruning/test_gate_thresholds.py), so the simpler rule
-stands.
+Batches hold prompts of one kind, as `aapp eval-refusal` sends them (a prompt set at a time)
+and as the dense fit's per-prompt features are taken. PP's selection depends on the batch (its
+probe reads some of the batch's rows), so the composition matters: on the tiny test models at
+ratio 0.3, batches alternating harmful and harmless prompts moved the refitted thresholds by up
+to 0.3, where pruning moved them from the dense ones by up to 2.2 (random weights: the sizes
+say little about a trained model). A deployment whose batches mix kinds sees features between
+the two.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from aapp.console import console, info, progress
+from aapp.console import console, info, progress, warn
 from aapp.errors import AappError
 
 app = typer.Typer(
@@ -134,9 +134,12 @@ def calibrate(
     text: Annotated[str, typer.Option(help="General text: 'builtin' (public-domain novels) or a text file.")] = "builtin",
     samples: Annotated[int, typer.Option(help="Windows of general text.", min=1)] = 64,
     seq_len: Annotated[int, typer.Option(help="Tokens per window.", min=8)] = 256,
-    harmful: Annotated[str, typer.Option(help="Harmful prompts for AAPP's alignment statistics.")] = "calib-harmful",
-    harmless: Annotated[str, typer.Option(help="Harmless prompts for AAPP's alignment statistics.")] = "calib-harmless",
+    harmful: Annotated[Optional[str], typer.Option(help="Harmful prompts for AAPP's alignment statistics (default: calib-harmful; with --update, the file's).")] = None,
+    harmless: Annotated[Optional[str], typer.Option(help="Harmless prompts for AAPP's alignment statistics (default: calib-harmless; with --update, the file's).")] = None,
     alignment: Annotated[bool, typer.Option(help="Collect alignment statistics (needed by --method aapp).")] = True,
+    gate_ratios: Annotated[str, typer.Option(help="Ratios at which AAPP's gate thresholds are refitted on Probe Pruning's pruned features (a gate reading a layer after pruned ones needs them). Each ratio costs one pruned prefill of the harmful+harmless prompts, about as long as their dense pass; '' or 'none' skips. Ratios the model cannot be pruned to are skipped with a warning.")] = "0.2,0.3,0.4",
+    dense_layers: Annotated[int, typer.Option(help="First layers kept dense in the --gate-ratios passes; `aapp prune` uses the thresholds only with the same --dense-layers.", min=0)] = 3,
+    update: Annotated[bool, typer.Option(help="Add --gate-ratios thresholds to the existing --out file (made for this --model) without the dense passes; the rest of the file is kept.")] = False,
     limit: Limit = None,
     sample: Sample = None,
     seed: Seed = 0,
@@ -144,19 +147,33 @@ def calibrate(
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
-    """Dense passes over calibration text (and harmful/harmless prompts); writes what `aapp prune` needs."""
+    """Dense passes over calibration text (and harmful/harmless prompts); writes what `aapp prune` needs.
+
+    With --update, only the pruned gate thresholds are computed and added to --out.
+    """
     from aapp.calibration.run import TextSettings, calibrate_text
     from aapp.methods.aapp import add_alignment
     from aapp.calibration.store import save_calibration
     from aapp.models.loading import load_model
     from aapp.prompts import load_prompts
+    from aapp.pruning.engine import PruneOptions
+    from aapp.pruning.gate_thresholds import parse_gate_ratios, plannable
     from aapp.text import load_text
 
+    ratios = parse_gate_ratios(gate_ratios) if alignment else ()
+    prune_options = PruneOptions(dense_layers=dense_layers)
+    if update:
+        return _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limit, sample, seed, device,
+                                 dtype)
+    harmful, harmless = harmful or "calib-harmful", harmless or "calib-harmless"
     _out_path(out)
     texts = load_text(text, split="calib")
     harm = load_prompts(harmful, limit=limit, sample=sample, seed=seed) if alignment else []
     safe = load_prompts(harmless, limit=limit, sample=sample, seed=seed) if alignment else []
     loaded = load_model(model, device=device, dtype=dtype)
+    ratios, skipped = plannable(loaded, ratios, prune_options)
+    for why in skipped:
+        warn(f"--gate-ratios: skipped, as `aapp prune` could not run it: {why}")
     settings = TextSettings(samples=samples, seq_len=seq_len, batch_size=batch_size)
     with progress() as bar:
         task = bar.add_task("general text", total=samples)
@@ -166,10 +183,65 @@ def calibrate(
             add_alignment(cal, loaded, [p.text for p in harm], [p.text for p in safe],
                           {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n),
                           prose=texts, prose_settings=settings)
+            _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options)
     save_calibration(cal, out)
     info(f"wrote {out}: {cal.meta['samples']} windows x {seq_len} tokens"
          + (f", {len(harm)} harmful + {len(safe)} harmless prompts" if alignment else "")
+         + (f", gate thresholds at ratios {','.join(f'{r:g}' for r in ratios)}" if ratios else "")
          + f", model {loaded.fingerprint}")
+
+
+def _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options) -> None:
+    from aapp.pruning.gate_thresholds import add_pruned_thresholds, fit_pruned_thresholds
+
+    if not ratios:
+        return
+    task = bar.add_task("pruned gate thresholds", total=len(ratios) * (len(harm) + len(safe)))
+    add_pruned_thresholds(cal, fit_pruned_thresholds(loaded, cal, [p.text for p in harm], [p.text for p in safe],
+                                                     ratios, prune_options, on_batch=lambda n: bar.advance(task, n)))
+
+
+def _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limit, sample, seed, device, dtype):
+    """`aapp calibrate --update`: the pruned gate thresholds of an existing file's model, added to it."""
+    from aapp.calibration.store import load_calibration, save_calibration
+    from aapp.errors import CalibrationError, InputError
+    from aapp.models.loading import load_model
+    from aapp.prompts import load_prompts
+    from aapp.pruning.gate_thresholds import plannable
+
+    if not ratios:
+        raise InputError("--update adds the thresholds of --gate-ratios; give at least one ratio")
+    _out_path(out)
+    cal = load_calibration(out)
+    if not cal.has_alignment:
+        raise CalibrationError(f"{out}: has no alignment statistics to fit gate thresholds for; "
+                               "run `aapp calibrate` without --no-alignment")
+    harmful, harmless = harmful or cal.meta.get("harmful"), harmless or cal.meta.get("harmless")
+    if not harmful or not harmless:
+        raise InputError(f"{out}: does not name its prompt sets; give --harmful and --harmless")
+    harm = load_prompts(harmful, limit=limit, sample=sample, seed=seed)
+    safe = load_prompts(harmless, limit=limit, sample=sample, seed=seed)
+    loaded = load_model(model, device=device, dtype=dtype)
+    cal.check_model(loaded.fingerprint, loaded.name)
+    counts = (cal.meta.get("harmful_count"), cal.meta.get("harmless_count"))
+    if counts != (len(harm), len(safe)):
+        warn(f"the file's gates were fitted on {counts[0]} harmful + {counts[1]} harmless prompts, these thresholds "
+             f"on {len(harm)} + {len(safe)}; pass the --limit/--sample/--seed it was made with")
+    ratios, skipped = plannable(loaded, ratios, prune_options)
+    for why in skipped:
+        warn(f"--gate-ratios: skipped, as `aapp prune` could not run it: {why}")
+    if not ratios:
+        raise InputError("--update: no ratio of --gate-ratios can be pruned on this model; nothing to add")
+    old = cal.alignment.pruned
+    if old is not None and old.dense_layers != prune_options.dense_layers:
+        warn(f"{out}: replacing the gate thresholds fitted with --dense-layers {old.dense_layers} "
+             f"(ratios {','.join(f'{r:g}' for r in old.ratios)})")
+    with progress() as bar:
+        _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options)
+    save_calibration(cal, out)
+    p = cal.alignment.pruned
+    info(f"updated {out}: gate thresholds at ratios {','.join(f'{r:g}' for r in p.ratios)} "
+         f"(--dense-layers {p.dense_layers}), model {loaded.fingerprint}")
 
 
 # -- prune --------------------------------------------------------------------------------

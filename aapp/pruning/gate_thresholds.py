@@ -26,7 +26,7 @@ import torch
 
 from aapp.calibration.alignment import prompt_features
 from aapp.calibration.store import Calibration, PrunedThresholds
-from aapp.errors import CalibrationError, InputError
+from aapp.errors import AappError, CalibrationError, InputError
 from aapp.methods.aapp.gates import refit_thresholds
 from aapp.methods.plan import PrunePlan, check_ratio, make_plan
 from aapp.methods.pp import ProbePruning
@@ -47,6 +47,8 @@ def parse_gate_ratios(text: str) -> tuple[float, ...]:
                          "or 'none'") from None
     for r in ratios:
         check_ratio(r)
+        if r == 0:
+            raise InputError("--gate-ratios: 0 prunes nothing (the dense thresholds serve it); give ratios > 0")
     return ratios
 
 
@@ -55,12 +57,17 @@ def _plan(loaded: LoadedModel, ratio: float, options: PruneOptions) -> PrunePlan
                      channel_multiple=options.channel_multiple)
 
 
-def check_gate_ratios(loaded: LoadedModel, ratios: Sequence[float], options: PruneOptions) -> None:
-    """Fail (AappError) before any pass when a ratio prunes nothing or has no plan at these dense layers."""
+def plannable(loaded: LoadedModel, ratios: Sequence[float], options: PruneOptions) -> tuple[list[float], list[str]]:
+    """The ratios `aapp prune` can run on this model at these dense layers, and why each other one
+    cannot (a few-layer model cannot prune 0.4 of its compute from its one pruned layer)."""
+    ok, why = [], []
     for r in ratios:
-        if r <= 0:
-            raise InputError(f"--gate-ratios: {r:g} prunes nothing (the dense thresholds serve it); give ratios > 0")
-        _plan(loaded, r, options)
+        try:
+            _plan(loaded, r, options)
+            ok.append(r)
+        except AappError as e:
+            why.append(str(e))
+    return ok, why
 
 
 def pruned_features(loaded: LoadedModel, calib: Calibration, prompts: Sequence[str], ratio: float,
@@ -84,7 +91,10 @@ def fit_pruned_thresholds(loaded: LoadedModel, calib: Calibration, harmful: Sequ
                                "with --harmful and --harmless (the defaults do)")
     if not harmful or not harmless:
         raise InputError("pruned gate thresholds need both harmful and harmless prompts")
-    check_gate_ratios(loaded, ratios, options)
+    for r in ratios:
+        if r <= 0:
+            raise InputError(f"gate ratio {r:g} prunes nothing; the dense thresholds serve it")
+        _plan(loaded, r, options)  # fails before any pass
     per_ratio = []
     for ratio in ratios:
         first_pruned = next(i for i, r in enumerate(_plan(loaded, ratio, options).layer_ratios) if r > 0)

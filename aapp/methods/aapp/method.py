@@ -122,7 +122,7 @@ def gate_threshold(gate: str, layer: int, calib: Calibration, g: Geometry, plan:
         if at is not None:
             return float(at[layer]), f"pruned@{plan.ratio:g}"
     warn(f"aapp: the {gate} gate reads layer {layer}, after pruned layers, but its threshold was fitted on dense "
-         f"features (it may never fire); fix: aapp calibrate --update --out CALIB --gate-ratios {plan.ratio:g} "
+         f"features (pruning shifts its scores: it may fire never, or always); fix: aapp calibrate --update --out CALIB --gate-ratios {plan.ratio:g} "
          f"--dense-layers {first_pruned}")
     return dense, "dense"
 

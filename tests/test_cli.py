@@ -245,3 +245,42 @@ def test_random_multimodal_gemma3_through_every_command(tmp_path):
     assert aapp("models", "random", "tiny-gemma3", "--layers", 2, "--text-only", "--out", text).returncode == 0
     one_line_error(aapp("prune", "--model", text, "--calib", calib, "--method", "pp", "--input", "advbench",
                         "--limit", 1), "made for model")
+
+
+def test_calibrate_update_adds_gate_thresholds_and_keeps_the_rest(workdir, tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from aapp.calibration.store import load_calibration, to_tensors
+    from tests.conftest import make_loaded
+
+    calib = tmp_path / "c.safetensors"
+    shutil.copy(workdir / "calib.safetensors", calib)
+    before = load_calibration(calib)
+    assert before.alignment.pruned.ratios == (0.2,)  # of the default 0.2,0.3,0.4, all that 4 layers allow
+    r = aapp("calibrate", "--model", tiny_model_dir, "--update", "--gate-ratios", "0.1,0.2", "--limit", 4,
+             "--out", calib)
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert "warning" not in r.stderr, r.stderr
+    after = load_calibration(calib)
+    assert after.meta == before.meta and after.alignment.pruned.ratios == (0.1, 0.2)
+    t0, t1 = to_tensors(before), to_tensors(after)
+    assert t0.keys() == t1.keys()
+    for key in t0:
+        if key.endswith(".pruned_threshold"):  # [R, L]: 0.1 added; 0.2 refitted the same as the full run did
+            torch.testing.assert_close(t1[key][1], t0[key][0], rtol=0, atol=1e-5)
+            assert t1[key].shape[0] == 2
+        else:
+            assert torch.equal(t0[key], t1[key]), key
+
+    # Another model's file is refused in one line and left as it was.
+    other = tmp_path / "other"
+    loaded = make_loaded("tiny-llama")
+    loaded.model.save_pretrained(other, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(other)
+    data = calib.read_bytes()
+    one_line_error(aapp("calibrate", "--model", other, "--update", "--gate-ratios", "0.1", "--out", calib),
+                   "made for model")
+    assert calib.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors", "other"]  # no temp left

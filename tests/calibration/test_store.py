@@ -118,3 +118,59 @@ def test_a_file_missing_an_alignment_tensor_is_refused(tmp_path):
     save_file(tensors, str(path), metadata={"aapp": json.dumps({"format": FORMAT})})
     with pytest.raises(CalibrationError, match="missing tensor align.attn.harmful.sq_mean"):
         load_calibration(path)
+
+
+def _aligned(gen, pruned=None):
+    from aapp.calibration.store import Alignment, GateFit, PromptSetStats
+
+    def stats(c):
+        return SiteStats(torch.randn(3, c, generator=gen), torch.rand(3, c, generator=gen))
+
+    def prompt_set():
+        return PromptSetStats(attn=stats(8), mlp=stats(16), resid=stats(4))
+
+    gates = {"direction": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen)),
+             "logistic": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen),
+                                 weight=torch.randn(3, 4, generator=gen), bias=torch.randn(3, generator=gen))}
+    return Calibration(meta={"fingerprint": "f", "post_instruction_tokens": 2}, attn=stats(8), mlp=stats(16),
+                       alignment=Alignment(prompt_set(), prompt_set(), gates, pruned=pruned))
+
+
+def test_pruned_gate_thresholds_round_trip_and_old_files_load_without_them(tmp_path):
+    from aapp.calibration.store import PrunedThresholds, to_tensors
+
+    gen = torch.Generator().manual_seed(1)
+    pruned = PrunedThresholds(ratios=(0.2, 0.3), dense_layers=3,
+                              threshold={"direction": torch.randn(2, 3, generator=gen),
+                                         "logistic": torch.randn(2, 3, generator=gen)})
+    cal = _aligned(gen, pruned)
+    path = tmp_path / "c.safetensors"
+    save_calibration(cal, path)
+    back = load_calibration(path)
+    p = back.alignment.pruned
+    assert p is not None and p.ratios == (0.2, 0.3) and p.dense_layers == 3
+    for gate in ("direction", "logistic"):
+        assert torch.equal(p.threshold[gate], pruned.threshold[gate]), gate
+    assert torch.equal(p.find("logistic", 0.3 + 5e-7), pruned.threshold["logistic"][1])
+    assert p.find("logistic", 0.31) is None and p.find("kl", 0.3) is None
+    assert back.meta == {"format": FORMAT, **cal.meta}  # the typed object holds the thresholds' metadata, not meta
+    assert set(to_tensors(back)) == set(to_tensors(cal))
+
+    # A file written before pruned thresholds existed: no keys, no metadata.
+    old = _aligned(gen)
+    save_calibration(old, tmp_path / "old.safetensors")
+    assert not any("pruned" in k for k in to_tensors(old))
+    back = load_calibration(tmp_path / "old.safetensors")
+    assert back.alignment.pruned is None and set(back.alignment.gates) == {"direction", "logistic"}
+
+
+def test_pruned_thresholds_without_their_metadata_are_refused(tmp_path):
+    from aapp.calibration.store import to_tensors
+
+    gen = torch.Generator().manual_seed(2)
+    tensors = to_tensors(_aligned(gen))
+    tensors["align.gate.direction.pruned_threshold"] = torch.zeros(2, 3)
+    path = tmp_path / "c.safetensors"
+    save_file(tensors, str(path), metadata={"aapp": json.dumps({"format": FORMAT})})
+    with pytest.raises(CalibrationError, match="missing tensor gate_pruned"):
+        load_calibration(path)

@@ -139,6 +139,7 @@ def calibrate(
     alignment: Annotated[bool, typer.Option(help="Collect alignment statistics (needed by --method aapp).")] = True,
     gate_ratios: Annotated[str, typer.Option(help="Ratios at which AAPP's gate thresholds are refitted on Probe Pruning's pruned features (a gate reading a layer after pruned ones needs them). Each ratio costs one pruned prefill of the harmful+harmless prompts, about as long as their dense pass; '' or 'none' skips. Ratios the model cannot be pruned to are skipped with a warning.")] = "0.2,0.3,0.4",
     dense_layers: Annotated[int, typer.Option(help="First layers kept dense in the --gate-ratios passes; `aapp prune` uses the thresholds only with the same --dense-layers.", min=0)] = 3,
+    gate_fpr: Annotated[float, typer.Option(help="The --gate-ratios thresholds let at most this share of the benign calibration inputs (harmless prompts, and prose windows for the logistic gate) fire: 0.01 keeps a batch of 8 benign prompts under a 10% chance of firing (1 - 0.99^8 = 7.7%). 1 is no cap (balanced accuracy alone).", min=0.0, max=1.0)] = 0.01,
     update: Annotated[bool, typer.Option(help="Add --gate-ratios thresholds to the existing --out file (made for this --model) without the dense passes; the rest of the file is kept.")] = False,
     limit: Limit = None,
     sample: Sample = None,
@@ -164,7 +165,7 @@ def calibrate(
     prune_options = PruneOptions(dense_layers=dense_layers)
     if update:
         return _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limit, sample, seed, device,
-                                 dtype)
+                                 dtype, gate_fpr)
     harmful, harmless = harmful or "calib-harmful", harmless or "calib-harmless"
     _out_path(out)
     texts = load_text(text, split="calib")
@@ -183,7 +184,8 @@ def calibrate(
             add_alignment(cal, loaded, [p.text for p in harm], [p.text for p in safe],
                           {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n),
                           prose=texts, prose_settings=settings)
-            _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options)
+            _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options,
+                                   _prose_windows(loaded, texts, samples, seq_len), gate_fpr)
     save_calibration(cal, out)
     info(f"wrote {out}: {cal.meta['samples']} windows x {seq_len} tokens"
          + (f", {len(harm)} harmful + {len(safe)} harmless prompts" if alignment else "")
@@ -191,17 +193,26 @@ def calibrate(
          + f", model {loaded.fingerprint}")
 
 
-def _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options) -> None:
+def _prose_windows(loaded, texts, samples: int, seq_len: int):
+    """The general-text windows the fitted gate learns not to fire on (as add_alignment packs them)."""
+    from aapp.calibration.run import pack_tokens
+
+    return pack_tokens(loaded.tokenizer, texts, samples, seq_len) if samples else None
+
+
+def _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options, prose, max_fpr) -> None:
     from aapp.pruning.gate_thresholds import add_pruned_thresholds, fit_pruned_thresholds
 
     if not ratios:
         return
     task = bar.add_task("pruned gate thresholds", total=len(ratios) * (len(harm) + len(safe)))
     add_pruned_thresholds(cal, fit_pruned_thresholds(loaded, cal, [p.text for p in harm], [p.text for p in safe],
-                                                     ratios, prune_options, on_batch=lambda n: bar.advance(task, n)))
+                                                     ratios, prune_options, on_batch=lambda n: bar.advance(task, n),
+                                                     prose=prose, max_fpr=None if max_fpr >= 1 else max_fpr))
 
 
-def _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limit, sample, seed, device, dtype):
+def _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limit, sample, seed, device, dtype,
+                      gate_fpr):
     """`aapp calibrate --update`: the pruned gate thresholds of an existing file's model, added to it."""
     from aapp.calibration.store import load_calibration, save_calibration
     from aapp.errors import CalibrationError, InputError
@@ -236,8 +247,14 @@ def _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limi
     if old is not None and old.dense_layers != prune_options.dense_layers:
         warn(f"{out}: replacing the gate thresholds fitted with --dense-layers {old.dense_layers} "
              f"(ratios {','.join(f'{r:g}' for r in old.ratios)})")
+    prose = None
+    if cal.meta.get("gate_prose_windows"):  # the fitted gate learnt prose as benign: its cut must too
+        from aapp.text import load_text
+
+        prose = _prose_windows(loaded, load_text(cal.meta["text"], split="calib"), int(cal.meta["gate_prose_windows"]),
+                               int(cal.meta["seq_len"]))
     with progress() as bar:
-        _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options)
+        _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options, prose, gate_fpr)
     save_calibration(cal, out)
     p = cal.alignment.pruned
     info(f"updated {out}: gate thresholds at ratios {','.join(f'{r:g}' for r in p.ratios)} "

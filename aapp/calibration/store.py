@@ -24,7 +24,8 @@ place that knows the tensor names:
   align.gate.{GATE}.{weight,bias}                                       [L, D], [L]  fitted gates only
   align.gate.{GATE}.pruned_threshold                                    [R, L]  optional, with the metadata
                                                                                 key "gate_pruned": {"ratios":
-                                                                                [R floats], "dense_layers": n}
+                                                                                [R floats], "dense_layers": n,
+                                                                                "max_fpr": f or null}
 
 Files without the optional keys (written before they existed) load with `alignment.pruned` None.
 """
@@ -96,11 +97,13 @@ RATIO_MATCH = 1e-6  # a plan's ratio matches a stored one within this
 @dataclass(frozen=True)
 class PrunedThresholds:
     """Gate thresholds fitted on the features of Probe Pruning's prefill, per ratio: `threshold`
-    maps a gate to [R, L] for `ratios` [R], all at the plan of `dense_layers` dense layers."""
+    maps a gate to [R, L] for `ratios` [R], all at the plan of `dense_layers` dense layers, each
+    cut so that at most `max_fpr` of the benign calibration inputs pass it (None: no cap)."""
 
     ratios: tuple[float, ...]
     dense_layers: int
     threshold: dict[str, torch.Tensor]
+    max_fpr: float | None = None
 
     def find(self, gate: str, ratio: float) -> torch.Tensor | None:
         """The gate's thresholds [L] at `ratio` (within RATIO_MATCH), or None."""
@@ -114,13 +117,15 @@ class PrunedThresholds:
     def merged(self, new: "PrunedThresholds") -> "PrunedThresholds":
         """These thresholds with `new`'s added (a ratio both hold takes `new`'s); at another
         `dense_layers`, or for other gates, `new` replaces them."""
-        if new.dense_layers != self.dense_layers or set(new.threshold) != set(self.threshold):
+        if ((new.dense_layers, new.max_fpr) != (self.dense_layers, self.max_fpr)
+                or set(new.threshold) != set(self.threshold)):
             return new
         keep = [r for r, ratio in enumerate(self.ratios)
                 if all(abs(ratio - n) > RATIO_MATCH for n in new.ratios)]
         order = sorted([(self.ratios[r], 0, r) for r in keep] + [(n, 1, r) for r, n in enumerate(new.ratios)])
         pick = {0: self.threshold, 1: new.threshold}
         return PrunedThresholds(ratios=tuple(ratio for ratio, _, _ in order), dense_layers=new.dense_layers,
+                                max_fpr=new.max_fpr,
                                 threshold={g: torch.stack([pick[src][g][r] for _, src, r in order])
                                            for g in new.threshold})
 
@@ -187,7 +192,8 @@ def to_meta(cal: Calibration) -> dict:
     meta = {"format": FORMAT, **cal.meta}
     pruned = cal.alignment.pruned if cal.alignment is not None else None
     if pruned is not None:
-        meta[PRUNED_META] = {"ratios": list(pruned.ratios), "dense_layers": pruned.dense_layers}
+        meta[PRUNED_META] = {"ratios": list(pruned.ratios), "dense_layers": pruned.dense_layers,
+                             "max_fpr": pruned.max_fpr}
     return meta
 
 
@@ -224,7 +230,9 @@ def _pruned(spec: dict | None, t: dict[str, torch.Tensor]) -> PrunedThresholds |
     for gate, v in threshold.items():
         if v.shape[0] != len(ratios):
             raise KeyError(f"align.gate.{gate}.pruned_threshold for {len(ratios)} ratios (it has {v.shape[0]})")
-    return PrunedThresholds(ratios=ratios, dense_layers=int(spec["dense_layers"]), threshold=threshold)
+    max_fpr = spec.get("max_fpr")
+    return PrunedThresholds(ratios=ratios, dense_layers=int(spec["dense_layers"]), threshold=threshold,
+                            max_fpr=None if max_fpr is None else float(max_fpr))
 
 
 def save_calibration(cal: Calibration, path: str | Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import torch
 
-from aapp.calibration.alignment import prompt_features
+from aapp.calibration.alignment import prompt_features, window_features
 from aapp.calibration.store import Calibration, PrunedThresholds
 from aapp.errors import AappError, CalibrationError, InputError
 from aapp.methods.aapp.gates import refit_thresholds
@@ -82,10 +82,12 @@ def pruned_features(loaded: LoadedModel, calib: Calibration, prompts: Sequence[s
 def fit_pruned_thresholds(loaded: LoadedModel, calib: Calibration, harmful: Sequence[str], harmless: Sequence[str],
                           ratios: Sequence[float], options: PruneOptions = PruneOptions(),
                           batch_size: int = BATCH_SIZE,
-                          on_batch: Callable[[int], None] | None = None) -> PrunedThresholds:
+                          on_batch: Callable[[int], None] | None = None, prose: torch.Tensor | None = None,
+                          max_fpr: float | None = None) -> PrunedThresholds:
     """Every residual gate's thresholds [R, L] at `ratios` (each > 0), from PP-pruned prefills of the
-    prompts (one per ratio: harmful, then harmless) at `options`' dense layers. `calib` must hold
-    the alignment statistics and fitted gates."""
+    prompts (one per ratio: harmful, then harmless, then the `prose` token windows [N, S] if given)
+    at `options`' dense layers, each cut to pass at most `max_fpr` of the benign inputs. `calib`
+    must hold the alignment statistics and fitted gates."""
     if not calib.has_alignment:
         raise CalibrationError("pruned gate thresholds need the alignment statistics; run `aapp calibrate` "
                                "with --harmful and --harmless (the defaults do)")
@@ -99,10 +101,14 @@ def fit_pruned_thresholds(loaded: LoadedModel, calib: Calibration, harmful: Sequ
     for ratio in ratios:
         first_pruned = next(i for i, r in enumerate(_plan(loaded, ratio, options).layer_ratios) if r > 0)
         fh, fs = (pruned_features(loaded, calib, p, ratio, options, batch_size, on_batch) for p in (harmful, harmless))
-        per_ratio.append(refit_thresholds(fh, fs, calib.alignment, first_pruned))
+        fp = None
+        if prose is not None and len(prose):
+            with prune_model(loaded, ProbePruning(), replace(options, ratio=ratio), calib):
+                fp = window_features(loaded, prose, int(calib.meta.get("post_instruction_tokens", 1)), batch_size)
+        per_ratio.append(refit_thresholds(fh, fs, calib.alignment, first_pruned, fp, max_fpr))
     gates = per_ratio[0].keys() if per_ratio else ()
     return PrunedThresholds(ratios=tuple(float(r) for r in ratios), dense_layers=options.dense_layers,
-                            threshold={g: torch.stack([t[g] for t in per_ratio]) for g in gates})
+                            threshold={g: torch.stack([t[g] for t in per_ratio]) for g in gates}, max_fpr=max_fpr)
 
 
 def add_pruned_thresholds(calib: Calibration, thresholds: PrunedThresholds) -> None:

@@ -140,7 +140,7 @@ def test_pruned_gate_thresholds_round_trip_and_old_files_load_without_them(tmp_p
     from aapp.calibration.store import PrunedThresholds, to_tensors
 
     gen = torch.Generator().manual_seed(1)
-    pruned = PrunedThresholds(ratios=(0.2, 0.3), dense_layers=3,
+    pruned = PrunedThresholds(ratios=(0.2, 0.3), dense_layers=3, max_fpr=0.01,
                               threshold={"direction": torch.randn(2, 3, generator=gen),
                                          "logistic": torch.randn(2, 3, generator=gen)})
     cal = _aligned(gen, pruned)
@@ -148,7 +148,7 @@ def test_pruned_gate_thresholds_round_trip_and_old_files_load_without_them(tmp_p
     save_calibration(cal, path)
     back = load_calibration(path)
     p = back.alignment.pruned
-    assert p is not None and p.ratios == (0.2, 0.3) and p.dense_layers == 3
+    assert p is not None and p.ratios == (0.2, 0.3) and p.dense_layers == 3 and p.max_fpr == 0.01
     for gate in ("direction", "logistic"):
         assert torch.equal(p.threshold[gate], pruned.threshold[gate]), gate
     assert torch.equal(p.find("logistic", 0.3 + 5e-7), pruned.threshold["logistic"][1])

@@ -6,12 +6,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aapp.calibration.alignment import collect_set
-from aapp.calibration.run import TextSettings, calibrate_text
+from aapp.calibration.alignment import collect_set, window_features
+from aapp.calibration.run import TextSettings, calibrate_text, pack_tokens
 from aapp.calibration.store import PrunedThresholds
 from aapp.errors import InputError
 from aapp.methods.aapp import AAPP, AAPPOptions, add_alignment
 from aapp.methods.aapp.gates import GATES, best_threshold
+from aapp.methods.pp import ProbePruning
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.gate_thresholds import (add_pruned_thresholds, fit_pruned_thresholds, parse_gate_ratios,
                                           pruned_features)
@@ -135,3 +136,32 @@ def test_adding_thresholds_merges_by_ratio(setup):
     assert p.threshold["kl"][:, 0].tolist() == [1.0, 3.0, 4.0]  # 0.4 taken from the new ones
     add_pruned_thresholds(cal2, with_pruned(cal, [0.3], [5.0], dense_layers=2).alignment.pruned)
     assert cal2.alignment.pruned.ratios == (0.3,) and cal2.alignment.pruned.dense_layers == 2  # another plan: replaced
+
+
+def test_best_threshold_caps_the_benign_pass_rate():
+    pos = torch.tensor([0.5, 2.0, 3.0, 4.0])
+    neg = torch.tensor([-1.0, 0.0, 1.0, 2.5])
+    # Balanced accuracy alone lets a benign score through; with a cap of 0 none may pass.
+    free = best_threshold(pos, neg)
+    capped = best_threshold(pos, neg, max_fpr=0.0)
+    assert (neg > free).float().mean() > 0
+    assert capped == pytest.approx(2.75)  # between 2.5 and 3.0: the best cut above every benign score
+    assert best_threshold(pos, neg, max_fpr=1.0) == free
+
+
+def test_prose_and_the_fpr_cap_reach_the_pruned_thresholds(setup):
+    loaded, cal = setup
+    prose = pack_tokens(loaded.tokenizer, TEXT, 4, 32)
+    base = fit_pruned_thresholds(loaded, cal, HARMFUL, HARMLESS, [0.4], OPTS)
+    capped = fit_pruned_thresholds(loaded, cal, HARMFUL, HARMLESS, [0.4], OPTS, prose=prose, max_fpr=0.0)
+    assert capped.max_fpr == 0.0 and base.max_fpr is None
+    # With no benign input allowed through, the cut sits above every benign pruned score, prose included.
+    fs = pruned_features(loaded, cal, HARMLESS, 0.4, OPTS)
+    with prune_model(loaded, ProbePruning(), replace(OPTS, ratio=0.4), cal):
+        fp = window_features(loaded, prose, int(cal.meta.get("post_instruction_tokens", 1)))
+    a = cal.alignment
+    gate, fit = GATES["logistic"], a.gates["logistic"]
+    for layer in (2, 3):
+        benign = torch.cat([gate.scores(f, a.harmful.resid, a.harmless.resid, fit)[:, layer] for f in (fs, fp)])
+        assert (benign > capped.threshold["logistic"][0, layer]).sum() == 0
+    assert not torch.equal(capped.threshold["logistic"], base.threshold["logistic"])

@@ -105,13 +105,18 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return float("nan") if value is None else value
 
 
-def best_threshold(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """The cut that maximises balanced accuracy (midpoint between neighbouring scores)."""
+def best_threshold(pos: torch.Tensor, neg: torch.Tensor, max_fpr: float | None = None) -> float:
+    """The cut that maximises balanced accuracy (midpoint between neighbouring scores), among
+    those that let at most `max_fpr` of the negatives pass when it is given (the cut above every
+    score always qualifies)."""
     scores = torch.cat([pos, neg]).sort().values
     cuts = torch.cat([scores[:1] - 1, (scores[1:] + scores[:-1]) / 2, scores[-1:] + 1])
     tpr = (pos[None, :] > cuts[:, None]).float().mean(1)
     tnr = (neg[None, :] <= cuts[:, None]).float().mean(1)
-    return float(cuts[torch.argmax(tpr + tnr)])
+    score = tpr + tnr
+    if max_fpr is not None:
+        score = torch.where(1 - tnr <= max_fpr + 1e-9, score, torch.full_like(score, -1.0))
+    return float(cuts[torch.argmax(score)])
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,20 +202,24 @@ def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass, prose: torch.Tens
 
 
 def refit_thresholds(harmful: torch.Tensor, harmless: torch.Tensor, alignment: Alignment,
-                     first_pruned: int) -> dict[str, torch.Tensor]:
+                     first_pruned: int, prose: torch.Tensor | None = None,
+                     max_fpr: float | None = None) -> dict[str, torch.Tensor]:
     """Every residual gate's threshold [L] refitted on per-prompt features [N, L, D] of the
     harmful and harmless prompts that a pruned prefill gave, keeping the gate's statistics and
     weights. Layers up to `first_pruned` (inclusive: its block input comes from dense layers)
     keep the dense threshold. The rule is `best_threshold`'s, as in `fit_gates`; the fitted gate's
     dense threshold is cut on out-of-fold scores and prose windows too, this one on its final
     weights' scores of the calibration prompts, which those weights were fitted on (their dense
-    features): a slightly optimistic cut."""
+    features): a slightly optimistic cut. `prose` ([N, L, D] features of raw text windows under
+    the same pruning) joins the benign side of the fitted gate, as in `fit_gates`; `max_fpr`
+    caps the share of benign inputs (harmless prompts and prose) that pass the cut."""
     out = {}
     for name, fit in alignment.gates.items():
         gate = GATES[name]
         if not gate.reads_residual:
             continue
-        sh, ss = (gate.scores(f, alignment.harmful.resid, alignment.harmless.resid, fit) for f in (harmful, harmless))
-        out[name] = torch.tensor([float(fit.threshold[i]) if i <= first_pruned else best_threshold(sh[:, i], ss[:, i])
-                                  for i in range(sh.shape[1])])
+        benign = torch.cat([harmless, prose]) if gate.fitted and prose is not None and len(prose) else harmless
+        sh, ss = (gate.scores(f, alignment.harmful.resid, alignment.harmless.resid, fit) for f in (harmful, benign))
+        out[name] = torch.tensor([float(fit.threshold[i]) if i <= first_pruned
+                                  else best_threshold(sh[:, i], ss[:, i], max_fpr) for i in range(sh.shape[1])])
     return out

@@ -13,18 +13,23 @@ gate and layer:
     batch of `--batch-size` (a batch fires when any prompt does), and per held-out prose window;
   * the layer AAPP would read by default (its rule uses calibration statistics only).
 The gates were fitted on aapp's calibration prompts, which share no prompt with these sets.
+With `--pruned`, every set is read through Probe Pruning's prefill at `--ratio` (as AAPP's gate
+reads a layer after pruned ones: the layers before it select as PP does) and each gate is cut at
+its thresholds fitted on pruned features for that ratio (`aapp calibrate --gate-ratios`), or
+its dense ones when the file has none (the result says which).
 Markdown to stdout (or --md), everything to --json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
 import torch
 
-from aapp.calibration.alignment import collect_set, post_instruction_tokens, window_features
+from aapp.calibration.alignment import post_instruction_tokens, prompt_features, window_features
 from aapp.calibration.run import pack_tokens
 from aapp.calibration.store import load_calibration
 from aapp.console import info
@@ -32,10 +37,11 @@ from aapp.methods.aapp import AAPPOptions
 from aapp.methods.aapp.method import gate_layer
 from aapp.methods.aapp.gates import GATES, auroc
 from aapp.methods.plan import make_plan
+from aapp.methods.pp import ProbePruning
 from aapp.models.loading import load_model
 from aapp.prompts import load_prompts
 from aapp.provenance import machine, script_command, write_result
-from aapp.pruning.engine import PruneOptions
+from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.text import load_text
 
 
@@ -50,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prose-windows", type=int, default=32, help="held-out prose windows")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per prose window")
     p.add_argument("--ratio", type=float, default=0.3, help="the plan the default gate layer is chosen under")
+    p.add_argument("--pruned", action="store_true", help="read the sets through PP's prefill at --ratio")
     p.add_argument("--dense-layers", type=int, default=PruneOptions.dense_layers)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--text", default="builtin")
@@ -61,7 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def features(loaded, spec, limit, batch_size, seed=0) -> torch.Tensor:
     prompts = load_prompts(spec, sample=limit, seed=seed) if limit else load_prompts(spec)
     info(f"{spec}: {len(prompts)} prompts")
-    return collect_set(loaded, [p.text for p in prompts], batch_size).features
+    return prompt_features(loaded, [p.text for p in prompts], post_instruction_tokens(loaded.tokenizer), batch_size)
+
+
+def thresholds(calib, ratio: float | None) -> tuple[dict[str, torch.Tensor], str]:
+    """Each gate's thresholds [L]: those fitted on pruned features at `ratio` when the file holds them
+    for every gate, else the dense ones; and which they are."""
+    fits = calib.alignment.gates
+    pruned = calib.alignment.pruned
+    if ratio is not None and pruned is not None and all(pruned.find(n, ratio) is not None for n in fits):
+        return {n: pruned.find(n, ratio) for n in fits}, f"pruned@{ratio:g}"
+    return {n: f.threshold for n, f in fits.items()}, "dense"
 
 
 def batch_fire_rate(fires: torch.Tensor, batch_size: int) -> float:
@@ -71,14 +88,15 @@ def batch_fire_rate(fires: torch.Tensor, batch_size: int) -> float:
 
 
 def evaluate(loaded, calib, sets: dict[str, torch.Tensor], prose: torch.Tensor, batch_size: int,
-             default_layers: dict[str, int]) -> list[dict]:
+             default_layers: dict[str, int], cuts: dict[str, torch.Tensor] | None = None) -> list[dict]:
     a = calib.alignment
+    cuts = cuts or {n: f.threshold for n, f in a.gates.items()}
     benign_all = torch.cat([sets["mirror-benign"], sets["benign"]])
     rows = []
     for name, fit in a.gates.items():
         gate = GATES[name]
-        scored = {k: gate.scores(v, a.harmful.resid, a.harmless.resid, fit) - fit.threshold for k, v in sets.items()}
-        prose_scores = gate.scores(prose, a.harmful.resid, a.harmless.resid, fit) - fit.threshold
+        scored = {k: gate.scores(v, a.harmful.resid, a.harmless.resid, fit) - cuts[name] for k, v in sets.items()}
+        prose_scores = gate.scores(prose, a.harmful.resid, a.harmless.resid, fit) - cuts[name]
         benign_scores = torch.cat([scored["mirror-benign"], scored["benign"]])
         for layer in range(benign_all.shape[1]):
             row = {"gate": name, "layer": layer, "default": layer == default_layers.get(name),
@@ -125,17 +143,24 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     calib = load_calibration(args.calib)
     calib.check_model(loaded.fingerprint, loaded.name)
-    sets = {"mirror-harmful": features(loaded, "mirror-harmful", args.limit, args.batch_size),
-            "mirror-benign": features(loaded, "mirror-benign", args.limit, args.batch_size),
-            "harmful": features(loaded, args.harmful, args.limit, args.batch_size),
-            "benign": features(loaded, args.benign, args.limit, args.batch_size)}
-    if args.jailbreaks:
-        sets["jailbreaks"] = features(loaded, "jailbreaks", args.jailbreaks, max(1, args.batch_size // 4))
-    windows = pack_tokens(loaded.tokenizer, load_text(args.text, split="heldout"), args.prose_windows, args.seq_len)
-    prose = window_features(loaded, windows, post_instruction_tokens(loaded.tokenizer), args.batch_size)
+    reading = contextlib.nullcontext()
+    if args.pruned:  # the gate's view inside AAPP: PP has pruned every layer before the one it reads
+        reading = prune_model(loaded, ProbePruning(), PruneOptions(ratio=args.ratio, dense_layers=args.dense_layers),
+                              calib)
+    with reading:
+        sets = {"mirror-harmful": features(loaded, "mirror-harmful", args.limit, args.batch_size),
+                "mirror-benign": features(loaded, "mirror-benign", args.limit, args.batch_size),
+                "harmful": features(loaded, args.harmful, args.limit, args.batch_size),
+                "benign": features(loaded, args.benign, args.limit, args.batch_size)}
+        if args.jailbreaks:
+            sets["jailbreaks"] = features(loaded, "jailbreaks", args.jailbreaks, max(1, args.batch_size // 4))
+        windows = pack_tokens(loaded.tokenizer, load_text(args.text, split="heldout"), args.prose_windows, args.seq_len)
+        prose = window_features(loaded, windows, post_instruction_tokens(loaded.tokenizer), args.batch_size)
     layers = default_gate_layers(loaded, calib, args.ratio, args.dense_layers)
-    rows = evaluate(loaded, calib, sets, prose, args.batch_size, layers)
+    cuts, cut_source = thresholds(calib, args.ratio if args.pruned else None)
+    rows = evaluate(loaded, calib, sets, prose, args.batch_size, layers, cuts)
     result = {"model": loaded.name, "fingerprint": loaded.fingerprint, "calib": args.calib,
+              "pruned_at": args.ratio if args.pruned else None, "thresholds": cut_source,
               "sets": {k: len(v) for k, v in sets.items()} | {"prose_windows": len(prose)},
               "batch_size": args.batch_size, "default_layers": layers, "md_every": 4, "rows": rows,
               "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),

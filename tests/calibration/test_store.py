@@ -84,21 +84,9 @@ def test_counted_tokens_last_n_with_left_padding():
 
 
 def test_alignment_round_trips_through_the_file(tmp_path):
-    from aapp.calibration.store import Alignment, GateFit, PromptSetStats, to_tensors
+    from aapp.calibration.store import to_tensors
 
-    gen = torch.Generator().manual_seed(0)
-
-    def stats(c):
-        return SiteStats(torch.randn(3, c, generator=gen), torch.rand(3, c, generator=gen))
-
-    def prompt_set():
-        return PromptSetStats(attn=stats(8), mlp=stats(16), resid=stats(4))
-
-    gates = {"direction": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen)),
-             "logistic": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen),
-                                 weight=torch.randn(3, 4, generator=gen), bias=torch.randn(3, generator=gen))}
-    cal = Calibration(meta={"fingerprint": "f"}, attn=stats(8), mlp=stats(16),
-                      alignment=Alignment(prompt_set(), prompt_set(), gates))
+    cal = _aligned(torch.Generator().manual_seed(0))
     path = tmp_path / "c.safetensors"
     save_calibration(cal, path)
     back = load_calibration(path)

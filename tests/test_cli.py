@@ -38,7 +38,7 @@ def workdir(tmp_path_factory, tiny_model_dir):
     (d / "text.txt").write_text("\n\n".join(paragraphs))
     calib = d / "calib.safetensors"
     r = aapp("calibrate", "--model", tiny_model_dir, "--text", d / "text.txt", "--samples", 4, "--seq-len", 32,
-             "--limit", 4, "--out", calib)
+             "--limit", 4, "--gate-ratios", "0.2,0.3,0.4", "--out", calib)
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
     return d
@@ -258,7 +258,7 @@ def test_calibrate_update_adds_gate_thresholds_and_keeps_the_rest(workdir, tiny_
     calib = tmp_path / "c.safetensors"
     shutil.copy(workdir / "calib.safetensors", calib)
     before = load_calibration(calib)
-    assert before.alignment.pruned.ratios == (0.2,)  # of the default 0.2,0.3,0.4, all that 4 layers allow
+    assert before.alignment.pruned.ratios == (0.2,)  # of 0.2,0.3,0.4, all that 4 layers allow
     r = aapp("calibrate", "--model", tiny_model_dir, "--update", "--gate-ratios", "0.1,0.2", "--limit", 4,
              "--out", calib)
     assert r.returncode == 0 and r.stdout == "", r.stderr

@@ -53,6 +53,7 @@ BudgetShift = Annotated[float, typer.Option(help="aapp --layer-budget risk: at m
 Restore = Annotated[str, typer.Option(help="aapp, fired batches: none | harmful-mean (add back the pruned channels' mean output on harmful prompts) | direction (only its refusal-direction component).")]
 DeviceMap = Annotated[Optional[str], typer.Option(help="e.g. 'auto': let accelerate spread a large model over GPUs (and CPU).")]
 Truncate = Annotated[bool, typer.Option(help="Cut prompts too long for the model's context from the front (default: leave them out).")]
+SortByLength = Annotated[bool, typer.Option(help="Batch prompts of similar length (less padding; changes which prompts share a batch). Rows still come out in input order.")]
 
 
 def _out_path(out: Optional[str]) -> Optional[str]:
@@ -290,6 +291,7 @@ def prune(
     layer_budget: LayerBudget = "flat",
     budget_shift: BudgetShift = 0.5,
     truncate: Truncate = False,
+    sort_by_length: SortByLength = False,
     export: Annotated[Optional[str], typer.Option(help="wanda-sp/flap: write a physically smaller HF checkpoint to DIR (every layer pruned alike) instead of generating.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -330,7 +332,7 @@ def prune(
     prompts = fit_to_context(prompts, loaded.tokenizer, loaded.geometry.context_length, max_new_tokens, truncate)
     options = PruneOptions(ratio=ratio if meth.prunes else 0.0, dense_layers=dense_layers,
                            reprobe_every=reprobe, ema_momentum=ema, backend=backend)
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=sort_by_length)
     with progress() as bar:
         task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
         write_jsonl(generate_rows(loaded, prompts, meth, options, cal, settings,

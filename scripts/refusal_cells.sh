@@ -12,6 +12,10 @@
 # against pp at each ratio; scripts/ppl_sweep.py adds held-out prose perplexity and
 # scripts/evidence_table.py writes OUT/table.md with the issue's targets checked row by row.
 #
+# Batches are sorted by prompt length (`--sort-by-length`): the in-the-wild jailbreaks are most of
+# the run's cost, and as drawn their batches pad to twice their real tokens (sorted: 1.07x). Every pruned
+# cell sees the same batches, so pp and aapp stay paired prompt by prompt and batch by batch.
+#
 # AAPP options go in AAPP_ARGS (e.g. AAPP_ARGS="--gate logistic"), and name the cell with
 # TAG (its rows' method becomes aapp-TAG, so several aapp settings can share OUT).
 set -euo pipefail
@@ -40,7 +44,7 @@ for cell in $CELLS; do
     [ "$method" = aapp ] && extra=(${AAPP_ARGS:-})
     [ "$method" != dense ] && extra+=(--calib "$CALIB")
     "$AAPP" prune --model "$MODEL" --method "$method" --ratio "$ratio" --input "$set_name" \
-      --sample "$n" --seed 0 --max-new-tokens "$TOKENS" --batch-size 8 "${extra[@]}" --out "$file.tmp" \
+      --sample "$n" --seed 0 --max-new-tokens "$TOKENS" --batch-size 8 --sort-by-length "${extra[@]}" --out "$file.tmp" \
       2>> "$OUT/cells/log.txt"
     if [ "$name" != "$method" ]; then  # rename the cell in its rows before it counts as done
       sed "s/\"method\": \"$method\"/\"method\": \"$name\"/" "$file.tmp" > "$file.tmp2" && mv "$file.tmp2" "$file.tmp"

@@ -81,6 +81,13 @@ def test_aapp_rows_record_gate(workdir, tiny_model_dir):
     assert len(rows) == 2 and all(isinstance(row["gate"]["fired"], bool) for row in rows)
 
 
+def test_prune_sort_by_length_keeps_input_order(workdir, tiny_model_dir):
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "dense", "--input", workdir / "prompts.jsonl",
+             "--max-new-tokens", 2, "--batch-size", 2, "--sort-by-length")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ["q0", "q1", "q2"]
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--method", "pp"], ["needs --calib"]),
     (["--method", "pp", "--ratio", "1.5", "--calib", "X"], ["ratio must be in [0, 1)"]),

@@ -17,6 +17,11 @@ from aapp.pruning.flops import FlopCount
 class GenerationSettings:
     max_new_tokens: int = 128
     batch_size: int = 8
+    # Batch prompts of similar token length together: each batch is padded to its longest prompt.
+    # 100 of the built-in jailbreaks (74 to 1,224 tokens, 51,944 in all) pad to 102,792 tokens in
+    # batches of 8 as drawn and to 55,808 sorted. Sorting changes which prompts share a batch, and
+    # so what a per-batch method decides for them.
+    sort_by_length: bool = False
 
 
 def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, options: PruneOptions,
@@ -27,16 +32,27 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
     FLOPs and `latency_s` in a row are its share of its batch (batch total / batch
     size), so sums over rows are totals; `batch_latency_s` is the batch's wall time.
     """
+    prompts = list(prompts)
+    order = list(range(len(prompts)))
+    if settings.sort_by_length:
+        lengths = [len(ids) for ids in loaded.tokenizer([p.text for p in prompts])["input_ids"]]
+        order.sort(key=lengths.__getitem__)  # stable: equal lengths keep their input order
+    done: dict[int, dict] = {}
+    next_out = 0
     handle = prune_model(loaded, method, options, calib)
     try:
-        for chunk in batched(list(prompts), settings.batch_size):
+        for indices in batched(order, settings.batch_size):
+            chunk = [prompts[i] for i in indices]
             texts = [p.text for p in chunk]
             parts = method.split_batch(len(chunk), lambda layer: handle.layer_input(layer, texts))
             rows: dict[int, dict] = {}
             for part in parts:
                 with method.running(part):
                     rows.update(zip(part.rows, _part_rows(handle, chunk, part, settings)))
-            yield from (rows[i] for i in range(len(chunk)))
+            done.update((indices[j], rows[j]) for j in range(len(chunk)))
+            while next_out in done:  # rows leave in input order, as soon as that order allows
+                yield done.pop(next_out)
+                next_out += 1
             if on_batch:
                 on_batch(len(chunk))
     finally:

@@ -66,3 +66,38 @@ def test_layer_input_is_the_block_input_of_that_layer(tiny_llama):
                                   output_hidden_states=True).hidden_states
     torch.testing.assert_close(x, hidden[2])  # hidden_states[i] is the input of decoder layer i
     assert torch.equal(token_mask, attn.bool())
+
+
+
+class BatchLengths(Dense):
+    """Records the real token count of every row of every batch it is handed."""
+
+    def __init__(self):
+        self.batches = []
+
+    def split_batch(self, batch_size, layer_input):
+        _, token_mask, _ = layer_input(0)
+        self.batches.append(token_mask.sum(1).tolist())
+        return super().split_batch(batch_size, layer_input)
+
+
+def padded_tokens(batches):
+    return sum(max(b) * len(b) for b in batches)
+
+
+def test_sort_by_length_batches_similar_lengths_and_keeps_input_order(tiny_llama):
+    texts = [PROMPTS[1], PROMPTS[2], PROMPTS[3], PROMPTS[0]]  # long, short, long, short
+    prompts = [Prompt(f"p{i}", t, None, "t") for i, t in enumerate(texts)]
+    runs = {}
+    for sort in (False, True):
+        method = BatchLengths()
+        settings = GenerationSettings(max_new_tokens=3, batch_size=2, sort_by_length=sort)
+        runs[sort] = method, list(generate_rows(tiny_llama, prompts, method, PruneOptions(), None, settings))
+    (plain, plain_rows), (by_length, rows) = runs[False], runs[True]
+    assert [r["id"] for r in rows] == [r["id"] for r in plain_rows] == ["p0", "p1", "p2", "p3"]
+    # The two short prompts share a batch, and so do the two long ones: less padding.
+    assert [sorted(b) for b in by_length.batches] == [sorted(b) for b in sorted(by_length.batches)]
+    assert max(by_length.batches[0]) <= min(by_length.batches[1])
+    assert padded_tokens(by_length.batches) < padded_tokens(plain.batches)
+    # A dense row's generation is its own prompt's, whichever batch it ran in.
+    assert [r["completion"] for r in rows] == [r["completion"] for r in plain_rows]

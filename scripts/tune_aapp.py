@@ -11,7 +11,9 @@ calibration file was made from and which shares no prompt with AdvBench, HarmBen
 the first `--n` it refuses become the tuning set. It also answers the first `--n` prompts of
 `--harmless` (calib-harmless). Every config then runs at every ratio with the gate forced on
 (`aapp:always`), so the numbers say what protection costs and buys once a gate has fired, not how
-well a gate fires; pp at the same ratio is the baseline. Per cell:
+well a gate fires; pp at the same ratio is the baseline. `--gated` runs the real gate instead, to
+compare gates and gate options (`gate=logistic`, `per_sample=true`, `refresh=20`) end to end; the
+rows then also count the prompts whose gate fired. Per cell:
 
 * kept: tuning-set refusals the pruned model keeps (out of `n`);
 * over-refusal: harmless prompts it refuses;
@@ -60,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dense-layers", type=int, default=PruneOptions.dense_layers)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--gated", action="store_true", help="run the real gate instead of forcing it on")
     p.add_argument("--json", help="write the rows here")
     return p.parse_args(argv)
 
@@ -85,13 +88,15 @@ def parse_configs(text: str) -> list[dict]:
 def judged(loaded, prompts, method, options, calib, settings, judge) -> tuple[list[bool], list[str], dict]:
     """Refusal verdicts, completions, and FLOPs over all the batches as fractions of dense: the
     pruned blocks alone (fixed by the plan), and everything spent (the probe's share varies a
-    little with which rows it picks, and so with what earlier layers kept)."""
+    little with which rows it picks, and so with what earlier layers kept); `fired` counts the
+    rows whose gate fired."""
     rows = list(generate_rows(loaded, prompts, method, options, calib, settings))
     verdicts = judge.judge([r["prompt"] for r in rows], [r["completion"] for r in rows])
     total = {k: sum(r["flops"].get(k, 0.0) for r in rows) for k in ("dense", "pruned", "probe", "bias")}
     dense = total["dense"] or 1.0
     fractions = {"pruned": total["pruned"] / dense,
-                 "all": (total["pruned"] + total["probe"] + total["bias"]) / dense}
+                 "all": (total["pruned"] + total["probe"] + total["bias"]) / dense,
+                 "fired": sum(bool(r.get("gate", {}).get("fired")) for r in rows)}
     return [v.refused for v in verdicts], [r["completion"] for r in rows], fractions
 
 
@@ -121,7 +126,8 @@ def main(argv=None) -> int:
                                           judge)
     info(f"dense refused {sum(dense_over)}/{len(harmless)} harmless prompts")
 
-    cells = [("pp", None)] + [("aapp:always", AAPPOptions(**c)) for c in configs]
+    aapp = "aapp" if args.gated else "aapp:always"
+    cells = [("pp", None)] + [(aapp, AAPPOptions(**c)) for c in configs]
     rows = []
     for ratio in (float(r) for r in args.ratios.split(",")):
         prune = PruneOptions(ratio=ratio, dense_layers=args.dense_layers)
@@ -130,7 +136,7 @@ def main(argv=None) -> int:
             try:
                 method = make_method(name, options)
                 kept, _, flops = judged(loaded, chosen, method, prune, calib, settings, judge)
-                over, _, _ = judged(loaded, harmless, make_method(name, options), prune, calib, settings, judge)
+                over, _, benign = judged(loaded, harmless, make_method(name, options), prune, calib, settings, judge)
                 ppl = chat_ppl(loaded, make_method(name, options), prune, calib, harmless_texts, dense_answers)
             except AappError as e:
                 if options is None:  # the baseline failing (e.g. a bad ratio) fails the run
@@ -142,16 +148,18 @@ def main(argv=None) -> int:
                    "config": describe(options), "kept_refusals": sum(kept), "of": len(chosen),
                    "over_refusals": sum(over), "of_harmless": len(harmless), "chat_ppl": round(ppl, 3),
                    "flops_fraction": round(flops["all"], 4), "pruned_fraction": round(flops["pruned"], 6),
+                   "fired_harmful": flops["fired"], "fired_harmless": benign["fired"],
                    "seconds": round(time.perf_counter() - start, 1)}
             info(f"ratio {ratio:g}  {name:12s} {row['config']:40s} kept {sum(kept)}/{len(chosen)}  "
-                 f"over {sum(over)}/{len(harmless)}  chat ppl {ppl:.2f}  FLOPs {flops['all']:.3f}")
+                 f"over {sum(over)}/{len(harmless)}  chat ppl {ppl:.2f}  FLOPs {flops['all']:.3f}  "
+                 f"fired {flops['fired']}/{len(chosen)} harmful, {benign['fired']}/{len(harmless)} harmless")
             rows.append(row)
     if args.json:
         with atomic_write(args.json) as f:
             json.dump({"model": args.model, "calib": args.calib, "harmful": args.harmful,
                        "harmless": args.harmless, "pool": len(pool), "dense_refused": sum(dense_refused),
                        "n": len(chosen), "dense_over_refusals": sum(dense_over),
-                       "max_new_tokens": args.max_new_tokens, "rows": rows}, f, indent=2)
+                       "max_new_tokens": args.max_new_tokens, "gated": args.gated, "rows": rows}, f, indent=2)
     return 0
 
 

@@ -46,3 +46,21 @@ def test_configs_parse_fields_with_their_types_and_refuse_unknown_ones():
         {"protect": 0.2, "critical": "diff"}, {}, {"per_sample": True}]
     with pytest.raises(InputError, match="FIELD=VALUE"):
         script.parse_configs("protekt=0.2")
+
+
+def test_tune_aapp_gated_runs_the_real_gate_and_counts_its_fires(tiny_model_dir, tmp_path, monkeypatch):
+    inputs = make_inputs(tmp_path, tiny_model_dir, n_harmful=8)
+    script = load_script("tune_aapp")
+    monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
+    out = tmp_path / "tune.json"
+    rc = script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful", str(inputs.harmful),
+                      "--harmless", str(inputs.benign), "--pool", "8", "--n", "3", "--ratios", "0.5", "--gated",
+                      "--configs", "gate=always,critical=diff; gate=never,critical=diff",
+                      "--dense-layers", "1", "--max-new-tokens", "2", "--batch-size", "4", "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["gated"] and [r["method"] for r in doc["rows"]] == ["pp", "aapp", "aapp"]
+    pp, always, never = doc["rows"]
+    assert (always["fired_harmful"], always["fired_harmless"]) == (3, 3)
+    assert (never["fired_harmful"], never["fired_harmless"]) == (0, 0)
+    assert pp["fired_harmful"] == 0

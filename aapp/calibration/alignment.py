@@ -94,13 +94,7 @@ def collect_set(loaded: LoadedModel, prompts: Sequence[str], batch_size: int = 8
     post = Collector(loaded, positions=f"last:{n_post}")
     feats = _ResidualFeatures(loaded, lambda: post._token_mask)
     try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i : i + batch_size]
-            ids, attn = encode(loaded.tokenizer, chunk, loaded.device)
-            loaded.model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
-            feats.end_batch()
-            if on_batch:
-                on_batch(len(chunk))
+        _forward_prompts(loaded, prompts, batch_size, feats, on_batch)
     finally:
         post.remove()
         feats.remove()
@@ -119,17 +113,27 @@ def prompt_features(loaded: LoadedModel, prompts: Sequence[str], n_post: int, ba
     mask: dict[str, torch.Tensor] = {}
     feats = _ResidualFeatures(loaded, lambda: mask["counted"])
     try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = list(prompts[i : i + batch_size])
-            ids, attn = encode(loaded.tokenizer, chunk, loaded.device)
-            mask["counted"] = counted_tokens(attn.bool(), f"last:{n_post}")
-            loaded.model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
-            feats.end_batch()
-            if on_batch:
-                on_batch(len(chunk))
+        _forward_prompts(loaded, prompts, batch_size, feats, on_batch,
+                         on_encode=lambda attn: mask.update(counted=counted_tokens(attn.bool(), f"last:{n_post}")))
     finally:
         feats.remove()
     return torch.cat(feats.rows)
+
+
+def _forward_prompts(loaded: LoadedModel, prompts: Sequence[str], batch_size: int, feats: _ResidualFeatures,
+                     on_batch: Callable[[int], None] | None,
+                     on_encode: Callable[[torch.Tensor], None] | None = None) -> None:
+    """Chat-formatted prefills of `prompts`, batch by batch, for hooks to read; `on_encode` sees each
+    batch's attention mask before its forward."""
+    for i in range(0, len(prompts), batch_size):
+        chunk = list(prompts[i : i + batch_size])
+        ids, attn = encode(loaded.tokenizer, chunk, loaded.device)
+        if on_encode:
+            on_encode(attn)
+        loaded.model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
+        feats.end_batch()
+        if on_batch:
+            on_batch(len(chunk))
 
 
 @torch.inference_mode()

@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ratios", default="0.3")
     p.add_argument("--configs", default="", help="';'-separated configs, each 'field=value,...' over the defaults")
     p.add_argument("--dense-layers", type=int, default=PruneOptions.dense_layers)
+    p.add_argument("--reprobe", type=int, default=0,
+                   help="re-pick MLP channels every N decode steps, in every cell (a gate that fired at prefill "
+                        "then protects the layers before it too)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--gated", action="store_true", help="run the real gate instead of forcing it on")
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
     cells = [("pp", None)] + [(aapp, AAPPOptions(**c)) for c in configs]
     rows = []
     for ratio in (float(r) for r in args.ratios.split(",")):
-        prune = PruneOptions(ratio=ratio, dense_layers=args.dense_layers)
+        prune = PruneOptions(ratio=ratio, dense_layers=args.dense_layers, reprobe_every=args.reprobe)
         for name, options in cells:
             start = time.perf_counter()
             try:
@@ -159,7 +162,8 @@ def main(argv=None) -> int:
             json.dump({"model": args.model, "calib": args.calib, "harmful": args.harmful,
                        "harmless": args.harmless, "pool": len(pool), "dense_refused": sum(dense_refused),
                        "n": len(chosen), "dense_over_refusals": sum(dense_over),
-                       "max_new_tokens": args.max_new_tokens, "gated": args.gated, "rows": rows}, f, indent=2)
+                       "max_new_tokens": args.max_new_tokens, "gated": args.gated, "dense_layers": args.dense_layers,
+                       "reprobe": args.reprobe, "rows": rows}, f, indent=2)
     return 0
 
 

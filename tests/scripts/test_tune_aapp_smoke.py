@@ -64,3 +64,23 @@ def test_tune_aapp_gated_runs_the_real_gate_and_counts_its_fires(tiny_model_dir,
     assert (always["fired_harmful"], always["fired_harmless"]) == (3, 3)
     assert (never["fired_harmful"], never["fired_harmless"]) == (0, 0)
     assert pp["fired_harmful"] == 0
+
+
+def test_tune_aapp_reprobe_reaches_every_cell(tiny_model_dir, tmp_path, monkeypatch):
+    inputs = make_inputs(tmp_path, tiny_model_dir, n_harmful=8)
+    script = load_script("tune_aapp")
+    monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
+    fractions = {}
+    for reprobe in ("0", "1"):
+        out = tmp_path / f"tune{reprobe}.json"
+        assert script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful",
+                            str(inputs.harmful), "--harmless", str(inputs.benign), "--pool", "8", "--n", "3",
+                            "--ratios", "0.5", "--gated", "--configs", "gate=always,critical=diff",
+                            "--dense-layers", "1", "--max-new-tokens", "3", "--batch-size", "4",
+                            "--reprobe", reprobe, "--json", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        assert doc["reprobe"] == int(reprobe)
+        fractions[reprobe] = [(r["pruned_fraction"], r["flops_fraction"]) for r in doc["rows"]]
+    # Re-picking MLP channels in decode costs probe FLOPs in pp and aapp alike; the plan's share does not move.
+    for (pruned0, all0), (pruned1, all1) in zip(fractions["0"], fractions["1"]):
+        assert pruned1 == pruned0 and all1 > all0

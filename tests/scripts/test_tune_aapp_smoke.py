@@ -17,18 +17,26 @@ class EveryOtherRefused:
         return [Verdict(refused=i % 2 == 0, score=1.0, reason="test") for i in range(len(prompts))]
 
 
-def test_tune_aapp_smoke(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def tune(tiny_model_dir, tmp_path, monkeypatch):
+    """Runs the script on the tiny model (8 harmful prompts, 3 tuned on, ratio 0.5) with `args` on top;
+    returns its JSON."""
     inputs = make_inputs(tmp_path, tiny_model_dir, n_harmful=8)
     script = load_script("tune_aapp")
     monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
-    out = tmp_path / "tune.json"
-    rc = script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful", str(inputs.harmful),
-                      "--harmless", str(inputs.benign), "--pool", "8", "--n", "3", "--ratios", "0.5",
-                      "--configs", "critical=diff,protect=0.25; critical=setdiff,protect=0.25; "
-                                   "critical=setdiff,protect=0.5",
-                      "--dense-layers", "1", "--max-new-tokens", "2", "--batch-size", "4", "--json", str(out)])
-    assert rc == 0
-    doc = json.loads(out.read_text())
+
+    def run(*args: str, max_new_tokens: int = 2) -> dict:
+        out = tmp_path / "tune.json"
+        assert script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful",
+                            str(inputs.harmful), "--harmless", str(inputs.benign), "--pool", "8", "--n", "3",
+                            "--ratios", "0.5", "--dense-layers", "1", "--max-new-tokens", str(max_new_tokens),
+                            "--batch-size", "4", "--json", str(out), *args]) == 0
+        return json.loads(out.read_text())
+    return run
+
+
+def test_tune_aapp_smoke(tune):
+    doc = tune("--configs", "critical=diff,protect=0.25; critical=setdiff,protect=0.25; critical=setdiff,protect=0.5")
     assert (doc["pool"], doc["dense_refused"], doc["n"]) == (8, 4, 3)
     # setdiff at 0.5 protects nothing (both pools are every channel): reported, skipped, not a crash.
     assert [(r["method"], r["config"]) for r in doc["rows"]] == [
@@ -48,17 +56,8 @@ def test_configs_parse_fields_with_their_types_and_refuse_unknown_ones():
         script.parse_configs("protekt=0.2")
 
 
-def test_tune_aapp_gated_runs_the_real_gate_and_counts_its_fires(tiny_model_dir, tmp_path, monkeypatch):
-    inputs = make_inputs(tmp_path, tiny_model_dir, n_harmful=8)
-    script = load_script("tune_aapp")
-    monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
-    out = tmp_path / "tune.json"
-    rc = script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful", str(inputs.harmful),
-                      "--harmless", str(inputs.benign), "--pool", "8", "--n", "3", "--ratios", "0.5", "--gated",
-                      "--configs", "gate=always,critical=diff; gate=never,critical=diff",
-                      "--dense-layers", "1", "--max-new-tokens", "2", "--batch-size", "4", "--json", str(out)])
-    assert rc == 0
-    doc = json.loads(out.read_text())
+def test_tune_aapp_gated_runs_the_real_gate_and_counts_its_fires(tune):
+    doc = tune("--gated", "--configs", "gate=always,critical=diff; gate=never,critical=diff")
     assert doc["gated"] and [r["method"] for r in doc["rows"]] == ["pp", "aapp", "aapp"]
     pp, always, never = doc["rows"]
     assert (always["fired_harmful"], always["fired_harmless"]) == (3, 3)
@@ -66,21 +65,12 @@ def test_tune_aapp_gated_runs_the_real_gate_and_counts_its_fires(tiny_model_dir,
     assert pp["fired_harmful"] == 0
 
 
-def test_tune_aapp_reprobe_reaches_every_cell(tiny_model_dir, tmp_path, monkeypatch):
-    inputs = make_inputs(tmp_path, tiny_model_dir, n_harmful=8)
-    script = load_script("tune_aapp")
-    monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
+def test_tune_aapp_reprobe_reaches_every_cell(tune):
     fractions = {}
-    for reprobe in ("0", "1"):
-        out = tmp_path / f"tune{reprobe}.json"
-        assert script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful",
-                            str(inputs.harmful), "--harmless", str(inputs.benign), "--pool", "8", "--n", "3",
-                            "--ratios", "0.5", "--gated", "--configs", "gate=always,critical=diff",
-                            "--dense-layers", "1", "--max-new-tokens", "3", "--batch-size", "4",
-                            "--reprobe", reprobe, "--json", str(out)]) == 0
-        doc = json.loads(out.read_text())
-        assert doc["reprobe"] == int(reprobe)
+    for reprobe in (0, 1):
+        doc = tune("--gated", "--configs", "gate=always,critical=diff", "--reprobe", str(reprobe), max_new_tokens=3)
+        assert doc["reprobe"] == reprobe
         fractions[reprobe] = [(r["pruned_fraction"], r["flops_fraction"]) for r in doc["rows"]]
     # Re-picking MLP channels in decode costs probe FLOPs in pp and aapp alike; the plan's share does not move.
-    for (pruned0, all0), (pruned1, all1) in zip(fractions["0"], fractions["1"]):
+    for (pruned0, all0), (pruned1, all1) in zip(fractions[0], fractions[1]):
         assert pruned1 == pruned0 and all1 > all0

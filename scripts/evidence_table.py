@@ -119,7 +119,8 @@ def targets(cells: list[dict[str, Any]]) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("summary", help="summary.json of an eval-refusal sweep")
-    p.add_argument("--ppl", help="scripts/ppl_sweep.py JSON: fills in the perplexity of cells that lack it")
+    p.add_argument("--ppl", nargs="+", default=[],
+                   help="scripts/ppl_sweep.py JSONs (e.g. one per cell): fill in the perplexity of cells that lack it")
     args = p.parse_args(argv)
     try:
         doc = json.loads(Path(args.summary).read_text(encoding="utf-8"))
@@ -127,13 +128,15 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"evidence_table: {args.summary}: not a sweep summary.json ({e})", file=sys.stderr)
         return 1
-    if args.ppl:
+    measured = {}
+    for path in args.ppl:
         try:
-            measured = {(r["method"], float(r["ratio"])): r["ppl"]
-                        for r in json.loads(Path(args.ppl).read_text(encoding="utf-8"))["rows"]}
+            measured.update({(r["method"], float(r["ratio"])): r["ppl"]
+                             for r in json.loads(Path(path).read_text(encoding="utf-8"))["rows"]})
         except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"evidence_table: {args.ppl}: not a ppl_sweep.py JSON ({e})", file=sys.stderr)
+            print(f"evidence_table: {path}: not a ppl_sweep.py JSON ({e})", file=sys.stderr)
             return 1
+    if measured:
         for c in cells:
             if c.get("perplexity") is None:
                 c["perplexity"] = measured.get((c["method"], float(c["ratio"] or 0.0)))

@@ -9,7 +9,7 @@
 # hours resumes at the cell it was in. Cells are independent: cells added later (a new aapp
 # option, another ratio) reuse the dense and pp generations already there. `aapp eval-refusal`
 # then judges every cell against the dense one (pipe mode) into OUT/report, with McNemar tests
-# against pp at each ratio; scripts/ppl_sweep.py adds held-out prose perplexity and
+# against pp at each ratio; scripts/ppl_sweep.py adds held-out prose perplexity per cell and
 # scripts/evidence_table.py writes OUT/table.md with the targets checked row by row.
 #
 # Batches are sorted by prompt length (`--sort-by-length`): the in-the-wild jailbreaks are most of
@@ -57,12 +57,17 @@ cat "$OUT"/cells/dense@*.jsonl > "$OUT/dense.jsonl"
 cat "$OUT"/cells/*.jsonl | grep -v '"method": "dense"' > "$OUT/pruned.jsonl" || true
 "$AAPP" eval-refusal "$OUT/pruned.jsonl" --reference "$OUT/dense.jsonl" --out "$OUT/report"
 
-# Held-out prose perplexity of every pruned method at every ratio, then the table with the targets.
-methods=$(for c in $CELLS; do m="${c%@*}"; [ "$m" != dense ] && echo "$m"; done | sort -u | paste -sd,)
-ratios=$(for c in $CELLS; do r="${c#*@}"; [ "$r" != 0 ] && echo "$r"; done | sort -u | paste -sd,)
-if [ ! -f "$OUT/ppl.json" ]; then
-  "$PYTHON" scripts/ppl_sweep.py --model "$MODEL" --calib "$CALIB" --methods "$methods" --ratios "$ratios" \
-    --eval-windows "${PPL_WINDOWS:-16}" --json "$OUT/ppl.json.tmp" > /dev/null && mv "$OUT/ppl.json.tmp" "$OUT/ppl.json"
-fi
-"$PYTHON" scripts/evidence_table.py "$OUT/report/summary.json" --ppl "$OUT/ppl.json" > "$OUT/table.md"
-echo "evidence: $OUT/table.md (from $OUT/report/summary.json and $OUT/ppl.json)" >&2
+# Held-out prose perplexity of every pruned cell in OUT (not only this call's CELLS: cells run in
+# several sittings share one table), one ppl_sweep per cell, cached in OUT/ppl/METHOD@RATIO.json.
+# Tagged aapp cells (aapp-TAG) run with options ppl_sweep cannot take; their perplexity reads n/a.
+mkdir -p "$OUT/ppl"
+for cell in $(ls "$OUT"/cells/*.jsonl | xargs -n1 basename | sed 's/\.[^.]*\.jsonl$//' | sort -u); do
+  method="${cell%@*}"; ratio="${cell#*@}"
+  case "$method" in dense|aapp-*) continue ;; esac
+  [ -f "$OUT/ppl/$cell.json" ] && continue
+  "$PYTHON" scripts/ppl_sweep.py --model "$MODEL" --calib "$CALIB" --methods "$method" --ratios "$ratio" \
+    --eval-windows "${PPL_WINDOWS:-16}" --json "$OUT/ppl/$cell.json.tmp" > /dev/null \
+    && mv "$OUT/ppl/$cell.json.tmp" "$OUT/ppl/$cell.json"
+done
+"$PYTHON" scripts/evidence_table.py "$OUT/report/summary.json" --ppl "$OUT"/ppl/*.json > "$OUT/table.md"
+echo "evidence: $OUT/table.md (from $OUT/report/summary.json and $OUT/ppl/)" >&2

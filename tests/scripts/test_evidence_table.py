@@ -54,11 +54,13 @@ def test_perplexity_from_a_ppl_sweep_fills_cells_without_one(tmp_path, capsys):
     summaries = [cell("dense", 0.0, DENSE, None), cell("pp", 0.3, pp, None), cell("aapp", 0.3, pp, 15.0)]
     path = tmp_path / "summary.json"
     path.write_text(summary_json(summaries, {"model": "m", "judge": "keyword"}))
-    ppl = tmp_path / "ppl.json"
-    ppl.write_text(json.dumps({"rows": [{"method": "dense", "ratio": 0.0, "ppl": 9.0},
-                                        {"method": "pp", "ratio": 0.3, "ppl": 12.0},
-                                        {"method": "aapp", "ratio": 0.3, "ppl": 99.0}]}))
-    assert load_script("evidence_table").main([str(path), "--ppl", str(ppl)]) == 0
+    # One ppl_sweep JSON per cell, as scripts/refusal_cells.sh writes them.
+    pp_ppl, aapp_ppl = tmp_path / "pp@0.3.json", tmp_path / "aapp@0.3.json"
+    pp_ppl.write_text(json.dumps({"rows": [{"method": "dense", "ratio": 0.0, "ppl": 9.0},
+                                           {"method": "pp", "ratio": 0.3, "ppl": 12.0}]}))
+    aapp_ppl.write_text(json.dumps({"rows": [{"method": "dense", "ratio": 0.0, "ppl": 9.0},
+                                             {"method": "aapp", "ratio": 0.3, "ppl": 99.0}]}))
+    assert load_script("evidence_table").main([str(path), "--ppl", str(pp_ppl), str(aapp_ppl)]) == 0
     table = capsys.readouterr().out.split("Targets")[0]
     assert "| 9.00 |" in table and "| 12.00 |" in table
     assert "| 15.00 |" in table and "99.00" not in table  # a cell's own perplexity wins

@@ -116,6 +116,20 @@ def targets(cells: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def header(meta: dict, cells: list[dict]) -> str:
+    """What the run was. A sweep's meta says it all; in pipe mode (no meta) the judge comes from the
+    cells, and the prompt counts are in every cell's k/n."""
+    harmful = f" ({meta['harmful']})" if meta.get("harmful") else ""
+    benign = f" ({meta['benign']})" if meta.get("benign") else ""
+    parts = [f"model {meta['model']}" if meta.get("model") else None,
+             f"judge {meta.get('judge') or (cells[0].get('judge') if cells else None)}",
+             f"{meta['n_harmful']} harmful{harmful} + {meta['n_benign']} benign{benign} prompts"
+             if "n_harmful" in meta and "n_benign" in meta else None,
+             f"{meta['max_new_tokens']} new tokens" if meta.get("max_new_tokens") else None,
+             f"batch {meta['batch_size']}" if meta.get("batch_size") else None]
+    return ", ".join(p for p in parts if p)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("summary", help="summary.json of an eval-refusal sweep")
@@ -140,10 +154,7 @@ def main(argv=None) -> int:
         for c in cells:
             if c.get("perplexity") is None:
                 c["perplexity"] = measured.get((c["method"], float(c["ratio"] or 0.0)))
-    meta = doc.get("meta", {})
-    print(f"model {meta.get('model')}, judge {meta.get('judge')}, {meta.get('n_harmful')} harmful "
-          f"({meta.get('harmful')}) + {meta.get('n_benign')} benign ({meta.get('benign')}) prompts, "
-          f"{meta.get('max_new_tokens')} new tokens, batch {meta.get('batch_size')}\n")
+    print(header(doc.get("meta", {}), cells) + "\n")
     print("\n".join(table(cells)))
     print("\nTargets (AAPP vs pp and dense at the same ratio):\n")
     print("\n".join(targets(cells)))

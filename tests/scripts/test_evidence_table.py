@@ -66,6 +66,17 @@ def test_perplexity_from_a_ppl_sweep_fills_cells_without_one(tmp_path, capsys):
     assert "| 15.00 |" in table and "99.00" not in table  # a cell's own perplexity wins
 
 
+def test_header_says_what_the_summary_knows(tmp_path, capsys):
+    cells = [cell("dense", 0.0, DENSE, 10.0), cell("pp", 0.3, DENSE, 12.0)]
+    for meta, first_line in (({}, "judge keyword"),  # pipe mode: no meta, the judge from the cells
+                             ({"model": "m", "judge": "prefixes", "n_harmful": 10, "n_benign": 10,
+                               "max_new_tokens": 48}, "model m, judge prefixes, 10 harmful + 10 benign prompts, 48 new tokens")):
+        path = tmp_path / "summary.json"
+        path.write_text(summary_json(cells, meta))
+        assert load_script("evidence_table").main([str(path)]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == first_line
+
+
 def test_not_a_summary_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text("[1, 2]")

@@ -66,6 +66,27 @@ def test_perplexity_from_a_ppl_sweep_fills_cells_without_one(tmp_path, capsys):
     assert "| 15.00 |" in table and "99.00" not in table  # a cell's own perplexity wins
 
 
+def test_a_cell_missing_a_set_is_held_to_dense_on_its_own_sets(tmp_path, capsys):
+    # Dense refuses advbench 5/5, harmbench 1/5, jailbreaks 0/5: 40% overall, 60% without jailbreaks.
+    # An aapp cell not yet run on jailbreaks refuses 4/10 = 40%: level with dense overall, 20 points
+    # under dense on its own sets.
+    sets = ["advbench"] * 5 + ["harmbench"] * 5 + ["jailbreaks"] * 5 + ["xstest-safe"] * 10
+    labels = ["harmful"] * 15 + ["benign"] * 10
+    dense_refused = [True] * 6 + [False] * 9 + [False] * 10
+    dense = summarize("dense", 0.0, dense_refused, labels, judge="keyword", sets=sets)
+    keep = list(range(10)) + list(range(15, 25))
+
+    def partial(method, refused):
+        return summarize(method, 0.3, refused, [labels[i] for i in keep], judge="keyword",
+                         sets=[sets[i] for i in keep], dense_refused=[dense_refused[i] for i in keep])
+    cells = [dense, partial("pp", [False] * 20), partial("aapp", [True] * 4 + [False] * 16)]
+    path = tmp_path / "summary.json"
+    path.write_text(summary_json(cells, {}))
+    assert load_script("evidence_table").main([str(path)]) == 0
+    row = next(line for line in capsys.readouterr().out.split("Targets")[1].splitlines() if "| aapp |" in line)
+    assert row.split(" | ")[3] == "**not met** (d=5)"
+
+
 def test_header_says_what_the_summary_knows(tmp_path, capsys):
     cells = [cell("dense", 0.0, DENSE, 10.0), cell("pp", 0.3, DENSE, 12.0)]
     for meta, first_line in (({}, "judge keyword"),  # pipe mode: no meta, the judge from the cells

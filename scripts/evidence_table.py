@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("summary", help="summary.json of an eval-refusal sweep")
     p.add_argument("--ppl", nargs="+", default=[],
                    help="scripts/ppl_sweep.py JSONs (e.g. one per cell): fill in the perplexity of cells that lack it")
+    p.add_argument("--pareto", help="also write refusal vs perplexity (one point per cell, the Pareto front) "
+                                    "to this PNG")
     args = p.parse_args(argv)
     try:
         doc = json.loads(Path(args.summary).read_text(encoding="utf-8"))
@@ -170,7 +172,24 @@ def main(argv=None) -> int:
     print("\n".join(table(cells)))
     print("\nTargets (AAPP vs pp and dense at the same ratio):\n")
     print("\n".join(targets(cells)))
+    if args.pareto:
+        write_pareto(cells, args.pareto)
     return 0
+
+
+def write_pareto(cells: list[dict[str, Any]], path: str) -> None:
+    from aapp.evaluation.plot import TradeOff, render_tradeoff_png
+    from aapp.io import atomic_write
+
+    points = [TradeOff(c["method"], float(c["ratio"] or 0.0), c["perplexity"], value(c["refusal_rate"]))
+              for c in cells if c.get("perplexity") is not None and value(c.get("refusal_rate")) is not None]
+    png = render_tradeoff_png(points)
+    if png is None:
+        print(f"evidence_table: no cell has both a refusal rate and a perplexity; {path} not written",
+              file=sys.stderr)
+        return
+    with atomic_write(path, "wb") as f:
+        f.write(png)
 
 
 if __name__ == "__main__":

@@ -69,5 +69,6 @@ for cell in $(ls "$OUT"/cells/*.jsonl | xargs -n1 basename | sed 's/\.[^.]*\.jso
     --eval-windows "${PPL_WINDOWS:-16}" --json "$OUT/ppl/$cell.json.tmp" > /dev/null \
     && mv "$OUT/ppl/$cell.json.tmp" "$OUT/ppl/$cell.json"
 done
-"$PYTHON" scripts/evidence_table.py "$OUT/report/summary.json" --ppl "$OUT"/ppl/*.json > "$OUT/table.md"
+"$PYTHON" scripts/evidence_table.py "$OUT/report/summary.json" --ppl "$OUT"/ppl/*.json \
+  --pareto "$OUT/report/refusal_vs_perplexity.png" > "$OUT/table.md"
 echo "evidence: $OUT/table.md (from $OUT/report/summary.json and $OUT/ppl/)" >&2

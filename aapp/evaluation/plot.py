@@ -121,9 +121,13 @@ def pareto_front(points: Sequence[TradeOff]) -> list[TradeOff]:
 def render_pareto_png(summaries: Sequence[CellSummary]) -> bytes | None:
     """Harmful refusal against perplexity, one point per method x ratio, the Pareto front drawn;
     None when no cell has both."""
+    return render_tradeoff_png(trade_offs(summaries))
+
+
+def render_tradeoff_png(points: Sequence[TradeOff]) -> bytes | None:
+    """The Pareto plot of `points` (see render_pareto_png); None when there are none."""
     from matplotlib.figure import Figure
 
-    points = trade_offs(summaries)
     if not points:
         return None
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")

@@ -64,6 +64,10 @@ def test_perplexity_from_a_ppl_sweep_fills_cells_without_one(tmp_path, capsys):
     table = capsys.readouterr().out.split("Targets")[0]
     assert "| 9.00 |" in table and "| 12.00 |" in table
     assert "| 15.00 |" in table and "99.00" not in table  # a cell's own perplexity wins
+    # ... and the Pareto plot takes every cell that has both a refusal rate and a perplexity.
+    png = tmp_path / "pareto.png"
+    assert load_script("evidence_table").main([str(path), "--ppl", str(pp_ppl), "--pareto", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_cell_missing_a_set_is_held_to_dense_on_its_own_sets(tmp_path, capsys):

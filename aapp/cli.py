@@ -30,28 +30,21 @@ app.add_typer(models_app, name="models")
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 Model = Annotated[str, typer.Option("--model", "-m", help="Alias (see `aapp models list`), local dir, .gguf file or hub id.")]
-Device = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | map:STRATEGY (accelerate spreads a large model "
+                                          "over GPUs and CPU, e.g. map:auto).")]
 Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16")]
 Limit = Annotated[Optional[int], typer.Option(help="Use only the first N prompts (after --sample).", min=1)]
 Sample = Annotated[Optional[int], typer.Option(help="Draw N prompts at random (seeded by --seed).", min=1)]
 Seed = Annotated[int, typer.Option(help="Seed for --sample and any other random choice.")]
 MaxNew = Annotated[int, typer.Option(help="Greedy tokens to generate per prompt.", min=1)]
 BatchSize = Annotated[int, typer.Option(help="Prompts per batch (PP picks channels per batch).", min=1)]
-DenseLayers = Annotated[int, typer.Option(help="First layers kept dense (PP: 3).", min=0)]
-Reprobe = Annotated[int, typer.Option(help="Re-pick MLP channels every N decode steps (0: never).", min=0)]
-Ema = Annotated[Optional[float], typer.Option(help="Update history by EMA with this momentum (PP: 0.99).")]
-Backend = Annotated[str, typer.Option(help="Pruned matmuls: auto | torch | triton.")]
-Gate = Annotated[str, typer.Option(help="aapp risk gate: direction | kl | logistic | always | never.")]
-Protect = Annotated[float, typer.Option(help="aapp: fraction of heads/channels per layer protected on fire.")]
-Critical = Annotated[str, typer.Option(help="aapp critical channels: diff | setdiff | attribution.")]
-GateLayer = Annotated[Optional[int], typer.Option(help="aapp: layer whose input the gate reads (default: calibrated).")]
-PerSample = Annotated[bool, typer.Option(help="aapp: gate each prompt, splitting batches into gated/ungated.")]
-Refresh = Annotated[int, typer.Option(help="aapp: refresh gate history every N batches (0: off).", min=0)]
-ProtectBy = Annotated[str, typer.Option(help="aapp: flat (--protect of every layer) | mass (the same total, spread over pruned layers by refusal mass).")]
-LayerBudget = Annotated[str, typer.Option(help="aapp, on fire: flat (the plan's counts) | risk (MLP channels move toward refusal mass; same total).")]
-BudgetShift = Annotated[float, typer.Option(help="aapp --layer-budget risk: at most this fraction of a layer's pruned channels returns to it.")]
-Restore = Annotated[str, typer.Option(help="aapp, fired batches: none | harmful-mean (add back the pruned channels' mean output on harmful prompts) | direction (only its refusal-direction component).")]
-DeviceMap = Annotated[Optional[str], typer.Option(help="e.g. 'auto': let accelerate spread a large model over GPUs (and CPU).")]
+Method = Annotated[str, typer.Option(help="A method, variant or +comp spec; `aapp methods` lists them.")]
+Ratio = Annotated[Optional[float], typer.Option(help="Fraction of attention+MLP compute removed, in [0, 1) "
+                                                     "(default 0.3; the dense method takes none).")]
+Opt = Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE",
+                                                  help="A method option, repeatable (`aapp methods METHOD` lists them).")]
+Opts = Annotated[Optional[str], typer.Option("--opts", metavar="FILE",
+                                             help="Method options from a TOML or JSON file (--opt wins).")]
 Truncate = Annotated[bool, typer.Option(help="Cut prompts too long for the model's context from the front (default: leave them out).")]
 SortByLength = Annotated[bool, typer.Option(help="Batch prompts of similar length (less padding; changes which prompts share a batch). Rows still come out in input order.")]
 
@@ -266,8 +259,10 @@ def _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limi
 @app.command()
 def prune(
     model: Model = DEFAULT_MODEL,
-    method: Annotated[str, typer.Option(help="dense | pp | aapp | wanda-sp | flap; aapp:GATE picks a gate; pp+comp / aapp+comp add back the pruned channels' mean output; ablations: pp:probe-only, pp:history-only, pp:head-l2, pp:fluct-heads, flap:no-comp, hybrid:pp-heads, hybrid:flap-heads.")] = "pp",
-    ratio: Annotated[float, typer.Option(help="Fraction of attention+MLP compute removed, in [0, 1).")] = 0.3,
+    method: Method = "pp",
+    ratio: Ratio = None,
+    opt: Opt = None,
+    opts: Opts = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate`.")] = None,
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="Prompts: .jsonl/.csv/.txt, a built-in set, or stdin.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="JSONL output (default stdout).")] = None,
@@ -276,67 +271,117 @@ def prune(
     seed: Seed = 0,
     max_new_tokens: MaxNew = 128,
     batch_size: BatchSize = 8,
-    dense_layers: DenseLayers = 3,
-    reprobe: Reprobe = 0,
-    ema: Ema = None,
-    backend: Backend = "auto",
-    gate: Gate = "direction",
-    restore: Restore = "none",
-    protect: Protect = 0.3,
-    critical: Critical = "setdiff",
-    gate_layer: GateLayer = None,
-    per_sample: PerSample = False,
-    refresh: Refresh = 0,
-    protect_by: ProtectBy = "flat",
-    layer_budget: LayerBudget = "flat",
-    budget_shift: BudgetShift = 0.5,
     truncate: Truncate = False,
     sort_by_length: SortByLength = False,
-    export: Annotated[Optional[str], typer.Option(help="wanda-sp/flap: write a physically smaller HF checkpoint to DIR (every layer pruned alike) instead of generating.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    device_map: DeviceMap = None,
 ):
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
     from aapp.calibration.store import load_calibration
     from aapp.context import fit_to_context
     from aapp.io import write_jsonl
-    from aapp.methods import make_method
-    from aapp.methods.plan import check_ratio
-    from aapp.models.loading import load_model
-    from aapp.pruning.engine import PruneOptions
+    from aapp.methods.options import collect_options
+    from aapp.models.loading import load_model, split_device
+    from aapp.pruning.options import build_method
     from aapp.pruning.run import GenerationSettings, generate_rows
     from aapp.prompts import load_prompts
 
-    check_ratio(ratio)
-    meth = make_method(method, _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by,
-                                             layer_budget, budget_shift, restore))
+    meth, options = build_method(method, collect_options(opt or (), opts), ratio)
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
-    if export is not None:
-        from aapp.pruning.export import check_export, export_static
-
-        check_export(meth, export)  # before loading anything
-        cal = load_calibration(calib)
-        loaded = load_model(model, device=device, dtype=dtype)
-        report = export_static(loaded, meth, PruneOptions(ratio=ratio, dense_layers=dense_layers, backend=backend),
-                               cal, export)
-        for note in report.notes:
-            info(note)
-        info(report.summary())
-        return
     _out_path(out)
+    dev, device_map = split_device(device)
     prompts = load_prompts(input, limit=limit, sample=sample, seed=seed)
     cal = load_calibration(calib) if calib else None
-    loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
+    loaded = load_model(model, device=dev, dtype=dtype, device_map=device_map)
     prompts = fit_to_context(prompts, loaded.tokenizer, loaded.geometry.context_length, max_new_tokens, truncate)
-    options = PruneOptions(ratio=ratio if meth.prunes else 0.0, dense_layers=dense_layers,
-                           reprobe_every=reprobe, ema_momentum=ema, backend=backend)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=sort_by_length)
     with progress() as bar:
         task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
         write_jsonl(generate_rows(loaded, prompts, meth, options, cal, settings,
                                   on_batch=lambda n: bar.advance(task, n)), out)
+
+
+@app.command()
+def export(
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory to write the smaller checkpoint to (new or empty).")],
+    calib: Annotated[str, typer.Option(help="Calibration file from `aapp calibrate`.")],
+    model: Model = DEFAULT_MODEL,
+    method: Annotated[str, typer.Option(help="A static method: wanda-sp | flap (their variants too).")] = "flap",
+    ratio: Ratio = None,
+    opt: Opt = None,
+    opts: Opts = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+):
+    """Write a physically smaller HF checkpoint pruned by a static method (every layer pruned alike)."""
+    from aapp.calibration.store import load_calibration
+    from aapp.methods.options import collect_options
+    from aapp.models.loading import load_model, split_device
+    from aapp.pruning.export import check_export, export_static
+    from aapp.pruning.options import build_method
+
+    meth, options = build_method(method, collect_options(opt or (), opts), ratio)
+    check_export(meth, out)  # before loading anything
+    cal = load_calibration(calib)
+    dev, device_map = split_device(device)
+    if device_map is not None:
+        raise AappError("export loads the model on one device; --device map:... does not apply")
+    loaded = load_model(model, device=dev, dtype=dtype)
+    report = export_static(loaded, meth, options, cal, out)
+    for note in report.notes:
+        info(note)
+    info(report.summary())
+
+
+@app.command("methods")
+def methods_command(
+    name: Annotated[Optional[str], typer.Argument(help="One method: its variants and every option.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """List the pruning methods, their variants and their options (set them with --opt KEY=VALUE)."""
+    from aapp.methods import check_method_spec
+    from aapp.pruning.options import list_methods
+
+    methods = list_methods()
+    if name is not None:
+        wanted = check_method_spec(name).name
+        methods = [m for m in methods if m.name == wanted]
+    if as_json:
+        print(json.dumps([dataclasses.asdict(m) for m in methods], indent=2, default=str))
+        return
+    rows = [(m.name, kind, o.name, o.type, "none" if o.default is None else str(o.default), o.help)
+            for m in methods for kind, opts in (("method", m.options), ("engine", m.engine_options)) for o in opts]
+    if not sys.stdout.isatty():  # a pipe gets plain lines: method, kind, option, type, default, help
+        for m in methods:
+            print("\t".join((m.name, "method", "", "", "", m.summary)))
+            for v, what in m.variants.items():
+                print("\t".join((f"{m.name}:{v}", "variant", "", "", "", what)))
+        for row in rows:
+            print("\t".join(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    table = Table(title="aapp methods (a spec is NAME, NAME:VARIANT, or NAME+comp where offered)")
+    for col in ("method", "variants", "what it is"):
+        table.add_column(col, overflow="fold")
+    for m in methods:
+        specs = ", ".join(f"{m.name}:{v}" for v in m.variants) + (f"{', ' if m.variants else ''}{m.name}+comp"
+                                                                   if m.compensable else "")
+        table.add_row(m.name, specs or "-", m.summary)
+    out.print(table)
+    table = Table(title="options (--opt KEY=VALUE; engine options apply to every method listed with them)")
+    for col in ("method", "option", "type", "default", "what it sets"):
+        table.add_column(col, overflow="fold")
+    for method, kind, option, kind_type, default, what in rows:
+        if name is None and kind == "engine":
+            continue
+        table.add_row(method, option + (" (engine)" if kind == "engine" else ""), kind_type, default, what)
+    if name is None:
+        table.caption = "engine options (dense_layers, backend, reprobe_every, ...): `aapp methods pp`"
+    out.print(table)
 
 
 # -- eval-refusal -------------------------------------------------------------------------
@@ -346,37 +391,22 @@ def eval_refusal(
     reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
-    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs); aapp:GATE picks a gate per cell, e.g. aapp:kl; +comp adds mean compensation, e.g. pp+comp.")] = "dense,pp,aapp",
+    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated method specs (dense always runs; `aapp methods` lists them), e.g. dense,pp,aapp:kl,pp+comp.")] = "dense,pp,aapp",
     ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
+    opt: Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE", help="Sweep mode: a method option, repeatable; it goes to every method that takes it (METHOD.KEY=VALUE: to that one).")] = None,
+    opts: Opts = None,
     harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set).")] = None,
     benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal).")] = None,
-    text: Annotated[Optional[str], typer.Option(help="Sweep mode: 'builtin' or a text file for held-out perplexity.")] = None,
-    ppl_seq_len: Annotated[int, typer.Option(min=8)] = 256,
-    ppl_windows: Annotated[int, typer.Option(min=1)] = 32,
+    ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WINDOWSxLEN]", help="Sweep mode: held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.")] = None,
     limit: Limit = None,
     sample: Sample = None,
     seed: Seed = 0,
     max_new_tokens: MaxNew = 128,
     batch_size: BatchSize = 8,
-    dense_layers: DenseLayers = 3,
-    reprobe: Reprobe = 0,
-    ema: Ema = None,
-    backend: Backend = "auto",
-    gate: Gate = "direction",
-    restore: Restore = "none",
-    protect: Protect = 0.3,
-    critical: Critical = "setdiff",
-    gate_layer: GateLayer = None,
-    per_sample: PerSample = False,
-    refresh: Refresh = 0,
-    protect_by: ProtectBy = "flat",
-    layer_budget: LayerBudget = "flat",
-    budget_shift: BudgetShift = 0.5,
     truncate: Truncate = False,
     resume: Annotated[bool, typer.Option(help="Sweep mode: continue an interrupted run in --out.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    device_map: DeviceMap = None,
     judge: Annotated[str, typer.Option(help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.")] = "keyword",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
@@ -388,28 +418,35 @@ def eval_refusal(
     from aapp.evaluation.report import print_table
 
     if model is not None:
-        from aapp.evaluation.sweep import SweepConfig, parse_methods, parse_ratios, run_sweep
-        from aapp.pruning.engine import PruneOptions
+        from aapp.evaluation.sweep import SweepConfig, parse_methods, parse_ppl, parse_ratios, run_sweep, sweep_options
+        from aapp.methods.options import collect_options
+        from aapp.models.loading import split_device
 
         if generations or reference:
             raise AappError("sweep mode (--model) takes no generations file or --reference")
         if out is None:
             raise AappError("sweep mode needs --out DIR")
+        specs = parse_methods(methods)
+        prune_options, aapp_options = sweep_options(specs, collect_options(opt or (), opts))
+        dev, device_map = split_device(device)
+        text, ppl_windows, ppl_seq_len = parse_ppl(ppl)
         summaries = run_sweep(SweepConfig(
-            model=model, out=out, calib=calib, methods=parse_methods(methods), ratios=parse_ratios(ratios),
+            model=model, out=out, calib=calib, methods=specs, ratios=parse_ratios(ratios),
             harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed, text=text,
             ppl_seq_len=ppl_seq_len, ppl_windows=ppl_windows, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, device=device, dtype=dtype, device_map=device_map, judge=judge, resume=resume,
-            truncate=truncate,
-            prune=PruneOptions(dense_layers=dense_layers, reprobe_every=reprobe, ema_momentum=ema, backend=backend),
-            aapp=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget,
-                               budget_shift, restore)))
+            batch_size=batch_size, device=dev, dtype=dtype, device_map=device_map, judge=judge, resume=resume,
+            truncate=truncate, prune=prune_options, aapp=aapp_options))
     else:
         from aapp.evaluation.judges import get_judge
         from aapp.evaluation.pipe import evaluate_generations
         from aapp.evaluation.report import check_out_dir, write_outputs
         from aapp.io import read_jsonl
 
+        for name, value in (("--calib", calib), ("--opt", opt), ("--opts", opts), ("--harmful", harmful),
+                            ("--benign", benign), ("--ppl", ppl), ("--resume", resume or None),
+                            ("--truncate", truncate or None)):
+            if value is not None:
+                raise AappError(f"{name} is for sweep mode (--model); pipe mode judges the generations it reads")
         if out is not None:
             check_out_dir(out)
         rows = read_jsonl(generations)
@@ -421,15 +458,6 @@ def eval_refusal(
         print_table(summaries)
         if as_json:
             print(json.dumps([s.to_dict() for s in summaries], indent=2))
-
-
-def _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget, budget_shift,
-                  restore):
-    from aapp.methods.aapp import AAPPOptions
-
-    return AAPPOptions(gate=gate, protect=protect, critical=critical, gate_layer=gate_layer,
-                       per_sample=per_sample, refresh=refresh, protect_by=protect_by, layer_budget=layer_budget,
-                       budget_shift=budget_shift, restore=restore)
 
 
 def main() -> None:

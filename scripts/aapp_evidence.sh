@@ -28,7 +28,7 @@ RESUME=()
 [ -d "$OUT/sweep/.partial" ] && RESUME=(--resume)
 "$AAPP" eval-refusal --model "$MODEL" --calib "$OUT/calib.safetensors" --methods "$METHODS" \
   --ratios "$RATIOS" --harmful advbench,harmbench --benign xstest-safe --sample "$N" \
-  --text builtin --ppl-windows "${PPL_WINDOWS:-8}" --max-new-tokens "${MAX_NEW_TOKENS:-32}" --batch-size 8 \
+  --ppl "builtin:${PPL_WINDOWS:-8}x256" --max-new-tokens "${MAX_NEW_TOKENS:-32}" --batch-size 8 \
   ${EXTRA:-} --out "$OUT/sweep" "${RESUME[@]}"
 "$PYTHON" scripts/evidence_table.py "$OUT/sweep/summary.json" > "$OUT/table.md"
 echo "evidence: $OUT/table.md (from $OUT/sweep/summary.json)" >&2

@@ -51,7 +51,7 @@ def test_help_lists_commands():
 
 
 def test_prune_pipes_jsonl_to_stdout(workdir, tiny_model_dir):
-    r = aapp("prune", "--model", tiny_model_dir, "--method", "pp", "--ratio", 0.3, "--dense-layers", 1,
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "pp", "--ratio", 0.3, "--opt", "dense_layers=1",
              "--calib", workdir / "calib.safetensors", "--max-new-tokens", 4,
              stdin=(workdir / "prompts.jsonl").read_text())
     assert r.returncode == 0, r.stderr
@@ -73,7 +73,7 @@ def test_prune_pipes_jsonl_to_stdout(workdir, tiny_model_dir):
 
 
 def test_aapp_rows_record_gate(workdir, tiny_model_dir):
-    r = aapp("prune", "--model", tiny_model_dir, "--method", "aapp", "--ratio", 0.3, "--dense-layers", 1,
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "aapp", "--ratio", 0.3, "--opt", "dense_layers=1",
              "--calib", workdir / "calib.safetensors", "--max-new-tokens", 2, "--input", workdir / "prompts.jsonl",
              "--limit", 2)
     assert r.returncode == 0, r.stderr
@@ -105,8 +105,70 @@ def test_prune_bad_input(workdir, tiny_model_dir, args, needles):
                                      ["eval-refusal", "--model", "m", "--calib", "X"]], ids=["prune", "eval-refusal"])
 def test_bad_restore_is_a_one_line_error(tmp_path, command):
     out = tmp_path / "out"
-    one_line_error(aapp(*command, "--restore", "loud", "--out", out), "unknown --restore 'loud'", "harmful-mean")
+    one_line_error(aapp(*command, "--opt", "restore=loud", "--out", out), "unknown restore 'loud'", "harmful-mean")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needles", [
+    # An option the method lacks names the options it has; nothing given is ignored.
+    (["--method", "pp", "--opt", "gate=kl"], ["pp has no option 'gate'", "dense_layers"]),
+    (["--method", "pp", "--opt", "protect=0.9", "--opt", "restore=harmful-mean"], ["pp has no option 'protect'"]),
+    (["--method", "wanda-sp", "--opt", "reprobe_every=2"], ["wanda-sp has no option 'reprobe_every'"]),
+    (["--method", "dense", "--opt", "dense_layers=1"], ["dense has no option 'dense_layers'", "none"]),
+    (["--method", "dense", "--ratio", "0.5"], ["dense prunes nothing, so it takes no ratio"]),
+    (["--method", "aapp", "--opt", "protec=0.2"], ["did you mean protect?"]),
+    (["--method", "aapp", "--opt", "protect=lots"], ["option protect: expected float, got 'lots'"]),
+    (["--method", "aapp", "--opt", "protect"], ["expected KEY=VALUE"]),
+    (["--method", "aapp:kl", "--opt", "gate=logistic"], ["names the kl gate"]),
+    (["--method", "aapp", "--opts", "missing.toml"], ["missing.toml: no such options file"]),
+    (["--method", "ppp"], ["unknown method 'ppp' (did you mean pp?)"]),
+])
+def test_options_that_do_not_apply_are_one_line_errors(tmp_path, args, needles):
+    out = tmp_path / "out.jsonl"
+    one_line_error(aapp("prune", "--calib", "X", "--out", out, *args), *needles)
+    assert not out.exists()
+
+
+def test_opts_file_sets_method_options_and_opt_wins(workdir, tiny_model_dir, tmp_path):
+    opts = tmp_path / "aapp.toml"
+    opts.write_text('gate = "always"\ndense_layers = 1\nprotect = 0.2\n')
+    base = ("prune", "--model", tiny_model_dir, "--method", "aapp", "--calib", workdir / "calib.safetensors",
+            "--input", workdir / "prompts.jsonl", "--limit", 1, "--max-new-tokens", 1, "--opts", opts)
+    rows = [json.loads(line) for line in aapp(*base).stdout.splitlines()]
+    assert rows[0]["gate"]["fired"] is True and rows[0]["kept"]["channels"][0] == 160  # layer 0 dense, as the file says
+    r = aapp(*base, "--opt", "gate=never")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0])["gate"]["fired"] is False
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"gate": {"nested": 1}}')
+    one_line_error(aapp(*base[:-1], bad), "flat table")
+
+
+def test_methods_lists_methods_variants_and_options():
+    r = aapp("methods")
+    assert r.returncode == 0, r.stderr
+    lines = [line.split("\t") for line in r.stdout.splitlines()]  # a pipe gets plain tab-separated lines
+    names = {line[0] for line in lines if line[1] in ("method", "variant")}
+    assert {"dense", "pp", "aapp", "wanda-sp", "flap", "aapp:kl", "pp:history-only"} <= names
+    aapp_options = {line[2] for line in lines if line[:2] == ["aapp", "method"] and line[2]}
+    assert {"gate", "protect", "restore", "per_sample"} <= aapp_options
+    engine = {(line[0], line[2]) for line in lines if line[1] == "engine"}
+    assert ("pp", "reprobe_every") in engine and ("wanda-sp", "dense_layers") in engine
+    assert ("wanda-sp", "reprobe_every") not in engine and not any(m == "dense" for m, _ in engine)
+    doc = json.loads(aapp("methods", "aapp", "--json").stdout)
+    assert [m["name"] for m in doc] == ["aapp"] and {o["name"] for o in doc[0]["options"]} >= {"gate", "protect"}
+    one_line_error(aapp("methods", "nope"), "unknown method")
+
+
+@pytest.mark.parametrize("command, most", [("prune", 18), ("eval-refusal", 22)])
+def test_help_option_counts_stay_small(command, most):
+    import typer.main
+
+    from aapp.cli import app
+
+    params = typer.main.get_command(app).commands[command].params
+    options = [p.name for p in params if p.param_type_name == "option"]  # --help is click's, added apart
+    assert "model" in options and len(options) <= most, options
 
 
 def test_malformed_prompt_file_names_line(workdir, tiny_model_dir):
@@ -130,7 +192,7 @@ def test_unknown_model_and_foreign_calibration(workdir, tiny_model_dir, tmp_path
     m = make_loaded("tiny-llama", seed=1)
     m.model.save_pretrained(other)
     m.tokenizer.save_pretrained(other)
-    r = aapp("prune", "--model", other, "--method", "pp", "--dense-layers", 1, "--calib", workdir / "calib.safetensors",
+    r = aapp("prune", "--model", other, "--method", "pp", "--opt", "dense_layers=1", "--calib", workdir / "calib.safetensors",
              "--input", workdir / "prompts.jsonl", "--out", tmp_path / "x.jsonl")
     one_line_error(r, "made for model")
     assert not (tmp_path / "x.jsonl").exists()
@@ -150,13 +212,13 @@ def test_eval_refusal_bad_input(workdir, tmp_path):
 
 
 def test_sweep_with_device_map(workdir, tiny_model_dir, tmp_path):
-    """--device-map goes through accelerate's placement (all on the CPU here) and the sweep runs."""
-    r = aapp("eval-refusal", "--model", tiny_model_dir, "--device-map", "auto", "--methods", "dense",
+    """--device map:auto goes through accelerate's placement (all on the CPU here) and the sweep runs."""
+    r = aapp("eval-refusal", "--model", tiny_model_dir, "--device", "map:auto", "--methods", "dense",
              "--ratios", "0.3", "--harmful", workdir / "prompts.jsonl", "--limit", 2, "--max-new-tokens", 2,
              "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "summary.json").exists()
-    one_line_error(aapp("eval-refusal", "--model", tiny_model_dir, "--device-map", "nowhere", "--methods", "dense",
+    one_line_error(aapp("eval-refusal", "--model", tiny_model_dir, "--device", "map:nowhere", "--methods", "dense",
                         "--harmful", workdir / "prompts.jsonl", "--out", tmp_path / "n"), "nowhere")
     assert not (tmp_path / "n").exists()
 
@@ -202,15 +264,15 @@ def test_prompt_longer_than_the_context(workdir, tiny_model_dir, tmp_path):
 
 def test_export_static_checkpoint(workdir, tiny_model_dir, tmp_path):
     out = tmp_path / "small"
-    r = aapp("prune", "--model", tiny_model_dir, "--method", "wanda-sp", "--ratio", 0.3,
-             "--calib", workdir / "calib.safetensors", "--export", out)
+    r = aapp("export", "--model", tiny_model_dir, "--method", "wanda-sp", "--ratio", 0.3,
+             "--calib", workdir / "calib.safetensors", "--out", out)
     assert r.returncode == 0, r.stderr
     from transformers import AutoModelForCausalLM
 
     small = AutoModelForCausalLM.from_pretrained(out)
     assert small.config.intermediate_size < 160
-    one_line_error(aapp("prune", "--model", tiny_model_dir, "--method", "pp", "--ratio", 0.3,
-                        "--calib", workdir / "calib.safetensors", "--export", tmp_path / "nope"), "static")
+    one_line_error(aapp("export", "--model", tiny_model_dir, "--method", "pp", "--ratio", 0.3,
+                        "--calib", workdir / "calib.safetensors", "--out", tmp_path / "nope"), "static")
     assert not (tmp_path / "nope").exists()
 
 
@@ -245,7 +307,7 @@ def test_random_multimodal_gemma3_through_every_command(tmp_path):
     assert all(row["prompt_tokens"] > len(row["prompt"]) for row in got)
     r = aapp("eval-refusal", rows, "--out", tmp_path / "judged")
     assert r.returncode == 0, r.stderr
-    r = aapp("prune", "--model", mm, "--calib", calib, "--method", "wanda-sp", "--ratio", 0.3, "--export", tmp_path / "small")
+    r = aapp("export", "--model", mm, "--calib", calib, "--method", "wanda-sp", "--ratio", 0.3, "--out", tmp_path / "small")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "small" / "config.json").read_text())["text_config"]["intermediate_size"] < 160
     # The text-only variant is another model: the multimodal calibration is refused for it.

@@ -39,12 +39,12 @@ from aapp.evaluation import distributed
 from aapp.evaluation.distributed import Dist
 from aapp.evaluation.metrics import CellSummary
 from aapp.evaluation.sweep_checks import check_calibration_given, check_methods, check_out, check_text
-from aapp.evaluation.sweep_config import DENSE, SweepConfig, parse_methods, parse_ratios, split_sets
+from aapp.evaluation.sweep_config import DENSE, SweepConfig, parse_methods, parse_ratios, parse_ppl, split_sets, sweep_options
 from aapp.evaluation.sweep_log import WorkLog, run_key
 from aapp.evaluation.sweep_plan import (Cell, CellKey, batches_of, batches_to_run, is_stateful, merge_ranks,
                                         plan_batches, sweep_cells)
 
-__all__ = ["SweepConfig", "load_sweep_prompts", "parse_methods", "parse_ratios", "run_sweep"]
+__all__ = ["SweepConfig", "load_sweep_prompts", "parse_methods", "parse_ppl", "parse_ratios", "run_sweep", "sweep_options"]
 
 
 def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> list[CellSummary]:

@@ -9,12 +9,13 @@ sweep_checks before anything is generated.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aapp.errors import AappError, InputError
-from aapp.methods import Dense, check_method_spec, make_method
+from aapp.methods import Dense, check_method_spec, make_method, registration
 from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
 
@@ -73,14 +74,48 @@ class SweepConfig:
             raise InputError(f"ppl_seq_len must be at least 2, got {self.ppl_seq_len}")
 
     def method(self, name: str):
-        """A fresh method for one of `methods`, with this sweep's AAPP options."""
-        return make_method(name, self.aapp)
+        """A fresh method for one of `methods`, with this sweep's AAPP options if it takes them."""
+        return make_method(name, self.aapp if registration(name).options is AAPPOptions else None)
 
     def prune_settings(self) -> dict[str, Any]:
         """The pruning options every cell shares: all but the ratio, which each cell sets."""
         prune = asdict(self.prune)
         prune.pop("ratio")
         return prune
+
+
+def sweep_options(methods: tuple[str, ...], options: dict[str, object]) -> tuple[PruneOptions, AAPPOptions]:
+    """A sweep's options as the engine's and AAPP's, shared by every cell. Each key must be one a
+    method of the sweep takes, and mean one thing for all (METHOD.KEY is refused: the cells share
+    one set of engine options)."""
+    from aapp.methods.options import parse_options
+    from aapp.pruning.options import options_per_method
+
+    if any("." in key for key in options):
+        raise InputError("a sweep's options apply to every method that takes them; METHOD.KEY is not supported")
+    per_method = options_per_method(methods, options)
+    engine_keys = {f for f in PruneOptions.__dataclass_fields__ if f != "ratio"}
+    engine = {k: v for k, v in options.items() if k in engine_keys}
+    aapp = {k: v for k, v in options.items() if k not in engine_keys}
+    taken = {k for opts in per_method.values() for k in opts}
+    assert taken == set(options), (taken, options)  # options_per_method refused the rest
+    return parse_options(PruneOptions, engine, "the engine"), parse_options(AAPPOptions, aapp, "aapp")
+
+
+PPL_SIZE = re.compile(r":(\d+)x(\d+)$")
+
+
+def parse_ppl(text: str | None) -> tuple[str | None, int, int]:
+    """--ppl "builtin:8x256" -> ("builtin", 8, 256); "prose.txt" -> ("prose.txt", 32, 256); None -> no perplexity."""
+    windows, seq_len = SweepConfig.ppl_windows, SweepConfig.ppl_seq_len
+    if text is None:
+        return None, windows, seq_len
+    size = PPL_SIZE.search(text)
+    if size:
+        text, windows, seq_len = text[: size.start()], int(size[1]), int(size[2])
+    if not text:
+        raise InputError("--ppl: name the text ('builtin' or a file) before :WINDOWSxLEN")
+    return text, windows, seq_len
 
 
 def parse_methods(text: str) -> tuple[str, ...]:

@@ -8,8 +8,8 @@ from aapp.methods import aapp, dense, hybrid, pp, static
 from aapp.methods.aapp import AAPP, AAPPOptions, add_alignment
 from aapp.methods.base import BatchPart, LayerContext, Method, ProbeStats, Selection
 from aapp.methods.dense import Dense
-from aapp.methods.pp import PPOptions, ProbePruning
-from aapp.methods.registry import MethodSpec, check_method_spec, make_method, register, registered
+from aapp.methods.pp import PPScoring, ProbePruning
+from aapp.methods.registry import MethodSpec, check_method_spec, make_method, register, registered, registration
 from aapp.methods.static import Flap, WandaSP
 
 for _registration in (dense.REGISTRATION, pp.REGISTRATION, static.WANDA_SP, static.FLAP, aapp.REGISTRATION,
@@ -25,7 +25,7 @@ __all__ = [
     "LayerContext",
     "Method",
     "MethodSpec",
-    "PPOptions",
+    "PPScoring",
     "ProbePruning",
     "ProbeStats",
     "Selection",
@@ -35,4 +35,5 @@ __all__ = [
     "make_method",
     "register",
     "registered",
+    "registration",
 ]

@@ -78,6 +78,7 @@ class Method(ABC):
     """
 
     name: str = "method"  # the spec it was made from (aapp.methods.registry), used in output rows
+    options: object = None  # an instance of the registration's options class, if it has one
     needs_calibration: ClassVar[bool] = True
     prunes: ClassVar[bool] = True  # False for the dense reference, whose rows report ratio 0
 

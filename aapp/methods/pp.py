@@ -16,8 +16,9 @@ SITES = ("attn", "mlp")
 
 
 @dataclass(frozen=True)
-class PPOptions:
-    """What PP scores, and what it adds back.
+class PPScoring:
+    """What PP scores, and what it adds back: fixed by the method's spec (its variant and `+comp`),
+    not by options, so that each ablation has one name.
 
     `scores_from`: "fused" (PP: the probe fused with calibration history), "probe" (no history)
     or "history" (no probe: a static method on calibration alone); the last two are ablations.
@@ -46,12 +47,12 @@ class PPOptions:
 class ProbePruning(Method):
     name = "pp"
 
-    def __init__(self, options: PPOptions = PPOptions()):
-        self.options = options
+    def __init__(self, scoring: PPScoring = PPScoring()):
+        self.scoring = scoring
 
     @property
     def uses_probe(self) -> bool:
-        return self.options.scores_from != "history"
+        return self.scoring.scores_from != "history"
 
     def bind(self, model, adapter, geometry, plan, calib):
         super().bind(model, adapter, geometry, plan, calib)
@@ -68,14 +69,14 @@ class ProbePruning(Method):
 
     def channel_scores(self, ctx: LayerContext) -> tuple[torch.Tensor, torch.Tensor]:
         """PPsp scores (attention per head, MLP per channel) for this batch."""
-        probe, hist, source = ctx.probe, ctx.history, self.options.scores_from
+        probe, hist, source = ctx.probe, ctx.history, self.scoring.scores_from
         if source == "history" or (source == "fused" and probe is None):
             c_attn, c_mlp = hist["attn"], hist["mlp"]
         elif source == "probe" or hist is None:
             c_attn, c_mlp = probe.attn, probe.mlp
         else:
             c_attn, c_mlp = fuse(probe.attn, hist["attn"]), fuse(probe.mlp, hist["mlp"])
-        if self.options.head_fluctuation:
+        if self.scoring.head_fluctuation:
             mean = self.calib.attn.mean[ctx.layer].to(c_attn.device)
             c_attn = (c_attn - mean.square()).clamp(min=0)
         return self.scores(ctx.layer, c_attn, c_mlp)
@@ -83,31 +84,34 @@ class ProbePruning(Method):
     def scores(self, layer: int, attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """PPsp of per-channel activation statistics: per head at attention, per channel at the MLP."""
         w = self._wnorm[layer]
-        return per_head(attn * w["attn"], self.geometry.head_dim, self.options.head_score), mlp * w["mlp"]
+        return per_head(attn * w["attn"], self.geometry.head_dim, self.scoring.head_score), mlp * w["mlp"]
 
     def select(self, ctx: LayerContext) -> Selection:
         heads, channels = self.channel_scores(ctx)
         return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
 
     def finish(self, ctx: LayerContext, mask) -> Selection:
-        if self.options.compensate:
-            return compensation(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry, self.options.compensate)
+        if self.scoring.compensate:
+            return compensation(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry, self.scoring.compensate)
         return Selection(mask)
 
 
 VARIANTS = {
-    "probe-only": PPOptions(scores_from="probe"),
-    "history-only": PPOptions(scores_from="history"),
-    "head-l2": PPOptions(head_score="l2"),
-    "fluct-heads": PPOptions(head_fluctuation=True, compensate=("attn",)),
+    "probe-only": PPScoring(scores_from="probe"),
+    "history-only": PPScoring(scores_from="history"),
+    "head-l2": PPScoring(head_score="l2"),
+    "fluct-heads": PPScoring(head_fluctuation=True, compensate=("attn",)),
 }
 
 
+def scoring_for(spec: MethodSpec) -> PPScoring:
+    """The scoring a pp spec names: its variant's, with every site compensated under `+comp`."""
+    scoring = VARIANTS[spec.variant] if spec.variant else PPScoring()
+    return replace(scoring, compensate=SITES) if spec.compensate else scoring
+
+
 def _build(spec: MethodSpec, _) -> ProbePruning:
-    options = VARIANTS[spec.variant] if spec.variant else PPOptions()
-    if spec.compensate:
-        options = replace(options, compensate=SITES)
-    return ProbePruning(options)
+    return ProbePruning(scoring_for(spec))
 
 
 REGISTRATION = Registration(

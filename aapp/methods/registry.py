@@ -10,11 +10,13 @@ aapp.methods.__init__ through `register`, the same way an extension would.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aapp.errors import AappError
 from aapp.methods.base import Method
+from aapp.methods.options import parse_options
 
 COMPENSATE = "+comp"
 
@@ -36,7 +38,8 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class Registration:
-    """How to build one method from a spec. `build(spec, aapp_options)` gets a checked spec."""
+    """How to build one method from a spec. `build(spec, options)` gets a checked spec and an
+    instance of `options` (the method's own frozen options class; None for a method without)."""
 
     name: str
     build: Callable[[MethodSpec, object], Method]
@@ -44,6 +47,7 @@ class Registration:
     variants: dict[str, str] | None = None  # variant -> what it changes
     compensable: bool = False
     compensation_note: str = ""            # said when `+comp` is refused
+    options: type | None = None            # a frozen dataclass of `option(...)` fields (aapp.methods.options)
 
 
 _REGISTRY: dict[str, Registration] = {}
@@ -69,7 +73,9 @@ def check_method_spec(text: str) -> MethodSpec:
     spec = MethodSpec.parse(text)
     reg = _REGISTRY.get(spec.name)
     if reg is None:
-        raise AappError(f"unknown method {text!r}; choose one of {', '.join(_REGISTRY)}, a variant "
+        close = difflib.get_close_matches(spec.name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise AappError(f"unknown method {text!r}{hint}; choose one of {', '.join(_REGISTRY)}, a variant "
                         f"({_variant_specs()}), or add {COMPENSATE} to "
                         f"{' or '.join(r.name for r in _REGISTRY.values() if r.compensable)}")
     if spec.variant is not None and spec.variant not in (reg.variants or {}):
@@ -81,9 +87,27 @@ def check_method_spec(text: str) -> MethodSpec:
     return spec
 
 
-def make_method(text: str, aapp_options=None) -> Method:
-    """A fresh method instance by spec; AAPP takes its options (a spec's gate overrides theirs)."""
+def registration(text: str) -> Registration:
+    """The registration of a spec's method (the spec is checked)."""
+    return _REGISTRY[check_method_spec(text).name]
+
+
+def make_method(text: str, options: Mapping[str, object] | object | None = None) -> Method:
+    """A fresh method instance by spec. `options` are the method's own: an instance of its
+    options class, or a mapping of field names to values (text or typed) over its defaults."""
     spec = check_method_spec(text)
-    method = _REGISTRY[spec.name].build(spec, aapp_options)
+    reg = _REGISTRY[spec.name]
+    if reg.options is None:
+        if options:
+            keys = ", ".join(options) if isinstance(options, Mapping) else type(options).__name__
+            raise AappError(f"{spec.name} takes no method options (got {keys})")
+        built = None
+    elif isinstance(options, reg.options):
+        built = options
+    elif options is None or isinstance(options, Mapping):
+        built = parse_options(reg.options, options or {}, spec.name)
+    else:
+        raise AappError(f"{spec.name}'s options are {reg.options.__name__}, not {type(options).__name__}")
+    method = reg.build(spec, built)
     method.name = text
     return method

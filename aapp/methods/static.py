@@ -1,9 +1,14 @@
 """Static structured baselines scored from calibration statistics only: Wanda-sp and FLAP.
 
-Their masks do not depend on the batch, so they are computed once at bind time.
+Their masks do not depend on the batch, so they are computed once at bind time. Which heads
+and channels a layer keeps, given their scores and its budget, is a `MaskRule`: `select_top` by
+default; export asks for another through `with_mask_rule` (aapp.pruning.export_selection).
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Callable
 
 from aapp.methods.base import LayerContext, Method, Selection, compensation, select_top
 from aapp.methods.masks import LayerMask
@@ -11,7 +16,20 @@ from aapp.methods.registry import Registration
 from aapp.methods.scores import flap, per_head, wanda_sp
 
 
-class _Static(Method):
+# (head_scores, channel_scores, budget, geometry) -> the kept heads and channels
+MaskRule = Callable[..., LayerMask]
+
+
+class StaticMethod(Method):
+    mask_rule: MaskRule = staticmethod(select_top)
+
+    def with_mask_rule(self, rule: MaskRule) -> "StaticMethod":
+        """This method, unbound, choosing its masks by `rule` from the same scores and compensation."""
+        fresh = copy.copy(self)
+        fresh.__dict__.pop("_selection", None)
+        fresh.mask_rule = rule
+        return fresh
+
     def bind(self, model, adapter, geometry, plan, calib):
         super().bind(model, adapter, geometry, plan, calib)
         self._selection: dict[int, Selection] = {}
@@ -26,8 +44,7 @@ class _Static(Method):
         raise NotImplementedError
 
     def choose(self, head_scores, channel_scores, budget) -> LayerMask:
-        """Which heads and channels a layer keeps; export overrides it (aapp.pruning.export)."""
-        return select_top(head_scores, channel_scores, budget, self.geometry)
+        return self.mask_rule(head_scores, channel_scores, budget, self.geometry)
 
     def finish(self, layer: int, mask: LayerMask, parts) -> Selection:
         return Selection(mask)
@@ -40,14 +57,14 @@ class _Static(Method):
         return self.selection(ctx.layer)
 
 
-class WandaSP(_Static):
+class WandaSP(StaticMethod):
     name = "wanda-sp"
 
     def scores(self, site, layer, weight):
         return wanda_sp(self.calib.site(site).sq_mean[layer].to(weight.device), weight)
 
 
-class Flap(_Static):
+class Flap(StaticMethod):
     """FLAP (An et al., AAAI 2024) fluctuation metric with its mean-value bias compensation.
 
     We keep the shared per-layer budget (not FLAP's global adaptive structure), so all

@@ -80,6 +80,20 @@ def _source(name: str) -> tuple[str, dict]:
     return name, {}
 
 
+DEVICE_MAP_PREFIX = "map:"
+
+
+def split_device(device: str) -> tuple[str, str | None]:
+    """A device choice as the CLI takes it: "cpu", "cuda", "auto", or "map:STRATEGY" (accelerate's
+    device_map, e.g. "map:auto" spreads a large model over GPUs and CPU) -> (device, device_map)."""
+    if device.startswith(DEVICE_MAP_PREFIX):
+        strategy = device[len(DEVICE_MAP_PREFIX):]
+        if not strategy:
+            raise ModelError(f"device {device!r}: name a device map after {DEVICE_MAP_PREFIX}, e.g. map:auto")
+        return "auto", strategy
+    return device, None
+
+
 def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> LoadedModel:
     """Load `name` for inference, in eval mode, on `device` with `dtype`.
 

@@ -1,4 +1,4 @@
-"""`aapp prune --export DIR`: a static method's pruning written as a smaller HF checkpoint.
+"""`aapp export --out DIR`: a static method's pruning written as a smaller HF checkpoint.
 
 The engine prunes by masks; the export slices the weights instead, so DIR holds a plain
 transformers model (safetensors, config, tokenizer) that loads with no aapp code and is
@@ -39,7 +39,7 @@ from aapp.models.loading import LoadedModel
 from aapp.pruning.engine import PruneOptions
 # Re-exported: callers and tests import the export-compatible selection from here too.
 from aapp.pruning.export_selection import (  # noqa: F401
-    FlapExport, WandaSPExport, export_compatible, export_heads, export_options, export_plan, group_uniform_mask,
+    export_compatible, export_heads, export_options, export_plan, group_uniform_mask,
     layer_selections,
 )
 from aapp.pruning.forward import PrunedAttention, PrunedMLP
@@ -84,9 +84,9 @@ class ExportReport:
 # -- output directory -------------------------------------------------------------------------
 def check_export_dir(out_dir: str | Path) -> None:
     """Fail before a long run when DIR cannot become an export (see the module docstring)."""
-    p = check_dir_writable(out_dir, "--export", replace=True)
+    p = check_dir_writable(out_dir, "export directory", replace=True)
     if p.is_dir() and any(p.iterdir()) and not (p / MARKER).is_file():
-        raise InputError(f"--export {p} is a non-empty directory and not an earlier aapp export "
+        raise InputError(f"{p} is a non-empty directory and not an earlier aapp export "
                          f"(no {MARKER}); choose a new or empty directory")
 
 

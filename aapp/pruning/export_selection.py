@@ -28,7 +28,7 @@ from aapp.errors import AappError, CalibrationError
 from aapp.methods.base import Method, Selection
 from aapp.methods.masks import LayerMask, top_k
 from aapp.methods.plan import LayerBudget, PrunePlan, make_plan
-from aapp.methods.static import Flap, WandaSP, _Static
+from aapp.methods.static import StaticMethod
 from aapp.models.adapters import Geometry
 from aapp.models.loading import LoadedModel
 from aapp.pruning.engine import PruneOptions
@@ -67,37 +67,12 @@ def export_heads(budget: LayerBudget, g: Geometry) -> int:
     return min(valid, key=lambda c: (abs(c - budget.heads), -c))
 
 
-class _GroupUniform:
-    """Mixin over a static method: the same scores and compensation, an exportable choice."""
-
-    def choose(self, head_scores, channel_scores, budget):
-        return group_uniform_mask(head_scores, channel_scores, budget, self.geometry)
-
-
-class WandaSPExport(_GroupUniform, WandaSP):
-    pass
-
-
-class FlapExport(_GroupUniform, Flap):
-    pass
-
-
-_EXPORTABLE: dict[type, type] = {WandaSP: WandaSPExport, Flap: FlapExport}
-
-
 def export_compatible(method: Method) -> Method:
-    """A fresh instance of `method`, with its options, that selects export-compatible masks (static
-    methods only)."""
-    cls = type(method) if isinstance(method, tuple(_EXPORTABLE.values())) else _EXPORTABLE.get(type(method))
-    if cls is None:
-        static = ", ".join(sorted(m.name for m in _EXPORTABLE))
-        if isinstance(method, _Static):
-            raise AappError(f"--export does not support method {method.name!r} yet; supported: {static}")
-        raise AappError(f"--export is for static methods only ({static}): {method.name!r} picks heads and "
+    """`method`, unbound, selecting export-compatible masks (static methods only)."""
+    if not isinstance(method, StaticMethod):
+        raise AappError(f"export is for static methods only (wanda-sp, flap): {method.name!r} picks heads and "
                         "channels per batch, so no single smaller checkpoint computes it")
-    fresh = cls.__new__(cls)
-    fresh.__dict__.update({k: v for k, v in vars(method).items() if not k.startswith("_")})  # options, not bound state
-    return fresh
+    return method.with_mask_rule(group_uniform_mask)
 
 
 def export_options(options: PruneOptions) -> PruneOptions:

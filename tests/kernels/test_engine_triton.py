@@ -3,7 +3,7 @@
 import torch
 
 from aapp.generation import encode, positions
-from aapp.methods.pp import PPOptions, ProbePruning
+from aapp.methods.pp import PPScoring, ProbePruning
 from aapp.pruning.engine import PruneOptions, prune_model
 from tests.conftest import PROMPTS, make_loaded
 
@@ -12,7 +12,7 @@ class ProbeOnly(ProbePruning):
     needs_calibration = False
 
     def __init__(self):
-        super().__init__(PPOptions(scores_from="probe"))
+        super().__init__(PPScoring(scores_from="probe"))
 
 
 def test_triton_backend_matches_torch_backend():

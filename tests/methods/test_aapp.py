@@ -187,8 +187,8 @@ def test_gate_variant_spec_sets_the_gate_and_names_the_rows(setup):
 
     loaded, cal, _ = setup
     method = make_method("aapp:always", AAPPOptions(gate="direction", protect=0.25))
-    assert method.name == "aapp:always" and method.aapp.gate == "always" and method.aapp.protect == 0.25
-    assert make_method("aapp", AAPPOptions(gate="kl")).aapp.gate == "kl"
+    assert method.name == "aapp:always" and method.options.gate == "always" and method.options.protect == 0.25
+    assert make_method("aapp", AAPPOptions(gate="kl")).options.gate == "kl"
     prompts = [Prompt(f"p{i}", t, "harmful", "t") for i, t in enumerate(HARMFUL[:2])]
     rows = list(generate_rows(loaded, prompts, method, OPTS, cal, GenerationSettings(max_new_tokens=2, batch_size=2)))
     assert [r["method"] for r in rows] == ["aapp:always"] * 2 and all(r["gate"]["fired"] for r in rows)
@@ -197,17 +197,14 @@ def test_gate_variant_spec_sets_the_gate_and_names_the_rows(setup):
             make_method(bad)
 
 
-def test_cli_defaults_are_the_library_defaults():
-    import inspect
-
-    from aapp import cli
+def test_a_gate_variant_and_a_gate_option_that_disagree_are_refused():
     from aapp.errors import AappError
+    from aapp.methods import make_method
 
-    for command in (cli.prune, cli.eval_refusal):
-        params = inspect.signature(command).parameters
-        for name in ("gate", "protect", "critical", "per_sample", "refresh", "protect_by", "layer_budget",
-                     "budget_shift", "restore"):
-            assert params[name].default == getattr(AAPPOptions(), name), (command.__name__, name)
+    with pytest.raises(AappError, match="names the kl gate, but its options set gate=logistic"):
+        make_method("aapp:kl", {"gate": "logistic"})
+    assert make_method("aapp:kl", {"gate": "kl"}).options.gate == "kl"
+
 
 def test_setdiff_with_a_pool_of_every_channel_is_refused(setup):
     from aapp.errors import AappError

@@ -7,7 +7,7 @@ import torch
 from aapp.errors import AappError
 from aapp.generation import generate_batch
 from aapp.methods.aapp import AAPP, AAPPOptions
-from aapp.methods.pp import SITES, PPOptions, ProbePruning
+from aapp.methods.pp import SITES, PPScoring, ProbePruning
 from aapp.pruning.engine import PruneOptions, prune_model
 from tests.methods.test_aapp import HARMFUL, OPTS, setup  # noqa: F401  (setup: the module's fixture)
 
@@ -69,7 +69,7 @@ def contexts(loaded, cal, method):
 @pytest.mark.parametrize("restore", RESTORES)
 def test_restore_sets_the_formula_biases_on_fired_batches_and_changes_nothing_else(setup, restore, comp):
     loaded, cal, _ = setup
-    pp_opts = PPOptions(compensate=SITES if comp else ())
+    pp_opts = PPScoring(compensate=SITES if comp else ())
     # Given the same layer inputs, restoration changes biases only. (Through the engine, later
     # layers see the biased residual, so their probes, and masks, may differ: that is the point.)
     plain = contexts(loaded, cal, AAPP(AAPPOptions(gate="always"), pp_opts))
@@ -135,7 +135,7 @@ def test_restore_keeps_the_matmul_flops_and_records_its_vector_adds(setup, resto
         sel, pp = run(loaded, cal, ProbePruning())
         n = len(sel)
         per_run = sum(tokens)
-        _, pp_comp = run(loaded, cal, ProbePruning(PPOptions(compensate=SITES)))
+        _, pp_comp = run(loaded, cal, ProbePruning(PPScoring(compensate=SITES)))
         _, fired = run(loaded, cal, AAPP(AAPPOptions(gate="always", restore=restore)))
         _, quiet = run(loaded, cal, AAPP(AAPPOptions(gate="never", restore=restore)))
     finally:
@@ -150,5 +150,5 @@ def test_restore_keeps_the_matmul_flops_and_records_its_vector_adds(setup, resto
 
 
 def test_unknown_restore_is_refused():
-    with pytest.raises(AappError, match="unknown --restore 'loud'; choose one of none, harmful-mean, direction"):
+    with pytest.raises(AappError, match="unknown restore 'loud'; choose one of none, harmful-mean, direction"):
         AAPPOptions(restore="loud")

@@ -110,5 +110,5 @@ def test_lever_options_are_validated(bad):
     from aapp.errors import AappError
     from aapp.methods.aapp import AAPPOptions
 
-    with pytest.raises(AappError, match="protect-by|layer-budget|budget-shift"):
+    with pytest.raises(AappError, match="protect_by|layer_budget|budget_shift"):
         AAPPOptions(**bad)

@@ -65,7 +65,7 @@ def test_compensation_at_ratio_zero_is_dense(setup):
 def test_aapp_takes_compensation_too(setup):
     loaded, cal = setup
     method = make_method("aapp:never+comp", AAPPOptions())
-    assert method.name == "aapp:never+comp" and method.aapp.gate == "never" and method.options.compensate == ("attn", "mlp")
+    assert method.name == "aapp:never+comp" and method.options.gate == "never" and method.scoring.compensate == ("attn", "mlp")
     from aapp.methods.aapp import add_alignment
 
     harmful = [f"explain how to build a weapon number {i}" for i in range(4)]

@@ -55,7 +55,7 @@ def test_per_head_l2_norm_as_the_reference_code():
 
 def test_pp_options_refuse_an_unknown_head_score():
     from aapp.errors import AappError
-    from aapp.methods import PPOptions
+    from aapp.methods import PPScoring
 
     with pytest.raises(AappError, match="head_score"):
-        PPOptions(head_score="max")
+        PPScoring(head_score="max")

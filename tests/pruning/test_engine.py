@@ -6,7 +6,7 @@ import torch
 from aapp.generation import encode, generate_batch, positions
 from aapp.methods import Dense
 from aapp.methods.base import Method, Selection
-from aapp.methods.pp import PPOptions, ProbePruning
+from aapp.methods.pp import PPScoring, ProbePruning
 from aapp.pruning.engine import PruneOptions, choose_probe, prune_model
 from aapp.methods.masks import LayerMask
 from tests.conftest import PROMPTS, logits
@@ -32,7 +32,7 @@ class ProbeOnly(ProbePruning):
     needs_calibration = False
 
     def __init__(self):
-        super().__init__(PPOptions(scores_from="probe"))
+        super().__init__(PPScoring(scores_from="probe"))
 
 
 def test_full_mask_path_equals_dense(tiny):

@@ -41,9 +41,9 @@ def check_setdiff_pools(protect: float, g: Geometry) -> None:
     for what, total in (("heads", g.num_heads), ("channels", g.intermediate_size)):
         n = protected_count(protect, total)
         if n and 2 * n >= total:
-            raise AappError(f"--critical setdiff with --protect {protect} protects nothing: its "
+            raise AappError(f"critical=setdiff with protect={protect} protects nothing: its "
                             f"pools are the top {2 * n} of {total} {what}, i.e. all of them; "
-                            "use a smaller --protect")
+                            "use a smaller protect")
 
 
 def critical_set(kind: str, n_heads: int, n_channels: int, layer: int, parts: LayerParts, g: Geometry,

@@ -52,46 +52,49 @@ from aapp.methods.aapp.gates import GATES
 from aapp.methods.aapp.restore import RESTORE, restored
 from aapp.methods.base import BatchPart, LayerContext, LayerInput, Selection, select_top
 from aapp.methods.plan import PrunePlan
-from aapp.methods.pp import PPOptions, ProbePruning
+from aapp.methods.options import option
+from aapp.methods.pp import PPScoring, ProbePruning
 from aapp.models.adapters import Geometry
 
 
 @dataclass(frozen=True)
 class AAPPOptions:
-    gate: str = "direction"
-    protect: float = 0.3          # fraction of heads and of MLP channels per layer protected on fire
-    critical: str = "setdiff"
-    gate_layer: int | None = None  # None: calibrated, see module docstring
-    per_sample: bool = False
-    refresh: int = 0              # batches between gate-history refreshes (0: off)
-    refresh_momentum: float = 0.9
-    protect_by: str = "flat"      # flat: protect x each layer; mass: the same total spread by refusal mass
-    layer_budget: str = "flat"    # flat: the plan's counts; risk: MLP channels move toward refusal mass on fire
-    budget_shift: float = 0.5     # risk: at most this fraction of a layer's pruned channels returns to it
-    restore: str = "none"         # fired batches: "none" | "harmful-mean" | "direction" (see restore.py)
+    """AAPP's own options (`aapp methods aapp` lists them); the engine's (dense_layers, reprobe_every,
+    ...) are aapp.pruning.engine.PruneOptions'."""
+
+    gate: str = option("direction", "risk gate: " + " | ".join(GATES))
+    protect: float = option(0.3, "fraction of each layer's heads and MLP channels protected when the gate fires")
+    critical: str = option("setdiff", "critical channels: " + " | ".join(CRITICAL))
+    gate_layer: int | None = option(None, "layer whose input the gate reads (none: chosen at calibration)")
+    per_sample: bool = option(False, "gate each prompt, splitting a batch into gated and ungated parts")
+    refresh: int = option(0, "move the gate's history toward what it saw every N batches (0: off)")
+    refresh_momentum: float = option(0.9, "momentum of the refresh")
+    protect_by: str = option("flat", "where protection goes: " + " | ".join(PROTECT_BY)
+                             + " (mass: the same total, spread over pruned layers by refusal mass)")
+    layer_budget: str = option("flat", "on fire: " + " | ".join(LAYER_BUDGET)
+                               + " (risk: MLP channels move toward refusal mass; same total)")
+    budget_shift: float = option(0.5, "layer_budget=risk: at most this fraction of a layer's pruned channels returns")
+    restore: str = option("none", "on fire, add back: " + " | ".join(RESTORE)
+                          + " (the pruned channels' mean output on harmful prompts, or its refusal-direction part)")
 
     def __post_init__(self):
-        if self.gate not in GATES:
-            raise AappError(f"unknown gate {self.gate!r}; choose one of {', '.join(GATES)}")
-        if self.critical not in CRITICAL:
-            raise AappError(f"unknown critical-channel scoring {self.critical!r}; choose one of {', '.join(CRITICAL)}")
-        if not 0.0 <= self.protect <= 1.0:
-            raise AappError(f"--protect must be in [0, 1], got {self.protect}")
-        if self.protect_by not in PROTECT_BY:
-            raise AappError(f"unknown --protect-by {self.protect_by!r}; choose one of {', '.join(PROTECT_BY)}")
-        if self.layer_budget not in LAYER_BUDGET:
-            raise AappError(f"unknown --layer-budget {self.layer_budget!r}; choose one of {', '.join(LAYER_BUDGET)}")
-        if not 0.0 <= self.budget_shift <= 1.0:
-            raise AappError(f"--budget-shift must be in [0, 1], got {self.budget_shift}")
-        if self.restore not in RESTORE:
-            raise AappError(f"unknown --restore {self.restore!r}; choose one of {', '.join(RESTORE)}")
+        for name, choices in (("gate", GATES), ("critical", CRITICAL), ("protect_by", PROTECT_BY),
+                              ("layer_budget", LAYER_BUDGET), ("restore", RESTORE)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise AappError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        for name in ("protect", "budget_shift", "refresh_momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise AappError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.refresh < 0:
+            raise AappError(f"refresh must be at least 0, got {self.refresh}")
 
 
 def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: PrunePlan) -> int:
     """The layer whose input the gate reads (see the module docstring), from calibration alone."""
     if options.gate_layer is not None:
         if not 0 <= options.gate_layer < g.num_layers:
-            raise AappError(f"--gate-layer must be in [0, {g.num_layers - 1}]")
+            raise AappError(f"gate_layer must be in [0, {g.num_layers - 1}], got {options.gate_layer}")
         return options.gate_layer
     gate = GATES[options.gate]
     if not gate.reads_residual:
@@ -130,9 +133,9 @@ def gate_threshold(gate: str, layer: int, calib: Calibration, g: Geometry, plan:
 class AAPP(ProbePruning):
     name = "aapp"
 
-    def __init__(self, options: AAPPOptions = AAPPOptions(), pp: PPOptions = PPOptions()):
-        super().__init__(pp)
-        self.aapp = options
+    def __init__(self, options: AAPPOptions = AAPPOptions(), scoring: PPScoring = PPScoring()):
+        super().__init__(scoring)
+        self.options = options
         self.gate = GATES[options.gate]
         self._forced: bool | None = None  # a per-sample part's decision, while it runs
         self._fired = False
@@ -141,7 +144,7 @@ class AAPP(ProbePruning):
 
     @property
     def carries_state(self) -> bool:
-        return self.aapp.refresh > 0
+        return self.options.refresh > 0
 
     # -- calibration-time facts -------------------------------------------------------------
     def bind(self, model, adapter, geometry, plan, calib):
@@ -149,16 +152,16 @@ class AAPP(ProbePruning):
         if not calib.has_alignment:
             raise CalibrationError("the calibration file has no alignment statistics; run `aapp calibrate` "
                                    "with --harmful and --harmless (the defaults do)")
-        if self.aapp.critical == "setdiff":
-            check_setdiff_pools(self.aapp.protect, geometry)
+        if self.options.critical == "setdiff":
+            check_setdiff_pools(self.options.protect, geometry)
         self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
-        self.gate_layer = gate_layer(self.aapp, calib, geometry, plan)
+        self.gate_layer = gate_layer(self.options, calib, geometry, plan)
         self.threshold, self.threshold_source = float("nan"), None
         if self.gate.reads_residual:
             self.threshold, self.threshold_source = gate_threshold(self.gate.name, self.gate_layer, calib, geometry,
                                                                    plan)
         parts = [adapter.layer_parts(model, i) for i in range(geometry.num_layers)]
-        o = self.aapp
+        o = self.options
         by_mass = o.protect_by == "mass" or o.layer_budget == "risk"
         mass = [refusal_mass(calib, i, p) for i, p in enumerate(parts)] if by_mass else []
         # The budgets a fired batch runs under; the plan's when not fired (or layer_budget="flat").
@@ -186,7 +189,7 @@ class AAPP(ProbePruning):
 
     def split_batch(self, batch_size: int, layer_input: LayerInput) -> list[BatchPart]:
         """Per-sample gating: gated and ungated prompts generate as separate sub-batches."""
-        if not (self.aapp.per_sample and self.gate.reads_residual):
+        if not (self.options.per_sample and self.gate.reads_residual):
             return super().split_batch(batch_size, layer_input)
         x, token_mask, cost = layer_input(self.gate_layer)
         scores = self.sample_scores(x, token_mask)
@@ -234,15 +237,15 @@ class AAPP(ProbePruning):
         self._score = float(scores.max())
         if self._forced is None:
             self._fired = bool((scores > 0).any())
-        if self.aapp.refresh:
+        if self.options.refresh:
             self._refresh()
 
     def _refresh(self) -> None:
         """Every `refresh` batches, move the gate's harmful/harmless history toward batches it classed so."""
         self._seen["harmful" if self._fired else "harmless"].append(self._last_feats)
-        if self._batches % self.aapp.refresh:
+        if self._batches % self.options.refresh:
             return
-        m = self.aapp.refresh_momentum
+        m = self.options.refresh_momentum
         i = self.gate_layer
         for kind, feats in self._seen.items():
             if feats:
@@ -261,8 +264,8 @@ class AAPP(ProbePruning):
         mask = select_top(heads, channels, ctx.budget, ctx.geometry,
                           protect_heads=crit.heads, protect_channels=crit.channels)
         # harmful-mean replaces PP's compensation, so it need not be computed first.
-        sel = Selection(mask) if self.aapp.restore == "harmful-mean" else self.finish(ctx, mask)
-        return restored(self.aapp.restore, self.calib, ctx.layer, ctx.parts, sel, ctx.geometry,
+        sel = Selection(mask) if self.options.restore == "harmful-mean" else self.finish(ctx, mask)
+        return restored(self.options.restore, self.calib, ctx.layer, ctx.parts, sel, ctx.geometry,
                         self._direction.get(ctx.layer))
 
     def batch_info(self) -> dict:

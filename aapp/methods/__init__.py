@@ -6,7 +6,7 @@ Built-in methods register here through the same `register` an extension would ca
 
 from aapp.methods import aapp, dense, hybrid, pp, static
 from aapp.methods.aapp import AAPP, AAPPOptions, add_alignment
-from aapp.methods.base import BatchPart, LayerContext, Method, ProbeStats, Selection
+from aapp.methods.base import LayerContext, Method, ProbeStats, Router, RowDecisions, Selection
 from aapp.methods.dense import Dense
 from aapp.methods.pp import PPScoring, ProbePruning
 from aapp.methods.registry import MethodSpec, check_method_spec, make_method, register, registered, registration
@@ -19,7 +19,6 @@ for _registration in (dense.REGISTRATION, pp.REGISTRATION, static.WANDA_SP, stat
 __all__ = [
     "AAPP",
     "AAPPOptions",
-    "BatchPart",
     "Dense",
     "Flap",
     "LayerContext",
@@ -28,6 +27,8 @@ __all__ = [
     "PPScoring",
     "ProbePruning",
     "ProbeStats",
+    "Router",
+    "RowDecisions",
     "Selection",
     "WandaSP",
     "add_alignment",

@@ -1,16 +1,17 @@
 """What a pruning method is: the protocol the engine drives, and the plain data it passes.
 
-The engine (aapp.pruning) calls a method only through `Method`'s hooks; a method owns all of
-its behaviour behind them (AAPP's gate, its batch splitting, whether it carries state), so no
-code elsewhere asks a method's name. This module imports nothing from aapp.pruning.
+A method scores and selects (`select`, per pruned layer and batch), and declares what it must
+see: the layers it watches (`watch_layers`/`observe`) and, if it decides per request, a `Router`.
+Which rows run together and how is the runner's decision (aapp.pruning.run): it asks the router
+for each row's decision and runs each group of rows under its own. No code elsewhere asks a
+method's name. This module imports nothing from aapp.pruning.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -53,28 +54,30 @@ class Selection:
     mlp_bias: torch.Tensor | None = None
 
 
-# What the engine offers a method that wants to look ahead before a batch runs: the block input
-# of `layer` for the batch's prompts -> (x [B, S, D], token_mask [B, S], FLOPs spent getting it).
-LayerInput = Callable[[int], tuple[torch.Tensor, torch.Tensor, float]]
+@dataclass(frozen=True)
+class RowDecisions:
+    """A router's decision for each row of a batch (hashable values; rows with equal ones run
+    together, the value handed to `begin_batch`), and per row what to add to its output row."""
+
+    decisions: list
+    info: list[dict]
 
 
 @dataclass(frozen=True)
-class BatchPart:
-    """Rows of a batch generated together, and what the method decided for them beforehand."""
+class Router:
+    """How a method decides per request: from the block input of `layer` ([B, S, D]) and the token
+    mask ([B, S]), `decide` returns each row's decision without changing the method."""
 
-    rows: list[int]
-    decision: object = None                   # handed back to the method while the part runs
-    lookahead_flops: float = 0.0              # this part's share of the FLOPs spent deciding
-    row_info: list[dict] = field(default_factory=list)  # per row, merged into its output row
+    layer: int
+    decide: Callable[[torch.Tensor, torch.Tensor], RowDecisions]
 
 
 class Method(ABC):
     """A pruning method. Subclasses are small: scores in, `select_top` out.
 
-    The engine calls, per model: `bind`; per batch: `split_batch` (before generation), then
-    for each part `running(part)` around its generation, in which `begin_batch` (at prefill),
-    `observe` (watched layers) and `select` (each pruned layer) are called; `batch_info` and
-    `sample_info` after it.
+    The engine calls, per model: `bind`; per batch (or group of a batch's rows, when the method
+    routes): `begin_batch` at prefill, `observe` for watched layers and `select` for each pruned
+    layer; the runner reads `row_info` after it.
     """
 
     name: str = "method"  # the spec it was made from (aapp.methods.registry), used in output rows
@@ -97,17 +100,13 @@ class Method(ABC):
         """Called once when a model is wrapped; static methods precompute here."""
         self.geometry, self.plan, self.calib = geometry, plan, calib
 
-    def split_batch(self, batch_size: int, layer_input: LayerInput) -> list[BatchPart]:
-        """How to generate a batch: whole (the default), or as sub-batches the method decides on."""
-        return [BatchPart(list(range(batch_size)))]
+    def router(self) -> Router | None:
+        """How this method decides per request before a batch runs, or None (it does not)."""
+        return None
 
-    @contextmanager
-    def running(self, part: BatchPart) -> Iterator[None]:
-        """Around the generation of one part of a batch (see `split_batch`)."""
-        yield
-
-    def begin_batch(self) -> None:
-        """Called at the start of every new batch (prefill), before the first layer."""
+    def begin_batch(self, decision=None) -> None:
+        """Called at the start of every new batch (prefill), before the first layer, with the
+        router's decision for its rows (None without a router)."""
 
     def watch_layers(self) -> set[int]:
         """Layers whose block input `observe` should see at prefill (pruned or not)."""
@@ -119,13 +118,9 @@ class Method(ABC):
     @abstractmethod
     def select(self, ctx: LayerContext) -> Selection: ...
 
-    def batch_info(self) -> dict:
-        """Per-batch facts for output rows (e.g. a gate decision)."""
-        return {}
-
-    def sample_info(self, batch_size: int) -> dict[str, list[dict]]:
-        """Per-sample refinements of `batch_info` for the batch just run: {key: [one dict per sample]}."""
-        return {}
+    def row_info(self, batch_size: int) -> list[dict]:
+        """Facts about the batch just run for each of its rows' output (e.g. a gate decision)."""
+        return [{} for _ in range(batch_size)]
 
 
 def select_top(head_scores: torch.Tensor, channel_scores: torch.Tensor, budget: LayerBudget, g: Geometry,

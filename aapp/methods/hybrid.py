@@ -25,9 +25,9 @@ class Hybrid(Method):
         self.heads_from.bind(*args)
         self.channels_from.bind(*args)
 
-    def begin_batch(self) -> None:
-        self.heads_from.begin_batch()
-        self.channels_from.begin_batch()
+    def begin_batch(self, decision=None) -> None:
+        self.heads_from.begin_batch(decision)
+        self.channels_from.begin_batch(decision)
 
     def select(self, ctx: LayerContext) -> Selection:
         h, c = self.heads_from.select(ctx), self.channels_from.select(ctx)

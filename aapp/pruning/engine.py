@@ -13,7 +13,8 @@ heads); `reprobe_every` re-selects MLP channels, which carry no state, during de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -89,6 +90,7 @@ class PrunedModel:
         self.backend = get_backend(options.backend, loaded.device)
         method.bind(loaded.model, loaded.adapter, g, self.plan, calib)
         self.record = BatchRecord()
+        self.decision = None  # the router's decision for the rows generating now (see running)
         self._token_mask: torch.Tensor | None = None
         self._lm_tokens = 0
         self._decode_steps: dict[int, int] = {}
@@ -136,6 +138,15 @@ class PrunedModel:
     def __enter__(self):
         return self
 
+    @contextmanager
+    def running(self, decision) -> Iterator[None]:
+        """Generate the rows the method's router gave `decision` (the method sees it at prefill)."""
+        self.decision = decision
+        try:
+            yield
+        finally:
+            self.decision = None
+
     def __exit__(self, *exc):
         self.remove()
 
@@ -154,7 +165,7 @@ class PrunedModel:
         keep = kwargs.get("logits_to_keep", 0) or ids.shape[1]
         lm = flops.lm_head_flops(self.loaded.geometry, ids.shape[0] * min(keep, ids.shape[1]))
         if past == 0:
-            self.method.begin_batch()
+            self.method.begin_batch(self.decision)
             self.record = BatchRecord()
             self._decode_steps.clear()
         self.record.flops.add(self._dense_only_flops(ids.shape[0], ids.shape[1], past, lm))
@@ -260,8 +271,8 @@ class PrunedModel:
     # -- looking ahead ---------------------------------------------------------------------
     def layer_input(self, layer: int, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Run `texts` up to decoder layer `layer` and return its block input [B, S, D], the
-        batch's token mask [B, S] and the FLOPs spent: what a method may read before deciding
-        how to run a batch (see Method.split_batch). The hooks run as in any forward."""
+        batch's token mask [B, S] and the FLOPs spent: what a method's router reads before the
+        batch runs (see Method.router). The hooks run as in any forward."""
         loaded = self.loaded
         seen = {}
 

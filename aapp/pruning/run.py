@@ -7,10 +7,29 @@ from dataclasses import dataclass
 
 from aapp.calibration.store import Calibration
 from aapp.generation import batched, generate_batch
-from aapp.methods.base import BatchPart, Method
+from aapp.methods.base import Method, RowDecisions
 from aapp.models.loading import LoadedModel
 from aapp.pruning.engine import PrunedModel, PruneOptions, prune_model
 from aapp.pruning.flops import FlopCount
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows of a batch that generate together, under one router decision (None: no router)."""
+
+    rows: list[int]
+    decision: object = None
+    lookahead_flops: float = 0.0  # this group's share of the FLOPs spent deciding
+    info: list[dict] | None = None  # per row: what the router said of it
+
+
+def group_rows(decided: RowDecisions, lookahead_flops: float) -> list[RowGroup]:
+    """A batch's rows grouped by decision, in order of first appearance; each group pays its rows'
+    share of the look-ahead."""
+    n = len(decided.decisions)
+    order = list(dict.fromkeys(decided.decisions))
+    return [RowGroup(rows, d, lookahead_flops * len(rows) / n, [decided.info[i] for i in rows])
+            for d in order for rows in [[i for i in range(n) if decided.decisions[i] == d]]]
 
 
 @dataclass(frozen=True)
@@ -40,15 +59,18 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
     done: dict[int, dict] = {}
     next_out = 0
     handle = prune_model(loaded, method, options, calib)
+    router = method.router()
     try:
         for indices in batched(order, settings.batch_size):
             chunk = [prompts[i] for i in indices]
-            texts = [p.text for p in chunk]
-            parts = method.split_batch(len(chunk), lambda layer: handle.layer_input(layer, texts))
+            groups = [RowGroup(list(range(len(chunk))))]
+            if router is not None:
+                x, token_mask, cost = handle.layer_input(router.layer, [p.text for p in chunk])
+                groups = group_rows(router.decide(x, token_mask), cost)
             rows: dict[int, dict] = {}
-            for part in parts:
-                with method.running(part):
-                    rows.update(zip(part.rows, _part_rows(handle, chunk, part, settings)))
+            for group in groups:
+                with handle.running(group.decision):
+                    rows.update(zip(group.rows, _group_rows(handle, chunk, group, settings)))
             done.update((indices[j], rows[j]) for j in range(len(chunk)))
             while next_out in done:  # rows leave in input order, as soon as that order allows
                 yield done.pop(next_out)
@@ -59,21 +81,20 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
         handle.remove()
 
 
-def _part_rows(handle: PrunedModel, chunk: Sequence, part: BatchPart, settings: GenerationSettings) -> list[dict]:
-    """Generate one part of a batch (the whole batch, or a sub-batch the method split off) into rows."""
+def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings: GenerationSettings) -> list[dict]:
+    """Generate one group of a batch's rows (the whole batch without a router) into output rows."""
     loaded, method = handle.loaded, handle.method
-    prompts = [chunk[i] for i in part.rows]
+    prompts = [chunk[i] for i in group.rows]
     out = generate_batch(loaded.model, loaded.tokenizer, [p.text for p in prompts],
                          max_new_tokens=settings.max_new_tokens)
     total = FlopCount()
     total.add(handle.record.flops)
-    total.probe += part.lookahead_flops
+    total.probe += group.lookahead_flops
     n = len(prompts)
     share = {k: v / n for k, v in total.to_dict().items() if k != "fraction"}
     share["fraction"] = total.fraction
     kept = full_kept(loaded, handle.record.kept)
-    info = method.batch_info()
-    sample_info = method.sample_info(n)
+    info = method.row_info(n)
     rows = []
     for j, p in enumerate(prompts):
         row = {
@@ -86,11 +107,8 @@ def _part_rows(handle: PrunedModel, chunk: Sequence, part: BatchPart, settings: 
         }
         if p.truncated:
             row["truncated_tokens"] = p.truncated
-        row.update(info)
-        refinements = [{k: v[j] for k, v in sample_info.items()}]  # the batch's facts, refined per sample
-        if part.row_info:
-            refinements.append(part.row_info[j])  # and what the method decided for this row beforehand
-        for extra in refinements:
+        # What the method says of the batch, refined by what its router decided for this row.
+        for extra in (info[j], group.info[j] if group.info else {}):
             for key, values in extra.items():
                 row[key] = {**row.get(key, {}), **values}
         rows.append(row)

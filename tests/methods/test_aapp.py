@@ -38,7 +38,7 @@ def test_gate_always_keeps_critical_channels(setup):
     method = AAPP(AAPPOptions(gate="always", protect=0.25, critical="diff"))
     with prune_model(loaded, method, OPTS, cal) as h:
         kept = masks(h, HARMLESS[:3])
-        assert h.method.batch_info()["gate"]["fired"] is True
+        assert h.method.row_info(1)[0]["gate"]["fired"] is True
     for i, m in kept.items():
         crit = method.critical[i]
         assert len(crit.heads) == 1 and len(crit.channels) == 40  # 25% of 4 heads, of 160 channels
@@ -81,9 +81,9 @@ def test_gate_fires_on_harmful_batches_only_and_only_then_changes_the_selection(
         # The calibration prompts separate at the gate layer, so its threshold splits them.
         assert cal.alignment.gates[gate].auroc[method.gate_layer] == 1.0
         fired = masks(h, HARMFUL[:4])
-        assert h.method.batch_info()["gate"]["fired"] is True and bool((method.last_sample_scores > 0).all())
+        assert h.method.row_info(1)[0]["gate"]["fired"] is True and bool((method.last_sample_scores > 0).all())
         quiet = masks(h, HARMLESS[:4])
-        assert h.method.batch_info()["gate"]["fired"] is False and bool((method.last_sample_scores <= 0).all())
+        assert h.method.row_info(1)[0]["gate"]["fired"] is False and bool((method.last_sample_scores <= 0).all())
     for i in quiet:  # not fired: exactly PP's selection
         assert torch.equal(quiet[i].heads, pp[i].heads) and torch.equal(quiet[i].channels, pp[i].channels)
     for i in fired:  # fired: the critical channels are kept

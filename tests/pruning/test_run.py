@@ -1,10 +1,9 @@
-"""generate_rows drives a method's batch hooks: split_batch, running, and the engine's look-ahead."""
-
-from contextlib import contextmanager
+"""generate_rows asks a method's router for each row's decision (through the engine's look-ahead)
+and runs each group of rows under its own."""
 
 import torch
 
-from aapp.methods import BatchPart, Dense
+from aapp.methods import Dense, Router, RowDecisions
 from aapp.prompts import Prompt
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.run import GenerationSettings, generate_rows
@@ -12,29 +11,21 @@ from tests.conftest import PROMPTS
 
 
 class OddEven(Dense):
-    """Splits every batch into its even and odd rows, after looking at layer 1's input."""
+    """Routes every batch's even and odd rows apart, after looking at layer 1's input."""
 
     def __init__(self):
-        self.seen_decisions, self.lookahead_shapes, self.current = [], [], None
+        self.seen_decisions, self.lookahead_shapes = [], []
 
-    def split_batch(self, batch_size, layer_input):
-        x, token_mask, cost = layer_input(1)
-        self.lookahead_shapes.append((tuple(x.shape), tuple(token_mask.shape), cost))
-        parts = []
-        for parity in (0, 1):
-            rows = [i for i in range(batch_size) if i % 2 == parity]
-            parts.append(BatchPart(rows, decision=parity, lookahead_flops=100.0 * len(rows),
-                                   row_info=[{"split": {"parity": parity}} for _ in rows]))
-        return parts
+    def router(self):
+        return Router(1, self.decide)
 
-    @contextmanager
-    def running(self, part):
-        self.current = part.decision
-        yield
-        self.current = None
+    def decide(self, x, token_mask):
+        self.lookahead_shapes.append((tuple(x.shape), tuple(token_mask.shape)))
+        parity = [i % 2 for i in range(x.shape[0])]
+        return RowDecisions(parity, [{"split": {"parity": p}} for p in parity])
 
-    def begin_batch(self):
-        self.seen_decisions.append(self.current)
+    def begin_batch(self, decision=None):
+        self.seen_decisions.append(decision)
 
 
 def test_parts_generate_separately_and_rows_come_back_in_order(tiny_llama):
@@ -44,15 +35,25 @@ def test_parts_generate_separately_and_rows_come_back_in_order(tiny_llama):
     rows = list(generate_rows(tiny_llama, prompts, method, PruneOptions(), None, settings))
     assert [r["id"] for r in rows] == ["p0", "p1", "p2", "p3"]
     assert [r["split"]["parity"] for r in rows] == [0, 1, 0, 1]
-    # Each part's prefill ran inside `running` (the look-ahead's own prefill saw no decision).
+    # Each group's prefill saw its decision (the look-ahead's own prefill saw none).
     assert method.seen_decisions == [None, 0, 1]
-    (x_shape, mask_shape, cost), = method.lookahead_shapes
+    (x_shape, mask_shape), = method.lookahead_shapes
     assert x_shape[0] == 4 and x_shape[2] == tiny_llama.geometry.hidden_size and mask_shape == x_shape[:2]
-    assert cost > 0
-    # A part's rows carry their own share of the look-ahead FLOPs.
+    # A group's rows carry their own share of the look-ahead FLOPs: one dense layer over the batch.
     dense_rows = list(generate_rows(tiny_llama, prompts[0::2], Dense(), PruneOptions(), None, settings))
     assert rows[0]["completion"] == dense_rows[0]["completion"]
-    assert rows[0]["flops"]["probe"] == dense_rows[0]["flops"]["probe"] + 100.0
+    with prune_model(tiny_llama, Dense(), PruneOptions()) as handle:
+        _, _, cost = handle.layer_input(1, PROMPTS)
+    assert cost > 0
+    assert rows[0]["flops"]["probe"] == dense_rows[0]["flops"]["probe"] + cost / 4
+
+
+def test_group_rows_keeps_first_appearance_order_and_shares_the_look_ahead():
+    from aapp.pruning.run import group_rows
+
+    groups = group_rows(RowDecisions([True, False, True, True], [{"i": i} for i in range(4)]), 8.0)
+    assert [(g.decision, g.rows, g.lookahead_flops) for g in groups] == [(True, [0, 2, 3], 6.0), (False, [1], 2.0)]
+    assert groups[0].info == [{"i": 0}, {"i": 2}, {"i": 3}]
 
 
 def test_layer_input_is_the_block_input_of_that_layer(tiny_llama):
@@ -75,10 +76,12 @@ class BatchLengths(Dense):
     def __init__(self):
         self.batches = []
 
-    def split_batch(self, batch_size, layer_input):
-        _, token_mask, _ = layer_input(0)
+    def router(self):
+        return Router(0, self.decide)
+
+    def decide(self, x, token_mask):
         self.batches.append(token_mask.sum(1).tolist())
-        return super().split_batch(batch_size, layer_input)
+        return RowDecisions([None] * x.shape[0], [{} for _ in range(x.shape[0])])
 
 
 def padded_tokens(batches):

@@ -35,8 +35,6 @@ nothing for it, and a fired batch pays one vector add per token and biased site 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -50,7 +48,7 @@ from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_coun
 from aapp.methods.aapp.critical import CRITICAL, check_setdiff_pools, critical_set
 from aapp.methods.aapp.gates import GATES
 from aapp.methods.aapp.restore import RESTORE, restored
-from aapp.methods.base import BatchPart, LayerContext, LayerInput, Selection, select_top
+from aapp.methods.base import LayerContext, RowDecisions, Router, Selection, select_top
 from aapp.methods.plan import PrunePlan
 from aapp.methods.options import option
 from aapp.methods.pp import PPScoring, ProbePruning
@@ -137,7 +135,7 @@ class AAPP(ProbePruning):
         super().__init__(scoring)
         self.options = options
         self.gate = GATES[options.gate]
-        self._forced: bool | None = None  # a per-sample part's decision, while it runs
+        self._decided = False  # the router decided this batch's rows: the in-flight gate does not
         self._fired = False
         self._score = float("nan")
         self.last_sample_scores: torch.Tensor | None = None
@@ -187,36 +185,24 @@ class AAPP(ProbePruning):
     def watch_layers(self) -> set[int]:
         return {self.gate_layer} if self.gate.reads_residual else set()
 
-    def split_batch(self, batch_size: int, layer_input: LayerInput) -> list[BatchPart]:
-        """Per-sample gating: gated and ungated prompts generate as separate sub-batches."""
+    def router(self) -> Router | None:
+        """Per-sample gating: each prompt's gate decision, read before the batch runs, so that gated
+        and ungated prompts generate as separate groups (the runner's job)."""
         if not (self.options.per_sample and self.gate.reads_residual):
-            return super().split_batch(batch_size, layer_input)
-        x, token_mask, cost = layer_input(self.gate_layer)
+            return None
+        return Router(self.gate_layer, self._decide)
+
+    def _decide(self, x: torch.Tensor, token_mask: torch.Tensor) -> RowDecisions:
         scores = self.sample_scores(x, token_mask)
-        parts = []
-        for fired in (True, False):
-            rows = [i for i in range(batch_size) if bool(scores[i] > 0) == fired]
-            if rows:
-                info = [{"gate": {"fired": fired, "score": float(scores[i]), "sample_score": float(scores[i]),
-                                  "per_sample": True}} for i in rows]
-                parts.append(BatchPart(rows, decision=fired, lookahead_flops=cost * len(rows) / batch_size,
-                                       row_info=info))
-        return parts
+        fired = [bool(v > 0) for v in scores]
+        return RowDecisions(fired, [{"gate": {"fired": f, "score": float(v), "sample_score": float(v),
+                                              "per_sample": True}} for f, v in zip(fired, scores)])
 
-    @contextmanager
-    def running(self, part: BatchPart) -> Iterator[None]:
-        self._forced = part.decision
-        try:
-            yield
-        finally:
-            self._forced = None
-
-    def begin_batch(self) -> None:
-        self._fired = bool(self.gate.fires)
+    def begin_batch(self, decision=None) -> None:
+        self._decided = decision is not None
+        self._fired = bool(self.gate.fires) if decision is None else bool(decision)
         self._score = float("nan")
         self.last_sample_scores = None
-        if self._forced is not None:
-            self._fired = self._forced
         self._batches += 1
 
     def sample_scores(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
@@ -235,7 +221,7 @@ class AAPP(ProbePruning):
         scores = self.sample_scores(x, token_mask)
         self.last_sample_scores = scores
         self._score = float(scores.max())
-        if self._forced is None:
+        if not self._decided:
             self._fired = bool((scores > 0).any())
         if self.options.refresh:
             self._refresh()
@@ -268,14 +254,12 @@ class AAPP(ProbePruning):
         return restored(self.options.restore, self.calib, ctx.layer, ctx.parts, sel, ctx.geometry,
                         self._direction.get(ctx.layer))
 
-    def batch_info(self) -> dict:
-        return {"gate": {"kind": self.gate.name, "fired": bool(self._fired),
-                         "score": None if math.isnan(self._score) else self._score,
-                         "layer": self.gate_layer, "threshold": self.threshold_source}}
-
-    def sample_info(self, batch_size: int) -> dict[str, list[dict]]:
-        """Each prompt's own gate score (the batch's `score` is their max): held-out AUROC reads it."""
+    def row_info(self, batch_size: int) -> list[dict]:
+        """The batch's gate decision, and each prompt's own score (the batch's `score` is their max):
+        held-out AUROC reads it."""
+        batch = {"kind": self.gate.name, "fired": bool(self._fired),
+                 "score": None if math.isnan(self._score) else self._score,
+                 "layer": self.gate_layer, "threshold": self.threshold_source}
         scores = self.last_sample_scores
-        if scores is None or len(scores) != batch_size:
-            return {}
-        return {"gate": [{"sample_score": float(v)} for v in scores]}
+        per_row = [float(v) for v in scores] if scores is not None and len(scores) == batch_size else None
+        return [{"gate": {**batch, **({"sample_score": per_row[j]} if per_row else {})}} for j in range(batch_size)]

@@ -131,8 +131,8 @@ def calibrate(
     harmful: Annotated[Optional[str], typer.Option(help="Harmful prompts for AAPP's alignment statistics (default: calib-harmful; with --update, the file's).")] = None,
     harmless: Annotated[Optional[str], typer.Option(help="Harmless prompts for AAPP's alignment statistics (default: calib-harmless; with --update, the file's).")] = None,
     alignment: Annotated[bool, typer.Option(help="Collect alignment statistics (needed by --method aapp).")] = True,
-    gate_ratios: Annotated[str, typer.Option(help="Ratios at which AAPP's gate thresholds are refitted on Probe Pruning's pruned features (a gate reading a layer after pruned ones needs them). Only a gate that reads a layer after pruned ones uses them (--gate logistic; the default direction gate reads a dense layer), so none by default: each ratio costs one pruned prefill of the harmful+harmless prompts and the prose windows, about 9 CPU-minutes on the 0.5B model. 'none' skips. Ratios the model cannot be pruned to are skipped with a warning.")] = "none",
-    dense_layers: Annotated[int, typer.Option(help="First layers kept dense in the --gate-ratios passes; `aapp prune` uses the thresholds only with the same --dense-layers.", min=0)] = 3,
+    gate_ratios: Annotated[str, typer.Option(help="Ratios at which AAPP's gate thresholds are refitted on Probe Pruning's pruned features (a gate reading a layer after pruned ones needs them). Only a gate that reads a layer after pruned ones uses them (--opt gate=logistic; the default direction gate reads a dense layer), so none by default: each ratio costs one pruned prefill of the harmful+harmless prompts and the prose windows, about 9 CPU-minutes on the 0.5B model. 'none' skips. Ratios the model cannot be pruned to are skipped with a warning.")] = "none",
+    dense_layers: Annotated[int, typer.Option(help="First layers kept dense in the --gate-ratios passes; `aapp prune` uses the thresholds only with the same dense_layers option.", min=0)] = 3,
     gate_fpr: Annotated[float, typer.Option(help="The --gate-ratios thresholds let at most this share of the benign calibration inputs (harmless prompts, and prose windows for the logistic gate) fire: 0.01 keeps a batch of 8 benign prompts under a 10% chance of firing (1 - 0.99^8 = 7.7%). 1 is no cap (balanced accuracy alone).", min=0.0, max=1.0)] = 0.01,
     update: Annotated[bool, typer.Option(help="Add --gate-ratios thresholds to the existing --out file (made for this --model) without the dense passes; the rest of the file is kept.")] = False,
     limit: Limit = None,
@@ -146,113 +146,19 @@ def calibrate(
 
     With --update, only the pruned gate thresholds are computed and added to --out.
     """
-    from aapp.calibration.run import TextSettings, calibrate_text
-    from aapp.methods.aapp import add_alignment
-    from aapp.calibration.store import save_calibration
-    from aapp.models.loading import load_model
-    from aapp.prompts import load_prompts
-    from aapp.pruning.engine import PruneOptions
-    from aapp.pruning.gate_thresholds import parse_gate_ratios, plannable
-    from aapp.text import load_text
+    from aapp.calibration.run import TextSettings
+    from aapp.pruning.calibrate import CalibrateRequest
+    from aapp.pruning.calibrate import calibrate as run_calibration
 
-    ratios = parse_gate_ratios(gate_ratios) if alignment else ()
-    prune_options = PruneOptions(dense_layers=dense_layers)
-    if update:
-        return _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limit, sample, seed, device,
-                                 dtype, gate_fpr)
-    harmful, harmless = harmful or "calib-harmful", harmless or "calib-harmless"
-    _out_path(out)
-    texts = load_text(text, split="calib")
-    harm = load_prompts(harmful, limit=limit, sample=sample, seed=seed) if alignment else []
-    safe = load_prompts(harmless, limit=limit, sample=sample, seed=seed) if alignment else []
-    loaded = load_model(model, device=device, dtype=dtype)
-    ratios, skipped = plannable(loaded, ratios, prune_options)
-    for why in skipped:
-        warn(f"--gate-ratios: skipped, as `aapp prune` could not run it: {why}")
-    settings = TextSettings(samples=samples, seq_len=seq_len, batch_size=batch_size)
-    with progress() as bar:
-        task = bar.add_task("general text", total=samples)
-        cal = calibrate_text(loaded, texts, settings, description=text, on_batch=lambda n: bar.advance(task, n))
-        if alignment:
-            task = bar.add_task("harmful/harmless", total=len(harm) + len(safe))
-            add_alignment(cal, loaded, [p.text for p in harm], [p.text for p in safe],
-                          {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n),
-                          prose=texts, prose_settings=settings)
-            _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options,
-                                   _prose_windows(loaded, texts, samples, seq_len), gate_fpr)
-    save_calibration(cal, out)
-    info(f"wrote {out}: {cal.meta['samples']} windows x {seq_len} tokens"
-         + (f", {len(harm)} harmful + {len(safe)} harmless prompts" if alignment else "")
-         + (f", gate thresholds at ratios {','.join(f'{r:g}' for r in ratios)}" if ratios else "")
-         + f", model {loaded.fingerprint}")
-
-
-def _prose_windows(loaded, texts, samples: int, seq_len: int):
-    """The general-text windows the fitted gate learns not to fire on (as add_alignment packs them)."""
-    from aapp.calibration.run import pack_tokens
-
-    return pack_tokens(loaded.tokenizer, texts, samples, seq_len) if samples else None
-
-
-def _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options, prose, max_fpr) -> None:
-    from aapp.pruning.gate_thresholds import add_pruned_thresholds, fit_pruned_thresholds
-
-    if not ratios:
-        return
-    task = bar.add_task("pruned gate thresholds", total=len(ratios) * (len(harm) + len(safe)))
-    add_pruned_thresholds(cal, fit_pruned_thresholds(loaded, cal, [p.text for p in harm], [p.text for p in safe],
-                                                     ratios, prune_options, on_batch=lambda n: bar.advance(task, n),
-                                                     prose=prose, max_fpr=None if max_fpr >= 1 else max_fpr))
-
-
-def _calibrate_update(out, model, ratios, prune_options, harmful, harmless, limit, sample, seed, device, dtype,
-                      gate_fpr):
-    """`aapp calibrate --update`: the pruned gate thresholds of an existing file's model, added to it."""
-    from aapp.calibration.store import load_calibration, save_calibration
-    from aapp.errors import CalibrationError, InputError
-    from aapp.models.loading import load_model
-    from aapp.prompts import load_prompts
-    from aapp.pruning.gate_thresholds import plannable
-
-    if not ratios:
-        raise InputError("--update adds the thresholds of --gate-ratios; give at least one ratio")
-    _out_path(out)
-    cal = load_calibration(out)
-    if not cal.has_alignment:
-        raise CalibrationError(f"{out}: has no alignment statistics to fit gate thresholds for; "
-                               "run `aapp calibrate` without --no-alignment")
-    harmful, harmless = harmful or cal.meta.get("harmful"), harmless or cal.meta.get("harmless")
-    if not harmful or not harmless:
-        raise InputError(f"{out}: does not name its prompt sets; give --harmful and --harmless")
-    harm = load_prompts(harmful, limit=limit, sample=sample, seed=seed)
-    safe = load_prompts(harmless, limit=limit, sample=sample, seed=seed)
-    loaded = load_model(model, device=device, dtype=dtype)
-    cal.check_model(loaded.fingerprint, loaded.name)
-    counts = (cal.meta.get("harmful_count"), cal.meta.get("harmless_count"))
-    if counts != (len(harm), len(safe)):
-        warn(f"the file's gates were fitted on {counts[0]} harmful + {counts[1]} harmless prompts, these thresholds "
-             f"on {len(harm)} + {len(safe)}; pass the --limit/--sample/--seed it was made with")
-    ratios, skipped = plannable(loaded, ratios, prune_options)
-    for why in skipped:
-        warn(f"--gate-ratios: skipped, as `aapp prune` could not run it: {why}")
-    if not ratios:
-        raise InputError("--update: no ratio of --gate-ratios can be pruned on this model; nothing to add")
-    old = cal.alignment.pruned
-    if old is not None and old.dense_layers != prune_options.dense_layers:
-        warn(f"{out}: replacing the gate thresholds fitted with --dense-layers {old.dense_layers} "
-             f"(ratios {','.join(f'{r:g}' for r in old.ratios)})")
-    prose = None
-    if cal.meta.get("gate_prose_windows"):  # the fitted gate learnt prose as benign: its cut must too
-        from aapp.text import load_text
-
-        prose = _prose_windows(loaded, load_text(cal.meta["text"], split="calib"), int(cal.meta["gate_prose_windows"]),
-                               int(cal.meta["seq_len"]))
-    with progress() as bar:
-        _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options, prose, gate_fpr)
-    save_calibration(cal, out)
-    p = cal.alignment.pruned
-    info(f"updated {out}: gate thresholds at ratios {','.join(f'{r:g}' for r in p.ratios)} "
-         f"(--dense-layers {p.dense_layers}), model {loaded.fingerprint}")
+    if update and not alignment:
+        raise AappError("--update adds AAPP's gate thresholds; it does not go with --no-alignment")
+    steps = {}
+    if alignment:  # AAPP's calibration step, by its settings' fields
+        steps["aapp"] = dict(harmful=harmful, harmless=harmless, limit=limit, sample=sample, seed=seed,
+                             gate_ratios=gate_ratios, dense_layers=dense_layers, gate_fpr=gate_fpr)
+    info(run_calibration(CalibrateRequest(
+        model=model, out=out, text=text, text_settings=TextSettings(samples=samples, seq_len=seq_len, batch_size=batch_size),
+        steps=steps, update=update, device=device, dtype=dtype)))
 
 
 # -- prune --------------------------------------------------------------------------------

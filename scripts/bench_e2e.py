@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from aapp.calibration.store import Alignment, Calibration, GateFit, PromptSetStats, SiteStats
+from aapp.calibration.store import Calibration, SiteStats
+from aapp.methods.aapp.store import Alignment, GateFit, PromptSetStats, set_alignment
 from aapp.methods import make_method
 from aapp.models.adapters import adapter_for
 from aapp.models.loading import LoadedModel, fingerprint
@@ -45,8 +46,9 @@ def synthetic_calibration(loaded: LoadedModel, seed: int = 0) -> Calibration:
 
     text = {"attn": stats(A), "mlp": stats(M)}
     gates = {gate: GateFit(auroc=torch.full((L,), 0.5), threshold=torch.zeros(L)) for gate in ("direction", "kl")}
-    meta = {"fingerprint": loaded.fingerprint, "model": loaded.name, "post_instruction_tokens": 5}
-    return Calibration(meta=meta, **text, alignment=Alignment(prompt_set(), prompt_set(), gates))
+    cal = Calibration(meta={"fingerprint": loaded.fingerprint, "model": loaded.name}, **text)
+    set_alignment(cal, Alignment(prompt_set(), prompt_set(), gates, meta={"post_instruction_tokens": 5}))
+    return cal
 
 
 def build(shape: str, device: str, dtype: torch.dtype, layers: int | None) -> LoadedModel:

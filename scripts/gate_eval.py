@@ -29,13 +29,14 @@ import time
 
 import torch
 
-from aapp.calibration.alignment import post_instruction_tokens, prompt_features, window_features
 from aapp.calibration.run import pack_tokens
 from aapp.calibration.store import load_calibration
 from aapp.console import info
 from aapp.methods.aapp import AAPPOptions
 from aapp.methods.aapp.method import gate_layer
 from aapp.methods.aapp.gates import GATES, auroc
+from aapp.methods.aapp.passes import post_instruction_tokens, prompt_features, window_features
+from aapp.methods.aapp.store import alignment
 from aapp.methods.plan import make_plan
 from aapp.methods.pp import ProbePruning
 from aapp.models.loading import load_model
@@ -74,8 +75,8 @@ def features(loaded, spec, limit, batch_size, seed=0) -> torch.Tensor:
 def thresholds(calib, ratio: float | None) -> tuple[dict[str, torch.Tensor], str]:
     """Each gate's thresholds [L]: those fitted on pruned features at `ratio` when the file holds them
     for every gate, else the dense ones; and which they are."""
-    fits = calib.alignment.gates
-    pruned = calib.alignment.pruned
+    fits = alignment(calib).gates
+    pruned = alignment(calib).pruned
     if ratio is not None and pruned is not None and all(pruned.find(n, ratio) is not None for n in fits):
         return {n: pruned.find(n, ratio) for n in fits}, f"pruned@{ratio:g}"
     return {n: f.threshold for n, f in fits.items()}, "dense"
@@ -89,7 +90,7 @@ def batch_fire_rate(fires: torch.Tensor, batch_size: int) -> float:
 
 def evaluate(loaded, calib, sets: dict[str, torch.Tensor], prose: torch.Tensor, batch_size: int,
              default_layers: dict[str, int], cuts: dict[str, torch.Tensor] | None = None) -> list[dict]:
-    a = calib.alignment
+    a = alignment(calib)
     cuts = cuts or {n: f.threshold for n, f in a.gates.items()}
     benign_all = torch.cat([sets["mirror-benign"], sets["benign"]])
     rows = []
@@ -118,7 +119,8 @@ def default_gate_layers(loaded, calib, ratio: float, dense_layers: int) -> dict[
     """The layer AAPP reads for each gate by default, under the plan at `ratio`."""
     g = loaded.geometry
     plan = make_plan(g, ratio, dense_layers=dense_layers, channel_multiple=PruneOptions.channel_multiple)
-    return {name: gate_layer(AAPPOptions(gate=name), calib, g, plan) for name in calib.alignment.gates}
+    a = alignment(calib)
+    return {name: gate_layer(AAPPOptions(gate=name), a, g, plan) for name in a.gates}
 
 
 def markdown(result: dict) -> str:

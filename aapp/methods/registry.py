@@ -11,12 +11,18 @@ aapp.methods.__init__ through `register`, the same way an extension would.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from rich.progress import Progress
+
+from aapp.calibration.run import TextSettings
+from aapp.calibration.store import Calibration
 from aapp.errors import AappError
 from aapp.methods.base import Method
 from aapp.methods.options import parse_options
+from aapp.models.loading import LoadedModel
 
 COMPENSATE = "+comp"
 
@@ -36,6 +42,37 @@ class MethodSpec:
         return cls(text, name, variant if colon else None, compensate)
 
 
+# The engine's pruned prefill, for a step that fits on pruned features: (ratio, dense_layers) -> a
+# context inside which the loaded model runs Probe Pruning's prefill at that plan.
+PrunedPrefill = Callable[[float, int], AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the calibration entry point (aapp.pruning.calibrate) hands a method's calibration step."""
+
+    calib: Calibration
+    loaded: LoadedModel
+    prefill: PrunedPrefill
+    bar: Progress
+    prose: Sequence[str] = ()        # the general text (calibration half), when calibrating anew
+    text: TextSettings = TextSettings()
+
+
+@dataclass(frozen=True)
+class CalibrationStep:
+    """A method's own calibration beyond the general history; it writes its own section of the file.
+    `prepare(settings, existing)` loads its inputs before any model loads (`existing`: the file an
+    update adds to); `run(ctx, prepared)` and `update(ctx, prepared)` fill `ctx.calib` and say what
+    they did in a few words. `settings` is its frozen settings class."""
+
+    section: str
+    settings: type
+    prepare: Callable[[object, Calibration | None], object]
+    run: Callable[[StepContext, object], str]
+    update: Callable[[StepContext, object], str]
+
+
 @dataclass(frozen=True)
 class Registration:
     """How to build one method from a spec. `build(spec, options)` gets a checked spec and an
@@ -48,6 +85,7 @@ class Registration:
     compensable: bool = False
     compensation_note: str = ""            # said when `+comp` is refused
     options: type | None = None            # a frozen dataclass of `option(...)` fields (aapp.methods.options)
+    calibration: CalibrationStep | None = None  # what it calibrates beyond the general history
 
 
 _REGISTRY: dict[str, Registration] = {}

@@ -34,7 +34,7 @@ def test_calibrate_writes_history_that_matches_hooks(tiny_llama, tmp_path):
     save_calibration(cal, path)
     back = load_calibration(path)
     assert back.meta["fingerprint"] == cal.meta["fingerprint"]
-    assert torch.equal(back.attn.sq_mean, cal.attn.sq_mean) and back.alignment is None
+    assert torch.equal(back.attn.sq_mean, cal.attn.sq_mean) and back.sections == {}
 
 
 def test_fingerprint_mismatch_is_a_clear_error(tiny_llama):
@@ -83,82 +83,22 @@ def test_counted_tokens_last_n_with_left_padding():
     assert torch.equal(counted_tokens(mask, "all"), mask)
 
 
-def test_alignment_round_trips_through_the_file(tmp_path):
-    from aapp.calibration.store import to_tensors
+def test_sections_round_trip_as_their_owner_wrote_them(tmp_path):
+    from aapp.calibration.store import Section, to_tensors
 
-    cal = _aligned(torch.Generator().manual_seed(0))
-    path = tmp_path / "c.safetensors"
-    save_calibration(cal, path)
-    back = load_calibration(path)
-    assert back.alignment is not None and set(back.alignment.gates) == {"direction", "logistic"}
-    assert back.alignment.gates["direction"].weight is None and back.alignment.gates["logistic"].weight.shape == (3, 4)
-    before, after = to_tensors(cal), to_tensors(back)
-    assert before.keys() == after.keys() and len(before) == 4 + 2 * 6 + 2 + 4
-    for key in before:  # harmful and harmless never trade places, nor mean and mean square
-        assert torch.equal(before[key], after[key]), key
-    assert "align.resid.harmless.energy" in after  # the name files written before typing used
+    cal = Calibration(meta={"fingerprint": "f"}, attn=SiteStats(torch.zeros(2, 3), torch.ones(2, 3)),
+                      mlp=SiteStats(torch.zeros(2, 5), torch.ones(2, 5)),
+                      sections={"mine": Section({"a.b": torch.arange(4.0), "c": torch.ones(2)}, {"k": [1, "x"]})})
+    save_calibration(cal, tmp_path / "c.safetensors")
+    back = load_calibration(tmp_path / "c.safetensors")
+    assert set(to_tensors(back)) == {"attn.mean", "attn.sq_mean", "mlp.mean", "mlp.sq_mean", "mine.a.b", "mine.c"}
+    assert torch.equal(back.sections["mine"].tensors["a.b"], torch.arange(4.0)) and back.sections["mine"].meta == {"k": [1, "x"]}
+    assert back.meta == {"fingerprint": "f"}
 
 
-def test_a_file_missing_an_alignment_tensor_is_refused(tmp_path):
+def test_an_unknown_format_asks_to_recalibrate(tmp_path):
     tensors = {k: torch.zeros(2, 4) for k in ("attn.sq_mean", "mlp.sq_mean", "attn.mean", "mlp.mean")}
-    tensors["align.attn.harmful.mean"] = torch.zeros(2, 4)
     path = tmp_path / "c.safetensors"
-    save_file(tensors, str(path), metadata={"aapp": json.dumps({"format": FORMAT})})
-    with pytest.raises(CalibrationError, match="missing tensor align.attn.harmful.sq_mean"):
-        load_calibration(path)
-
-
-def _aligned(gen, pruned=None):
-    from aapp.calibration.store import Alignment, GateFit, PromptSetStats
-
-    def stats(c):
-        return SiteStats(torch.randn(3, c, generator=gen), torch.rand(3, c, generator=gen))
-
-    def prompt_set():
-        return PromptSetStats(attn=stats(8), mlp=stats(16), resid=stats(4))
-
-    gates = {"direction": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen)),
-             "logistic": GateFit(torch.rand(3, generator=gen), torch.randn(3, generator=gen),
-                                 weight=torch.randn(3, 4, generator=gen), bias=torch.randn(3, generator=gen))}
-    return Calibration(meta={"fingerprint": "f", "post_instruction_tokens": 2}, attn=stats(8), mlp=stats(16),
-                       alignment=Alignment(prompt_set(), prompt_set(), gates, pruned=pruned))
-
-
-def test_pruned_gate_thresholds_round_trip_and_old_files_load_without_them(tmp_path):
-    from aapp.calibration.store import PrunedThresholds, to_tensors
-
-    gen = torch.Generator().manual_seed(1)
-    pruned = PrunedThresholds(ratios=(0.2, 0.3), dense_layers=3, max_fpr=0.01,
-                              threshold={"direction": torch.randn(2, 3, generator=gen),
-                                         "logistic": torch.randn(2, 3, generator=gen)})
-    cal = _aligned(gen, pruned)
-    path = tmp_path / "c.safetensors"
-    save_calibration(cal, path)
-    back = load_calibration(path)
-    p = back.alignment.pruned
-    assert p is not None and p.ratios == (0.2, 0.3) and p.dense_layers == 3 and p.max_fpr == 0.01
-    for gate in ("direction", "logistic"):
-        assert torch.equal(p.threshold[gate], pruned.threshold[gate]), gate
-    assert torch.equal(p.find("logistic", 0.3 + 5e-7), pruned.threshold["logistic"][1])
-    assert p.find("logistic", 0.31) is None and p.find("kl", 0.3) is None
-    assert back.meta == {"format": FORMAT, **cal.meta}  # the typed object holds the thresholds' metadata, not meta
-    assert set(to_tensors(back)) == set(to_tensors(cal))
-
-    # A file written before pruned thresholds existed: no keys, no metadata.
-    old = _aligned(gen)
-    save_calibration(old, tmp_path / "old.safetensors")
-    assert not any("pruned" in k for k in to_tensors(old))
-    back = load_calibration(tmp_path / "old.safetensors")
-    assert back.alignment.pruned is None and set(back.alignment.gates) == {"direction", "logistic"}
-
-
-def test_pruned_thresholds_without_their_metadata_are_refused(tmp_path):
-    from aapp.calibration.store import to_tensors
-
-    gen = torch.Generator().manual_seed(2)
-    tensors = to_tensors(_aligned(gen))
-    tensors["align.gate.direction.pruned_threshold"] = torch.zeros(2, 3)
-    path = tmp_path / "c.safetensors"
-    save_file(tensors, str(path), metadata={"aapp": json.dumps({"format": FORMAT})})
-    with pytest.raises(CalibrationError, match="missing tensor gate_pruned"):
+    save_file(tensors, str(path), metadata={"aapp": json.dumps({"format": "aapp-calibration/9"})})
+    with pytest.raises(CalibrationError, match="unsupported calibration format .*run `aapp calibrate` again"):
         load_calibration(path)

@@ -334,7 +334,7 @@ def test_aapp_without_alignment_statistics_fails_before_generation(inputs, tmp_p
     from aapp.calibration.store import load_calibration, save_calibration
 
     cal = load_calibration(inputs.calib)
-    cal.alignment = None
+    cal.sections.clear()
     plain = tmp_path / "plain.safetensors"
     save_calibration(cal, plain)
     with pytest.raises(AappError, match="aapp.*alignment"):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from aapp.calibration.alignment import post_instruction_tokens
+from aapp.methods.aapp.passes import post_instruction_tokens
+from aapp.methods.aapp.store import alignment, set_alignment
 from aapp.calibration.run import TextSettings, calibrate_text
 from aapp.errors import CalibrationError
 from aapp.generation import generate_batch
@@ -65,7 +66,7 @@ def test_gate_never_is_pp_and_counts_match(setup):
 
 def test_gate_layer_is_the_best_in_sample_layer_before_pruning(setup):
     loaded, cal, _ = setup
-    auc = cal.alignment.gates["direction"].auroc
+    auc = alignment(cal).gates["direction"].auroc
     method = AAPP(AAPPOptions(gate="direction"))
     with prune_model(loaded, method, OPTS, cal):
         assert auc[method.gate_layer] == auc[: 2].max()  # best up to the first pruned layer (dense_layers=1)
@@ -79,7 +80,7 @@ def test_gate_fires_on_harmful_batches_only_and_only_then_changes_the_selection(
         pp = masks(h, HARMLESS[:4])
     with prune_model(loaded, method, OPTS, cal) as h:
         # The calibration prompts separate at the gate layer, so its threshold splits them.
-        assert cal.alignment.gates[gate].auroc[method.gate_layer] == 1.0
+        assert alignment(cal).gates[gate].auroc[method.gate_layer] == 1.0
         fired = masks(h, HARMFUL[:4])
         assert h.method.row_info(1)[0]["gate"]["fired"] is True and bool((method.last_sample_scores > 0).all())
         quiet = masks(h, HARMLESS[:4])
@@ -221,7 +222,9 @@ def test_a_calibration_without_the_asked_gate_is_a_clear_error(setup):
 
     loaded, cal, _ = setup
     old = copy.copy(cal)  # a file written before the logistic gate existed
-    old.alignment = replace(cal.alignment, gates={k: v for k, v in cal.alignment.gates.items() if k != "logistic"})
+    old.sections = dict(cal.sections)
+    a = alignment(cal)
+    set_alignment(old, replace(a, gates={k: v for k, v in a.gates.items() if k != "logistic"}))
     with pytest.raises(CalibrationError, match="no logistic gate; run `aapp calibrate` again"):
         prune_model(loaded, AAPP(AAPPOptions(gate="logistic")), OPTS, old)
     prune_model(loaded, AAPP(AAPPOptions(gate="direction")), OPTS, old).remove()  # the others still work

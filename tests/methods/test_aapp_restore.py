@@ -7,6 +7,7 @@ import torch
 from aapp.errors import AappError
 from aapp.generation import generate_batch
 from aapp.methods.aapp import AAPP, AAPPOptions
+from aapp.methods.aapp.store import alignment
 from aapp.methods.pp import SITES, PPScoring, ProbePruning
 from aapp.pruning.engine import PruneOptions, prune_model
 from tests.methods.test_aapp import HARMFUL, OPTS, setup  # noqa: F401  (setup: the module's fixture)
@@ -34,12 +35,12 @@ def expected(cal, loaded, i, mask, restore, comp):
     q_cols = (mask.heads.cpu()[:, None] * g.head_dim + torch.arange(g.head_dim)).flatten()
     out = []
     for site, w, kept in (("attn", parts.o_proj.weight, q_cols), ("mlp", parts.down_proj.weight, mask.channels)):
-        harm = pruned_output(cal.alignment.harmful.site(site).mean[i], w, kept)
+        harm = pruned_output(alignment(cal).harmful.site(site).mean[i], w, kept)
         if restore == "harmful-mean":
             out.append(harm)
             continue
         base = pruned_output(cal.site(site).mean[i], w, kept) if comp else torch.zeros_like(harm)
-        resid = cal.alignment.harmful.resid.mean, cal.alignment.harmless.resid.mean
+        resid = alignment(cal).harmful.resid.mean, alignment(cal).harmless.resid.mean
         nxt = min(i + 1, g.num_layers - 1)
         d = (resid[0][nxt] - resid[1][nxt]).double()
         d = d / d.norm()
@@ -119,7 +120,7 @@ def test_mlp_reprobe_during_decode_restores_for_the_channels_it_picks(setup):
     assert any(not torch.equal(first[i][0].channels, last[i][0].channels) for i in last)  # decode re-picked
     for i, (mask, _, mlp) in last.items():
         down = loaded.adapter.layer_parts(loaded.model, i).down_proj.weight
-        torch.testing.assert_close(mlp, flap_compensation(cal.alignment.harmful.mlp.mean[i], down, mask.channels))
+        torch.testing.assert_close(mlp, flap_compensation(alignment(cal).harmful.mlp.mean[i], down, mask.channels))
 
 
 @pytest.mark.parametrize("restore", RESTORES)

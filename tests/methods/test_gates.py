@@ -57,13 +57,13 @@ def test_gate_helpers():
 def test_default_gate_layers_come_from_calibration_alone():
     from types import SimpleNamespace
 
-    from aapp.calibration.store import GateFit
+    from aapp.methods.aapp.store import GateFit
     from aapp.methods.aapp import AAPPOptions
     from aapp.methods.aapp.method import gate_layer
 
     auroc_by_layer = torch.tensor([0.5, 0.8, 0.9, 0.95, 0.975, 0.985, 0.98, 0.97])
     fit = GateFit(auroc=auroc_by_layer, threshold=torch.zeros(8))
-    calib = SimpleNamespace(alignment=SimpleNamespace(gates={"logistic": fit, "direction": fit}))
+    calib = SimpleNamespace(gates={"logistic": fit, "direction": fit})  # the alignment gate_layer reads
     g = SimpleNamespace(num_layers=8)
     plan = SimpleNamespace(layer_ratios=[0.0, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4, 0.4])
     # Fitted: the earliest layer within 0.01 of the best (0.985 at 5), wherever pruning starts.

@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers
 from transformers import PreTrainedTokenizerFast
 
-from aapp.calibration.alignment import post_instruction_tokens
+from aapp.methods.aapp.passes import post_instruction_tokens
 from aapp.generation import encode
 from aapp.models.chat_templates import GEMMA3_IT, LLAMA2_CHAT
 from aapp.models.synthetic import tokenizer_for

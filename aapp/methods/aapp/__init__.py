@@ -1,9 +1,10 @@
-"""AAPP in one room: the method, its gates, its critical channels, its calibration step."""
+"""AAPP in one room: the method, its options, gates, critical channels, calibration step and passes, its
+section of the calibration file (store.py) and its gate thresholds fitted on pruned prefills (thresholds.py)."""
 
 from dataclasses import replace
 
 from aapp.errors import AappError
-from aapp.methods.aapp.calibrate import add_alignment
+from aapp.methods.aapp.calibrate import STEP, AlignmentSettings, add_alignment
 from aapp.methods.aapp.critical import CRITICAL, CriticalSet
 from aapp.methods.aapp.gates import GATES, Gate
 from aapp.methods.aapp.method import AAPP, AAPPOptions
@@ -11,8 +12,8 @@ from aapp.methods.aapp.restore import RESTORE
 from aapp.methods.pp import scoring_for
 from aapp.methods.registry import MethodSpec, Registration
 
-__all__ = ["AAPP", "CRITICAL", "GATES", "REGISTRATION", "RESTORE", "AAPPOptions", "CriticalSet", "Gate",
-           "add_alignment"]
+__all__ = ["AAPP", "CRITICAL", "GATES", "REGISTRATION", "RESTORE", "AAPPOptions", "AlignmentSettings", "CriticalSet",
+           "Gate", "add_alignment"]
 
 
 def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
@@ -25,4 +26,5 @@ def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
 
 REGISTRATION = Registration(
     "aapp", _build, "Alignment-Aware Probe Pruning: PP that keeps alignment-critical channels when a risk gate fires",
-    variants={g: f"the {g} risk gate" for g in GATES}, compensable=True, options=AAPPOptions)
+    variants={g: f"the {g} risk gate" for g in GATES}, compensable=True, options=AAPPOptions,
+    calibration=STEP)

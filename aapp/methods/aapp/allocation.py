@@ -27,6 +27,7 @@ from fractions import Fraction
 import torch
 
 from aapp.calibration.store import Calibration
+from aapp.methods.aapp.store import alignment
 from aapp.methods.plan import LayerBudget, PrunePlan
 from aapp.models.adapters import Geometry, LayerParts
 
@@ -38,7 +39,8 @@ def refusal_direction(calib: Calibration, layer: int) -> torch.Tensor:
     """The unit refusal direction at layer `layer`'s output [D]: harmful minus harmless mean of
     the next layer's block input over the calibration prompts (the last layer, which has no next
     one in calibration, takes its own input's)."""
-    resid_h, resid_s = calib.alignment.harmful.resid.mean, calib.alignment.harmless.resid.mean
+    a = alignment(calib)
+    resid_h, resid_s = a.harmful.resid.mean, a.harmless.resid.mean
     out = min(layer + 1, resid_h.shape[0] - 1)  # the next layer's input is this layer's output
     d = resid_h[out] - resid_s[out]
     return d / d.norm().clamp(min=1e-12)
@@ -49,7 +51,7 @@ def attribution(calib: Calibration, site: str, layer: int, weight: torch.Tensor)
     """|(W[:, k] . d) * (mean_harmful_k - mean_harmless_k)| per input channel k of `weight`: the
     channel's share of the harmful-minus-harmless shift along the refusal direction d at this
     layer's output."""
-    a = calib.alignment
+    a = alignment(calib)
     gain = refusal_direction(calib, layer).to(weight.device, torch.float32) @ weight.float()  # [channels]
     shift = (a.harmful.site(site).mean[layer] - a.harmless.site(site).mean[layer]).to(gain.device)
     return (gain * shift).abs().cpu()

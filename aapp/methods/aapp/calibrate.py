@@ -1,15 +1,75 @@
-"""AAPP's part of `aapp calibrate`: harmful and harmless passes, and the gates fitted on them."""
+"""AAPP's part of `aapp calibrate`: harmful and harmless passes, the gates fitted on them, and
+thresholds refitted on pruned prefills; written to its own section of the file (store.py).
+
+The step is registered with the method (`Registration.calibration`), and the calibration entry
+point (aapp.pruning.calibrate) runs it after the general-text pass, handing it what only the
+engine can run: Probe Pruning's prefill at a ratio.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from aapp.calibration.alignment import collect_set, post_instruction_tokens, window_features
 from aapp.calibration.run import TextSettings, pack_tokens
-from aapp.calibration.store import Alignment, Calibration
-from aapp.errors import InputError
+from aapp.calibration.store import Calibration
+from aapp.console import warn
+from aapp.errors import CalibrationError, InputError
 from aapp.methods.aapp.gates import fit_gates
+from aapp.methods.aapp.passes import collect_set, post_instruction_tokens, window_features
+from aapp.methods.aapp.store import Alignment, alignment, has_alignment, set_alignment
+from aapp.methods.aapp.thresholds import add_pruned_thresholds, fit_pruned_thresholds, parse_gate_ratios, plannable
+from aapp.methods.registry import CalibrationStep, StepContext
 from aapp.models.loading import LoadedModel
+from aapp.prompts import Prompt, load_prompts
+
+DEFAULT_HARMFUL, DEFAULT_HARMLESS = "calib-harmful", "calib-harmless"
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    """What AAPP's calibration reads: two prompt sets (None: the defaults, or with `update` the
+    file's), and the ratios at which gate thresholds are refitted on pruned prefills at
+    `dense_layers`, cut so that at most `gate_fpr` of the benign inputs fire (1: no cap)."""
+
+    harmful: str | None = None
+    harmless: str | None = None
+    limit: int | None = None
+    sample: int | None = None
+    seed: int = 0
+    gate_ratios: tuple[float, ...] | str = ()  # or their text: "0.2,0.3", "none"
+    dense_layers: int = 3
+    gate_fpr: float = 0.01
+
+    def __post_init__(self):
+        if isinstance(self.gate_ratios, str):
+            object.__setattr__(self, "gate_ratios", parse_gate_ratios(self.gate_ratios))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The prompt sets, loaded before any model is."""
+
+    settings: AlignmentSettings
+    harmful: list[Prompt]
+    harmless: list[Prompt]
+    names: tuple[str, str]
+
+
+def prepare(settings: AlignmentSettings, existing: Calibration | None = None) -> Prepared:
+    """Load the prompt sets (the file's own, with `existing`, unless named)."""
+    harmful, harmless = settings.harmful, settings.harmless
+    if existing is not None:
+        if not has_alignment(existing):
+            raise CalibrationError("the calibration file has no alignment statistics to fit gate thresholds for; "
+                                   "calibrate it with alignment statistics first")
+        meta = alignment(existing).meta
+        harmful, harmless = harmful or meta.get("harmful"), harmless or meta.get("harmless")
+        if not harmful or not harmless:
+            raise InputError("the calibration file does not name its prompt sets; name the harmful and harmless sets")
+    harmful, harmless = harmful or DEFAULT_HARMFUL, harmless or DEFAULT_HARMLESS
+    load = dict(limit=settings.limit, sample=settings.sample, seed=settings.seed)
+    return Prepared(settings, load_prompts(harmful, **load), load_prompts(harmless, **load), (harmful, harmless))
 
 
 def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str],
@@ -27,7 +87,70 @@ def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str],
     if prose:
         packed = pack_tokens(loaded.tokenizer, prose, prose_settings.samples, prose_settings.seq_len)
         windows = window_features(loaded, packed, n_post, batch_size)
-    cal.alignment = Alignment(harmful=h.stats, harmless=s.stats, gates=fit_gates(h, s, windows))
-    cal.meta.update(harmful=description.get("harmful"), harmless=description.get("harmless"),
-                    harmful_count=len(harmful), harmless_count=len(harmless),
-                    post_instruction_tokens=n_post, gate_prose_windows=0 if windows is None else len(windows))
+    meta = dict(harmful=description.get("harmful"), harmless=description.get("harmless"),
+                harmful_count=len(harmful), harmless_count=len(harmless),
+                post_instruction_tokens=n_post, gate_prose_windows=0 if windows is None else len(windows))
+    set_alignment(cal, Alignment(harmful=h.stats, harmless=s.stats, gates=fit_gates(h, s, windows), meta=meta))
+
+
+def run(ctx: StepContext, prepared: Prepared) -> str:
+    """The alignment statistics, fitted gates and any pruned thresholds, added to `ctx.calib`;
+    returns what it did, for the summary line."""
+    task = ctx.bar.add_task("harmful/harmless", total=len(prepared.harmful) + len(prepared.harmless))
+    names = dict(zip(("harmful", "harmless"), prepared.names))
+    add_alignment(ctx.calib, ctx.loaded, [p.text for p in prepared.harmful], [p.text for p in prepared.harmless],
+                  names, on_batch=lambda n: ctx.bar.advance(task, n), prose=ctx.prose, prose_settings=ctx.text)
+    prose = _prose_windows(ctx.loaded, ctx.prose, ctx.text.samples, ctx.text.seq_len)
+    ratios = _thresholds(ctx, prepared, prose)
+    return (f"{len(prepared.harmful)} harmful + {len(prepared.harmless)} harmless prompts"
+            + (f", gate thresholds at ratios {','.join(f'{r:g}' for r in ratios)}" if ratios else ""))
+
+
+def update(ctx: StepContext, prepared: Prepared) -> str:
+    """Pruned gate thresholds at the settings' ratios, added to the file's (the rest is kept)."""
+    s = prepared.settings
+    if not s.gate_ratios:
+        raise InputError("an update adds gate thresholds at the given gate ratios; give at least one ratio")
+    a = alignment(ctx.calib)
+    counts = (a.meta.get("harmful_count"), a.meta.get("harmless_count"))
+    if counts != (len(prepared.harmful), len(prepared.harmless)):
+        warn(f"the file's gates were fitted on {counts[0]} harmful + {counts[1]} harmless prompts, these thresholds "
+             f"on {len(prepared.harmful)} + {len(prepared.harmless)}; pass the limit/sample/seed it was made with")
+    if a.pruned is not None and a.pruned.dense_layers != s.dense_layers:
+        warn(f"replacing the gate thresholds fitted with {a.pruned.dense_layers} dense layers "
+             f"(ratios {','.join(f'{r:g}' for r in a.pruned.ratios)})")
+    prose = None
+    if a.meta.get("gate_prose_windows"):  # the fitted gate learnt prose as benign: its cut must too
+        from aapp.text import load_text
+
+        meta = ctx.calib.meta
+        prose = _prose_windows(ctx.loaded, load_text(meta["text"], split="calib"), int(a.meta["gate_prose_windows"]),
+                               int(meta["seq_len"]))
+    if not _thresholds(ctx, prepared, prose):
+        raise InputError("no gate ratio can be pruned on this model; nothing to add")
+    p = alignment(ctx.calib).pruned
+    return f"gate thresholds at ratios {','.join(f'{r:g}' for r in p.ratios)} ({p.dense_layers} dense layers)"
+
+
+def _thresholds(ctx: StepContext, prepared: Prepared, prose) -> list[float]:
+    """Refit the gate thresholds at every ratio this model can be pruned to; the ratios fitted."""
+    s = prepared.settings
+    ratios, skipped = plannable(ctx.loaded.geometry, s.gate_ratios, s.dense_layers)
+    for why in skipped:
+        warn(f"gate ratio skipped, as the engine could not run it: {why}")
+    if not ratios:
+        return []
+    task = ctx.bar.add_task("pruned gate thresholds", total=len(ratios) * (len(prepared.harmful) + len(prepared.harmless)))
+    add_pruned_thresholds(ctx.calib, fit_pruned_thresholds(
+        ctx.loaded, alignment(ctx.calib), [p.text for p in prepared.harmful], [p.text for p in prepared.harmless],
+        ratios, ctx.prefill, s.dense_layers, on_batch=lambda n: ctx.bar.advance(task, n), prose=prose,
+        max_fpr=None if s.gate_fpr >= 1 else s.gate_fpr))
+    return ratios
+
+
+def _prose_windows(loaded: LoadedModel, texts: Sequence[str], samples: int, seq_len: int):
+    """The general-text windows the fitted gate learns not to fire on (as add_alignment packs them)."""
+    return pack_tokens(loaded.tokenizer, texts, samples, seq_len) if samples and texts else None
+
+
+STEP = CalibrationStep("align", AlignmentSettings, prepare, run, update)

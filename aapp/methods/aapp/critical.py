@@ -23,6 +23,7 @@ import torch
 from aapp.calibration.store import Calibration, SiteStats
 from aapp.errors import AappError
 from aapp.methods.aapp.allocation import attribution, protected_count
+from aapp.methods.aapp.store import alignment
 from aapp.methods.masks import top_k
 from aapp.methods.scores import per_head, wanda_sp
 from aapp.models.adapters import Geometry, LayerParts
@@ -50,7 +51,7 @@ def critical_set(kind: str, n_heads: int, n_channels: int, layer: int, parts: La
                  calib: Calibration) -> CriticalSet:
     """Layer `layer`'s `n_heads` critical heads and `n_channels` channels by `kind` (see the module
     docstring; setdiff may find fewer)."""
-    a = calib.alignment
+    a = alignment(calib)
     o, down = parts.o_proj.weight, parts.down_proj.weight
     if kind == "diff":
         attn, mlp = (_z(a.harmful.site(s), a.harmless.site(s), layer).abs() for s in ("attn", "mlp"))

@@ -19,7 +19,7 @@ layer; a score above the layer's calibrated threshold fires. Fixed gates always 
 `fit_gates` calibrates every residual gate at every layer (the AUROC the layer is chosen by,
 and the threshold that maximises balanced accuracy); the calibration file stores the result.
 `refit_thresholds` refits only the thresholds, with the same rule, on the features a pruned
-prefill gives (aapp.pruning.gate_thresholds runs it): pruning the layers before the gate's
+prefill gives (aapp.methods.aapp.thresholds runs it): pruning the layers before the gate's
 keeps the scores' order but shifts their scale.
 """
 
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from aapp import stats
-from aapp.calibration.alignment import PromptSetPass
-from aapp.calibration.store import Alignment, GateFit, SiteStats
+from aapp.calibration.store import SiteStats
+from aapp.methods.aapp.passes import PromptSetPass
+from aapp.methods.aapp.store import Alignment, GateFit
 
 FOLDS = 5
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # on standardised features, with a class-balanced mean loss

@@ -42,6 +42,7 @@ import torch
 from aapp.calibration.collect import counted_tokens, token_mean
 from aapp.calibration.store import Calibration, SiteStats
 from aapp.console import warn
+from aapp.methods.aapp.store import Alignment, alignment
 from aapp.errors import AappError, CalibrationError
 from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_counts, protected_count,
                                           refusal_direction, refusal_mass, shift_channels)
@@ -88,7 +89,7 @@ class AAPPOptions:
             raise AappError(f"refresh must be at least 0, got {self.refresh}")
 
 
-def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: PrunePlan) -> int:
+def gate_layer(options: AAPPOptions, align: Alignment, g: Geometry, plan: PrunePlan) -> int:
     """The layer whose input the gate reads (see the module docstring), from calibration alone."""
     if options.gate_layer is not None:
         if not 0 <= options.gate_layer < g.num_layers:
@@ -97,7 +98,7 @@ def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: Prun
     gate = GATES[options.gate]
     if not gate.reads_residual:
         return 0
-    fit = calib.alignment.gates.get(gate.name)
+    fit = align.gates.get(gate.name)
     if fit is None:
         raise CalibrationError(f"the calibration file has no {gate.name} gate; run `aapp calibrate` again")
     if gate.fitted:
@@ -108,16 +109,16 @@ def gate_layer(options: AAPPOptions, calib: Calibration, g: Geometry, plan: Prun
     return int(torch.argmax(fit.auroc[: first_pruned + 1]))
 
 
-def gate_threshold(gate: str, layer: int, calib: Calibration, g: Geometry, plan: PrunePlan) -> tuple[float, str]:
+def gate_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: PrunePlan) -> tuple[float, str]:
     """The threshold the gate compares its score at `layer` with, and where it came from: the
     thresholds fitted on PP-pruned features at this plan's ratio ("pruned@RATIO") when the gate
     reads a layer after the first pruned one and the file has them for this ratio and these dense
     layers; else the dense fit's ("dense"), with a warning where pruned features meet it."""
-    dense = float(calib.alignment.gates[gate].threshold[layer])
+    dense = float(align.gates[gate].threshold[layer])
     first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), None)
     if first_pruned is None or layer <= first_pruned:
         return dense, "dense"  # the gate's layer input is the dense model's
-    pruned = calib.alignment.pruned
+    pruned = align.pruned
     if pruned is not None and min(pruned.dense_layers, g.num_layers - 1) == first_pruned:  # the same plan
         at = pruned.find(gate, plan.ratio)
         if at is not None:
@@ -147,17 +148,14 @@ class AAPP(ProbePruning):
     # -- calibration-time facts -------------------------------------------------------------
     def bind(self, model, adapter, geometry, plan, calib):
         super().bind(model, adapter, geometry, plan, calib)
-        if not calib.has_alignment:
-            raise CalibrationError("the calibration file has no alignment statistics; run `aapp calibrate` "
-                                   "with --harmful and --harmless (the defaults do)")
+        self.alignment = alignment(calib)  # a one-line error where the file has none
         if self.options.critical == "setdiff":
             check_setdiff_pools(self.options.protect, geometry)
-        self.n_post = int(calib.meta.get("post_instruction_tokens", 1))
-        self.gate_layer = gate_layer(self.options, calib, geometry, plan)
+        self.n_post = self.alignment.post_instruction_tokens
+        self.gate_layer = gate_layer(self.options, self.alignment, geometry, plan)
         self.threshold, self.threshold_source = float("nan"), None
         if self.gate.reads_residual:
-            self.threshold, self.threshold_source = gate_threshold(self.gate.name, self.gate_layer, calib, geometry,
-                                                                   plan)
+            self.threshold, self.threshold_source = gate_threshold(self.gate.name, self.gate_layer, self.alignment, geometry, plan)
         parts = [adapter.layer_parts(model, i) for i in range(geometry.num_layers)]
         o = self.options
         by_mass = o.protect_by == "mass" or o.layer_budget == "risk"
@@ -176,7 +174,7 @@ class AAPP(ProbePruning):
                            if o.restore == "direction" else {})
         self._batches = 0
         self._seen = {"harmful": [], "harmless": []}
-        a = calib.alignment
+        a = self.alignment
         # The gate's working history: `refresh` moves it, the calibration stays as loaded.
         self._history = {name: SiteStats(s.resid.mean.clone(), s.resid.sq_mean.clone())
                          for name, s in (("harmful", a.harmful), ("harmless", a.harmless))}
@@ -210,7 +208,7 @@ class AAPP(ProbePruning):
         feats = token_mean(x, counted_tokens(token_mask, f"last:{self.n_post}"))[:, None, :]  # [B, 1, D]
         i = self.gate_layer
         at = {k: SiteStats(h.mean[i : i + 1], h.sq_mean[i : i + 1]) for k, h in self._history.items()}
-        fit = self.calib.alignment.gates[self.gate.name].at(i)
+        fit = self.alignment.gates[self.gate.name].at(i)
         raw = self.gate.scores(feats, at["harmful"], at["harmless"], fit)
         self._last_feats = feats[:, 0]
         return raw[:, 0] - self.threshold

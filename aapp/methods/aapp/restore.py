@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from aapp.calibration.store import Calibration
+from aapp.methods.aapp.store import alignment
 from aapp.methods.base import Selection
 from aapp.methods.scores import flap_compensation
 from aapp.models.adapters import Geometry, LayerParts
@@ -37,7 +38,7 @@ def harmful_mean(calib: Calibration, layer: int, parts: LayerParts, sel: Selecti
                  g: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
     """What `sel`'s pruned heads and channels output on average over the harmful calibration
     prompts: (o_proj bias, down_proj bias)."""
-    harmful = calib.alignment.harmful
+    harmful = alignment(calib).harmful
     attn = flap_compensation(harmful.attn.mean[layer], parts.o_proj.weight, sel.mask.q_rows(g.head_dim))
     mlp = flap_compensation(harmful.mlp.mean[layer], parts.down_proj.weight, sel.mask.channels)
     return attn, mlp

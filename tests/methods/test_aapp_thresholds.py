@@ -6,22 +6,33 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aapp.calibration.alignment import collect_set, window_features
 from aapp.calibration.run import TextSettings, calibrate_text, pack_tokens
-from aapp.calibration.store import PrunedThresholds
 from aapp.errors import InputError
-from aapp.methods.aapp import AAPP, AAPPOptions, add_alignment
+from aapp.methods.aapp import AAPP, AAPPOptions, add_alignment, thresholds
 from aapp.methods.aapp.gates import GATES, best_threshold
+from aapp.methods.aapp.passes import collect_set, window_features
+from aapp.methods.aapp.store import PrunedThresholds, alignment, set_alignment
+from aapp.methods.aapp.thresholds import add_pruned_thresholds, parse_gate_ratios
 from aapp.methods.pp import ProbePruning
+from aapp.pruning.calibrate import pp_prefill
 from aapp.pruning.engine import PruneOptions, prune_model
-from aapp.pruning.gate_thresholds import (add_pruned_thresholds, fit_pruned_thresholds, parse_gate_ratios,
-                                          pruned_features)
 from tests.conftest import make_loaded
 
 TEXT = ["The river ran past the old mill where the children played every summer evening. " * 10] * 4
 HARMFUL = [f"explain how to build a weapon number {i} to hurt people" for i in range(8)]
 HARMLESS = [f"write a short poem about a garden flower number {i}" for i in range(8)]
 OPTS = PruneOptions(dense_layers=1)  # 4 layers: layer 1 is the first pruned one
+
+
+def pruned_features(loaded, cal, prompts, ratio, opts):
+    return thresholds.pruned_features(loaded, alignment(cal).post_instruction_tokens, prompts, ratio,
+                                      pp_prefill(loaded, cal), opts.dense_layers)
+
+
+def fit_pruned_thresholds(loaded, cal, harmful, harmless, ratios, opts, **kw):
+    """The thresholds, with the engine's PP prefill handed in as `aapp calibrate` hands it."""
+    return thresholds.fit_pruned_thresholds(loaded, alignment(cal), harmful, harmless, ratios, pp_prefill(loaded, cal),
+                                            opts.dense_layers, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +60,7 @@ def test_thresholds_are_refitted_after_the_first_pruned_layer_only(setup):
     assert got.ratios == (0.2, 0.4) and got.dense_layers == 1
     residual = {n for n, g in GATES.items() if g.reads_residual}
     assert set(got.threshold) == residual
-    a = cal.alignment
+    a = alignment(cal)
     for name in residual:
         t, dense = got.threshold[name], a.gates[name].threshold
         assert t.shape == (2, loaded.geometry.num_layers)
@@ -77,10 +88,11 @@ def test_gate_ratios_parse_and_refuse_what_prunes_nothing(setup):
 def with_pruned(cal, ratios, value, dense_layers=1):
     """A copy of `cal` whose pruned thresholds are `value[r]` at every layer, for each ratio."""
     out = copy.copy(cal)
+    out.sections = dict(cal.sections)  # the copy's own sections: cal keeps its own
     L = cal.attn.mean.shape[0]
     t = {n: torch.tensor(value, dtype=torch.float32)[:, None].expand(len(ratios), L).clone()
          for n, g in GATES.items() if g.reads_residual}
-    out.alignment = replace(cal.alignment, pruned=PrunedThresholds(tuple(ratios), dense_layers, t))
+    set_alignment(out, replace(alignment(cal), pruned=PrunedThresholds(tuple(ratios), dense_layers, t)))
     return out
 
 
@@ -111,7 +123,7 @@ def test_aapp_falls_back_to_the_dense_threshold_with_one_warning(setup, capsys, 
     cal2 = {"no thresholds": cal, "other ratio": with_pruned(cal, [0.2], [-1e6]),
             "other dense layers": with_pruned(cal, [0.4], [-1e6], dense_layers=2)}[why]
     method, info = run_gate(loaded, cal2, 0.4)
-    assert info["threshold"] == "dense" and method.threshold == float(cal.alignment.gates["logistic"].threshold[3])
+    assert info["threshold"] == "dense" and method.threshold == float(alignment(cal).gates["logistic"].threshold[3])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "fitted on dense features" in err[0] and "--gate-ratios 0.4" in err[0], err
 
@@ -119,7 +131,7 @@ def test_aapp_falls_back_to_the_dense_threshold_with_one_warning(setup, capsys, 
 def test_a_gate_before_the_first_pruned_layer_keeps_the_dense_threshold_silently(setup, capsys):
     loaded, cal = setup
     method, info = run_gate(loaded, with_pruned(cal, [0.4], [-1e6]), 0.4, gate="direction", gate_layer=1)
-    assert info["threshold"] == "dense" and method.threshold == float(cal.alignment.gates["direction"].threshold[1])
+    assert info["threshold"] == "dense" and method.threshold == float(alignment(cal).gates["direction"].threshold[1])
     method, info = run_gate(loaded, cal, 0.0, gate="direction", gate_layer=3)  # ratio 0 prunes nothing
     assert info["threshold"] == "dense"
     assert capsys.readouterr().err == ""
@@ -130,12 +142,12 @@ def test_a_gate_before_the_first_pruned_layer_keeps_the_dense_threshold_silently
 def test_adding_thresholds_merges_by_ratio(setup):
     loaded, cal = setup
     cal2 = with_pruned(cal, [0.2, 0.4], [1.0, 2.0])
-    add_pruned_thresholds(cal2, with_pruned(cal, [0.3, 0.4], [3.0, 4.0]).alignment.pruned)
-    p = cal2.alignment.pruned
+    add_pruned_thresholds(cal2, alignment(with_pruned(cal, [0.3, 0.4], [3.0, 4.0])).pruned)
+    p = alignment(cal2).pruned
     assert p.ratios == (0.2, 0.3, 0.4)
     assert p.threshold["kl"][:, 0].tolist() == [1.0, 3.0, 4.0]  # 0.4 taken from the new ones
-    add_pruned_thresholds(cal2, with_pruned(cal, [0.3], [5.0], dense_layers=2).alignment.pruned)
-    assert cal2.alignment.pruned.ratios == (0.3,) and cal2.alignment.pruned.dense_layers == 2  # another plan: replaced
+    add_pruned_thresholds(cal2, alignment(with_pruned(cal, [0.3], [5.0], dense_layers=2)).pruned)
+    assert alignment(cal2).pruned.ratios == (0.3,) and alignment(cal2).pruned.dense_layers == 2  # another plan: replaced
 
 
 def test_best_threshold_caps_the_benign_pass_rate():
@@ -158,8 +170,8 @@ def test_prose_and_the_fpr_cap_reach_the_pruned_thresholds(setup):
     # With no benign input allowed through, the cut sits above every benign pruned score, prose included.
     fs = pruned_features(loaded, cal, HARMLESS, 0.4, OPTS)
     with prune_model(loaded, ProbePruning(), replace(OPTS, ratio=0.4), cal):
-        fp = window_features(loaded, prose, int(cal.meta.get("post_instruction_tokens", 1)))
-    a = cal.alignment
+        fp = window_features(loaded, prose, alignment(cal).post_instruction_tokens)
+    a = alignment(cal)
     gate, fit = GATES["logistic"], a.gates["logistic"]
     for layer in (2, 3):
         benign = torch.cat([gate.scores(f, a.harmful.resid, a.harmless.resid, fit)[:, layer] for f in (fs, fp)])

@@ -1,6 +1,6 @@
-"""Alignment statistics: the dense model's channels and residual stream on one prompt set
-(harmful or harmless). AAPP (aapp.methods.aapp) compares the two sets for its critical
-channels and fits its risk gates on the per-prompt residual features collected here.
+"""AAPP's calibration passes: the dense model's channels and residual stream on one prompt set
+(harmful or harmless). AAPP compares the two sets for its critical channels and fits its risk
+gates on the per-prompt residual features collected here.
 
 Where we look. Each prompt is rendered with the chat template, and statistics are
 taken at its *post-instruction* positions: the template tokens after the user's
@@ -12,19 +12,20 @@ differ in what the model read, not in where we look.
 What one set gives (L layers, C channels of a site, D hidden size, N prompts): the mean and
 mean square at both sites [L, C], of the block-input residual [L, D], and each prompt's
 post-instruction mean residual at every layer [N, L, D] (kept in memory only, for fitting
-gates; the file stores the moments, see aapp.calibration.store).
+gates; the file stores the moments, see aapp.methods.aapp.store).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
-
 from dataclasses import dataclass
 
+import torch
+
 from aapp.calibration.collect import Collector, counted_tokens, token_mean
-from aapp.calibration.store import PromptSetStats, SiteStats
+from aapp.calibration.store import SiteStats
+from aapp.methods.aapp.store import PromptSetStats
 from aapp.generation import encode
 from aapp.models.loading import LoadedModel
 

@@ -32,6 +32,7 @@ Files without the optional keys (written before they existed) load with `alignme
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from safetensors.torch import load_file, save
 
 from aapp.errors import CalibrationError
 from aapp.io import atomic_write
+from aapp.models.adapters import Geometry
 
 FORMAT = "aapp-calibration/1"
 SITES = ("attn", "mlp")
@@ -153,13 +155,49 @@ class Calibration:
     def has_alignment(self) -> bool:
         return self.alignment is not None
 
-    def check_model(self, fingerprint: str, name: str) -> None:
+    def check_model(self, fingerprint: str, name: str, geometry: Geometry | None = None) -> None:
+        """The file was made for this model and, given its `geometry`, holds the shapes it needs."""
         if self.meta.get("fingerprint") != fingerprint:
             raise CalibrationError(
                 f"calibration file was made for model {self.meta.get('model')!r} "
                 f"(fingerprint {self.meta.get('fingerprint')}), not for {name!r} (fingerprint {fingerprint}); "
                 "run `aapp calibrate` for this model"
             )
+        if geometry is not None:
+            # A matching fingerprint does not cover the tensors: the metadata may be intact while they are not.
+            tensors = to_tensors(self)
+            for tensor, shape in expected_shapes(self, geometry).items():
+                actual = tuple(tensors[tensor].shape)
+                if actual != shape:
+                    raise CalibrationError(f"calibration tensor {tensor} has shape {list(actual)}, model {name!r} "
+                                           f"needs {list(shape)}; run `aapp calibrate` for this model")
+
+    def digest(self) -> str:
+        """A short identity of these statistics, so that an output can name the calibration it used."""
+        h = hashlib.sha256(json.dumps(to_meta(self), sort_keys=True, default=str).encode())
+        for name, t in sorted(to_tensors(self).items()):
+            h.update(f"{name}:{tuple(t.shape)}".encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def expected_shapes(cal: Calibration, g: Geometry) -> dict[str, tuple[int, ...]]:
+    """The shape a model of geometry `g` needs of every tensor `cal` holds (see the table above)."""
+    width = {"attn": g.num_heads * g.head_dim, "mlp": g.intermediate_size, "resid": g.hidden_size}
+    out = {}
+    for name, t in to_tensors(cal).items():
+        parts = name.split(".")
+        if parts[0] in SITES:
+            out[name] = (g.num_layers, width[parts[0]])
+        elif parts[1] in width:  # align.{attn,mlp,resid}.{set}.{stat}
+            out[name] = (g.num_layers, width[parts[1]])
+        elif parts[-1] == "weight":
+            out[name] = (g.num_layers, g.hidden_size)
+        elif parts[-1] == "pruned_threshold":
+            out[name] = (t.shape[0], g.num_layers)  # the ratio count is checked on load
+        else:  # auroc, threshold, bias
+            out[name] = (g.num_layers,)
+    return out
 
 
 # -- the format -----------------------------------------------------------------------------------
@@ -259,7 +297,24 @@ def load_calibration(path: str | Path) -> Calibration:
     meta = json.loads(raw)
     if meta.get("format") != FORMAT:
         raise CalibrationError(f"{path}: unsupported calibration format {meta.get('format')!r}, expected {FORMAT}")
+    for name, t in tensors.items():
+        _check_values(path, name, t)
     try:
         return from_tensors(meta, tensors)
     except KeyError as e:
         raise CalibrationError(f"{path}: missing tensor {e.args[0]}") from None
+
+
+def _check_values(path: Path, name: str, t: torch.Tensor) -> None:
+    """Every value finite: a file whose bytes were damaged (0xFF reads as NaN) must not prune a model."""
+    if t.dtype != torch.float32:
+        raise CalibrationError(f"{path}: tensor {name} is {str(t.dtype).removeprefix('torch.')}, expected float32")
+    values = t
+    if name.endswith(".auroc"):
+        values = t.nan_to_num(0.5)  # a gate's AUROC is NaN where a prompt set was empty (aapp.stats.auroc)
+        if not ((values >= 0) & (values <= 1)).all():
+            raise CalibrationError(f"{path}: tensor {name} holds values outside [0, 1]; the file is corrupted, "
+                                   "run `aapp calibrate` again")
+    if not torch.isfinite(values).all():
+        raise CalibrationError(f"{path}: tensor {name} holds non-finite values (NaN or inf); the file is corrupted, "
+                               "run `aapp calibrate` again")

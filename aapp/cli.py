@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from aapp.console import console, info, progress, warn
-from aapp.errors import AappError
+from aapp.errors import AappError, Interrupted
 
 app = typer.Typer(
     name="aapp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -293,6 +294,7 @@ def prune(
     truncate: Truncate = False,
     sort_by_length: SortByLength = False,
     export: Annotated[Optional[str], typer.Option(help="wanda-sp/flap: write a physically smaller HF checkpoint to DIR (every layer pruned alike) instead of generating.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the rows an interrupted run kept in --out FILE (FILE.partial), with the same settings.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     device_map: DeviceMap = None,
@@ -300,12 +302,12 @@ def prune(
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
     from aapp.calibration.store import load_calibration
     from aapp.context import fit_to_context
-    from aapp.io import write_jsonl
     from aapp.methods import make_method
     from aapp.methods.plan import check_ratio
     from aapp.models.loading import load_model
     from aapp.pruning.engine import PruneOptions
-    from aapp.pruning.run import GenerationSettings, generate_rows
+    from aapp.pruning.resume import prune_to
+    from aapp.pruning.run import GenerationSettings
     from aapp.prompts import load_prompts
 
     check_ratio(ratio)
@@ -317,6 +319,8 @@ def prune(
         from aapp.pruning.export import check_export, export_static
 
         check_export(meth, export)  # before loading anything
+        if resume:
+            raise AappError("--resume continues the rows of --out; --export writes a checkpoint instead")
         cal = load_calibration(calib)
         loaded = load_model(model, device=device, dtype=dtype)
         report = export_static(loaded, meth, PruneOptions(ratio=ratio, dense_layers=dense_layers, backend=backend),
@@ -335,8 +339,8 @@ def prune(
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=sort_by_length)
     with progress() as bar:
         task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
-        write_jsonl(generate_rows(loaded, prompts, meth, options, cal, settings,
-                                  on_batch=lambda n: bar.advance(task, n)), out)
+        prune_to(out, loaded, prompts, meth, options, cal, settings, resume=resume,
+                 on_batch=lambda n: bar.advance(task, n))
 
 
 # -- eval-refusal -------------------------------------------------------------------------
@@ -344,6 +348,7 @@ def prune(
 def eval_refusal(
     generations: Annotated[Optional[str], typer.Argument(help="Pipe mode: JSONL with prompt and completion (default stdin).")] = None,
     reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
+    allow_model_mismatch: Annotated[bool, typer.Option(help="Pipe mode: compare with a --reference that another model made (refused by default).")] = False,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
     methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs); aapp:GATE picks a gate per cell, e.g. aapp:kl; +comp adds mean compensation, e.g. pp+comp.")] = "dense,pp,aapp",
@@ -391,8 +396,8 @@ def eval_refusal(
         from aapp.evaluation.sweep import SweepConfig, parse_methods, parse_ratios, run_sweep
         from aapp.pruning.engine import PruneOptions
 
-        if generations or reference:
-            raise AappError("sweep mode (--model) takes no generations file or --reference")
+        if generations or reference or allow_model_mismatch:
+            raise AappError("sweep mode (--model) takes no generations file, --reference or --allow-model-mismatch")
         if out is None:
             raise AappError("sweep mode needs --out DIR")
         summaries = run_sweep(SweepConfig(
@@ -406,17 +411,21 @@ def eval_refusal(
                                budget_shift, restore)))
     else:
         from aapp.evaluation.judges import get_judge
-        from aapp.evaluation.pipe import evaluate_generations
+        from aapp.evaluation.pipe import evaluate_pipe
         from aapp.evaluation.report import check_out_dir, write_outputs
         from aapp.io import read_jsonl
 
         if out is not None:
             check_out_dir(out)
+        if allow_model_mismatch and not reference:
+            raise AappError("--allow-model-mismatch applies to a comparison with --reference")
         rows = read_jsonl(generations)
         ref = read_jsonl(reference) if reference else None
-        judged, summaries = evaluate_generations(rows, ref, judge=get_judge(judge))
+        judged, summaries, meta = evaluate_pipe(rows, ref, get_judge(judge), source=generations or "<stdin>",
+                                                reference_source=reference or "reference",
+                                                allow_model_mismatch=allow_model_mismatch)
         if out is not None:
-            write_outputs(Path(out), judged, summaries)
+            write_outputs(Path(out), judged, summaries, meta=meta)
     if summaries:  # empty on the non-zero ranks of a torchrun sweep
         print_table(summaries)
         if as_json:
@@ -432,7 +441,17 @@ def _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, prot
                        budget_shift=budget_shift, restore=restore)
 
 
+def _interrupt(signum, frame) -> None:
+    # Ctrl-C and SIGTERM alike unwind the stack, so every atomic write removes its temp file (SIGTERM's
+    # default would end the process where it stands); a second signal while that runs is ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         app()
     except AappError as e:
@@ -440,9 +459,10 @@ def main() -> None:
             raise
         console.print(f"[red]aapp: error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("aapp: interrupted")
-        sys.exit(130)
+    except (KeyboardInterrupt, Interrupted) as e:
+        note = getattr(e, "note", "")
+        console.print(f"aapp: interrupted{': ' + note if note else ''}", highlight=False, soft_wrap=True)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

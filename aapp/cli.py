@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from aapp.console import console, info, progress, warn
-from aapp.errors import AappError
+from aapp.errors import AappError, Interrupted
 
 app = typer.Typer(
     name="aapp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -179,17 +180,18 @@ def prune(
     batch_size: BatchSize = 8,
     truncate: Truncate = False,
     sort_by_length: SortByLength = False,
+    resume: Annotated[bool, typer.Option(help="Continue the rows an interrupted run kept in --out FILE (FILE.partial), with the same settings.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
     from aapp.calibration.store import load_calibration
     from aapp.context import fit_to_context
-    from aapp.io import write_jsonl
     from aapp.methods.options import collect_options
     from aapp.models.loading import load_model, split_device
     from aapp.pruning.options import build_method
-    from aapp.pruning.run import GenerationSettings, generate_rows
+    from aapp.pruning.resume import prune_to
+    from aapp.pruning.run import GenerationSettings
     from aapp.prompts import load_prompts
 
     meth, options = build_method(method, collect_options(opt or (), opts), ratio)
@@ -204,8 +206,8 @@ def prune(
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=sort_by_length)
     with progress() as bar:
         task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
-        write_jsonl(generate_rows(loaded, prompts, meth, options, cal, settings,
-                                  on_batch=lambda n: bar.advance(task, n)), out)
+        prune_to(out, loaded, prompts, meth, options, cal, settings, resume=resume,
+                 on_batch=lambda n: bar.advance(task, n))
 
 
 @app.command()
@@ -295,6 +297,7 @@ def methods_command(
 def eval_refusal(
     generations: Annotated[Optional[str], typer.Argument(help="Pipe mode: JSONL with prompt and completion (default stdin).")] = None,
     reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
+    allow_model_mismatch: Annotated[bool, typer.Option(help="Pipe mode: compare with a --reference that another model made (refused by default).")] = False,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
     methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated method specs (dense always runs; `aapp methods` lists them), e.g. dense,pp,aapp:kl,pp+comp.")] = "dense,pp,aapp",
@@ -328,8 +331,8 @@ def eval_refusal(
         from aapp.methods.options import collect_options
         from aapp.models.loading import split_device
 
-        if generations or reference:
-            raise AappError("sweep mode (--model) takes no generations file or --reference")
+        if generations or reference or allow_model_mismatch:
+            raise AappError("sweep mode (--model) takes no generations file, --reference or --allow-model-mismatch")
         if out is None:
             raise AappError("sweep mode needs --out DIR")
         specs = parse_methods(methods)
@@ -344,7 +347,7 @@ def eval_refusal(
             truncate=truncate, prune=prune_options, aapp=aapp_options))
     else:
         from aapp.evaluation.judges import get_judge
-        from aapp.evaluation.pipe import evaluate_generations
+        from aapp.evaluation.pipe import evaluate_pipe
         from aapp.evaluation.report import check_out_dir, write_outputs
         from aapp.io import read_jsonl
 
@@ -355,18 +358,32 @@ def eval_refusal(
                 raise AappError(f"{name} is for sweep mode (--model); pipe mode judges the generations it reads")
         if out is not None:
             check_out_dir(out)
+        if allow_model_mismatch and not reference:
+            raise AappError("--allow-model-mismatch applies to a comparison with --reference")
         rows = read_jsonl(generations)
         ref = read_jsonl(reference) if reference else None
-        judged, summaries = evaluate_generations(rows, ref, judge=get_judge(judge))
+        judged, summaries, meta = evaluate_pipe(rows, ref, get_judge(judge), source=generations or "<stdin>",
+                                                reference_source=reference or "reference",
+                                                allow_model_mismatch=allow_model_mismatch)
         if out is not None:
-            write_outputs(Path(out), judged, summaries)
+            write_outputs(Path(out), judged, summaries, meta=meta)
     if summaries:  # empty on the non-zero ranks of a torchrun sweep
         print_table(summaries)
         if as_json:
             print(json.dumps([s.to_dict() for s in summaries], indent=2))
 
 
+def _interrupt(signum, frame) -> None:
+    # Ctrl-C and SIGTERM alike unwind the stack, so every atomic write removes its temp file (SIGTERM's
+    # default would end the process where it stands); a second signal while that runs is ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         app()
     except AappError as e:
@@ -374,9 +391,10 @@ def main() -> None:
             raise
         console.print(f"[red]aapp: error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        console.print("aapp: interrupted")
-        sys.exit(130)
+    except (KeyboardInterrupt, Interrupted) as e:
+        note = getattr(e, "note", "")
+        console.print(f"aapp: interrupted{': ' + note if note else ''}", highlight=False, soft_wrap=True)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

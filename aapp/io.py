@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -18,7 +19,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from aapp.errors import InputError
+from aapp.errors import InputError, Interrupted
 
 
 def _plain_mode(bits: int) -> int:
@@ -225,14 +226,48 @@ def dumps_row(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False)
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]], out: str | Path | None) -> None:
+def write_jsonl(rows: Iterable[dict[str, Any]], out: str | Path | None, *,
+                partial: str | Path | None = None) -> None:
     """Write rows to `out` atomically, or to stdout when `out` is None or '-' (a row at a time,
-    so a pipe downstream sees each batch as it is generated)."""
+    so a pipe downstream sees each batch as it is generated).
+
+    With `partial`, an interrupt (Ctrl-C, or SIGTERM as aapp.cli turns it into `Interrupted`)
+    keeps the rows finished so far: they, whole lines in the order written, are renamed to
+    `partial` instead of being dropped with the temp file, and `Interrupted` is raised with a
+    note saying how many. `out` itself is left as it was.
+    """
     if out in (None, "-"):
         for row in rows:
             sys.stdout.write(dumps_row(row) + "\n")
             sys.stdout.flush()
         return
-    with atomic_write(out) as f:
+    if partial is None:
+        with atomic_write(out) as f:
+            for row in rows:
+                f.write(dumps_row(row) + "\n")
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged, n = _Staged(path, "w"), 0
+    try:
         for row in rows:
-            f.write(dumps_row(row) + "\n")
+            staged.file.write(dumps_row(row) + "\n")  # one call: an interrupt lands between lines
+            staged.file.flush()  # a reader watching the run sees each row as it comes
+            n += 1
+        staged.seal()
+        staged.commit()
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        if n == 0:
+            staged.discard()
+            raise Interrupted(signum, "no row was finished", kept=0) from None
+        try:
+            staged.seal()
+            os.replace(staged.tmp, partial)
+        except BaseException:
+            staged.discard()
+            raise
+        raise Interrupted(signum, f"kept {n} finished rows in {partial}", kept=n) from None
+    except BaseException:
+        staged.discard()
+        raise

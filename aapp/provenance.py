@@ -41,6 +41,15 @@ def machine() -> dict:
             "triton": triton_version, "cuda": torch.version.cuda}
 
 
+def versions() -> dict[str, str]:
+    """aapp's version and the stack's, which an output's numbers may depend on."""
+    import transformers
+
+    import aapp
+
+    return {"aapp": aapp.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
 def script_command(script: str, argv: list[str]) -> str:
     """The command line that reproduces a run of scripts/`script`.py with `argv`."""
     return f"python scripts/{script}.py " + shlex.join(argv)

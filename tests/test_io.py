@@ -241,3 +241,27 @@ def test_check_dir_writable_replace_needs_the_parent(tmp_path, read_only):
     assert check_dir_writable(parent / "out") == parent / "out", "writing into it is fine"
     with pytest.raises(InputError, match=re.escape(f"{parent} is not writable")):
         check_dir_writable(parent / "out", replace=True)  # swapping it whole is not
+
+
+def test_an_interrupt_keeps_the_finished_rows_and_no_temp(tmp_path):
+    import json
+
+    from aapp.errors import Interrupted
+    from aapp.io import write_jsonl
+
+    def rows():
+        yield {"a": 1}
+        yield {"a": 2}
+        raise KeyboardInterrupt
+
+    out, partial = tmp_path / "o.jsonl", tmp_path / "o.jsonl.partial"
+    out.write_text("an earlier output\n")
+    with pytest.raises(Interrupted) as e:
+        write_jsonl(rows(), out, partial=partial)
+    assert e.value.kept == 2 and "kept 2 finished rows" in e.value.note
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "o.jsonl.partial"]
+    assert out.read_text() == "an earlier output\n"  # left as it was
+    assert [json.loads(line) for line in partial.read_text().splitlines()] == [{"a": 1}, {"a": 2}]
+    with pytest.raises(KeyboardInterrupt):  # without `partial`, nothing is kept, as before
+        write_jsonl(rows(), tmp_path / "p.jsonl")
+    assert not (tmp_path / "p.jsonl").exists() and len(list(tmp_path.iterdir())) == 2

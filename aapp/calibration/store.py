@@ -23,6 +23,7 @@ are read as sections by prefix, and each such section sees the file's metadata a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from safetensors.torch import load_file, save
 
 from aapp.errors import CalibrationError
 from aapp.io import atomic_write
+from aapp.models.adapters import Geometry
 
 FORMAT = "aapp-calibration/2"
 OLD_FORMATS = ("aapp-calibration/1",)
@@ -71,13 +73,36 @@ class Calibration:
         """General-text statistics at a site ("attn" or "mlp")."""
         return {"attn": self.attn, "mlp": self.mlp}[name]
 
-    def check_model(self, fingerprint: str, name: str) -> None:
+    def check_model(self, fingerprint: str, name: str, geometry: Geometry | None = None) -> None:
+        """The file was made for this model and, given its `geometry`, holds the general statistics'
+        shapes it needs (a section's owner checks its own)."""
         if self.meta.get("fingerprint") != fingerprint:
             raise CalibrationError(
                 f"calibration file was made for model {self.meta.get('model')!r} "
                 f"(fingerprint {self.meta.get('fingerprint')}), not for {name!r} (fingerprint {fingerprint}); "
                 "run `aapp calibrate` for this model"
             )
+        if geometry is not None:
+            # A matching fingerprint does not cover the tensors: the metadata may be intact while they are not.
+            width = {"attn": geometry.num_heads * geometry.head_dim, "mlp": geometry.intermediate_size}
+            for site in SITES:
+                for stat, t in (("mean", self.site(site).mean), ("sq_mean", self.site(site).sq_mean)):
+                    check_shape(f"{site}.{stat}", t, (geometry.num_layers, width[site]), name)
+
+    def digest(self) -> str:
+        """A short identity of these statistics, so that an output can name the calibration it used."""
+        h = hashlib.sha256(json.dumps(to_meta(self), sort_keys=True, default=str).encode())
+        for key, t in sorted(to_tensors(self).items()):
+            h.update(f"{key}:{tuple(t.shape)}".encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def check_shape(tensor: str, t: torch.Tensor, shape: tuple[int, ...], model: str) -> None:
+    """One calibration tensor has the shape model `model` needs, or a one-line error naming it."""
+    if tuple(t.shape) != tuple(shape):
+        raise CalibrationError(f"calibration tensor {tensor} has shape {list(t.shape)}, model {model!r} "
+                               f"needs {list(shape)}; run `aapp calibrate` for this model")
 
 
 # -- the format -----------------------------------------------------------------------------------
@@ -134,7 +159,24 @@ def load_calibration(path: str | Path) -> Calibration:
     if meta.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CalibrationError(f"{path}: unsupported calibration format {meta.get('format')!r}, expected {FORMAT}; "
                                "run `aapp calibrate` again")
+    for name, t in tensors.items():
+        _check_values(path, name, t)
     try:
         return from_tensors(meta, tensors)
     except KeyError as e:
         raise CalibrationError(f"{path}: missing tensor {e.args[0]}") from None
+
+
+def _check_values(path: Path, name: str, t: torch.Tensor) -> None:
+    """Every value finite: a file whose bytes were damaged (0xFF reads as NaN) must not prune a model."""
+    if t.dtype != torch.float32:
+        raise CalibrationError(f"{path}: tensor {name} is {str(t.dtype).removeprefix('torch.')}, expected float32")
+    values = t
+    if name.endswith(".auroc"):
+        values = t.nan_to_num(0.5)  # a gate's AUROC is NaN where a prompt set was empty (aapp.stats.auroc)
+        if not ((values >= 0) & (values <= 1)).all():
+            raise CalibrationError(f"{path}: tensor {name} holds values outside [0, 1]; the file is corrupted, "
+                                   "run `aapp calibrate` again")
+    if not torch.isfinite(values).all():
+        raise CalibrationError(f"{path}: tensor {name} holds non-finite values (NaN or inf); the file is corrupted, "
+                               "run `aapp calibrate` again")

@@ -309,3 +309,20 @@ def _gate_by_set(scores: Sequence[float | None] | None, fired: Sequence[bool] | 
 def _gate_auroc(scores: Sequence[float | None], labels: Sequence[str | None]) -> float | None:
     pairs = [(sc, lab) for sc, lab in zip(scores, labels, strict=True) if sc is not None]
     return auroc([sc for sc, lab in pairs if lab == HARMFUL], [sc for sc, lab in pairs if lab == BENIGN])
+
+
+def label_gaps(summaries: Sequence[CellSummary]) -> list[str]:
+    """One line per rate that no cell can define, saying what is missing (an empty list when none is):
+    refusal needs rows labelled harmful, over-refusal rows labelled benign."""
+    harmful = sum(s.n_harmful for s in summaries)
+    benign = sum(s.n_benign for s in summaries)
+    if not summaries or (harmful and benign):
+        return []
+    if not harmful and not benign:
+        return ["no row is labelled 'harmful' or 'benign', so refusal and over-refusal are n/a: give rows a 'label' "
+                "(a built-in prompt set carries one, e.g. `aapp prune -i advbench`)"]
+    if not benign:
+        return ["no row is labelled 'benign', so over-refusal is n/a: add benign prompts (e.g. xstest-safe) to "
+                "measure it"]
+    return ["no row is labelled 'harmful', so the refusal rate is n/a: add harmful prompts (e.g. advbench) to "
+            "measure it"]

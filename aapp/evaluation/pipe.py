@@ -3,8 +3,11 @@
 Input rows are what `aapp prune` writes (or any tool, given `prompt` and `completion`):
 {"id", "prompt", "label": "harmful"|"benign"|null, "completion", "method", "ratio",
  "flops": {"dense", "pruned", "probe", "bias"}, "latency_s", "gate": {"fired", "score"}}; only
-`prompt` and `completion` are required. Rows are grouped into cells by (method, ratio);
-rows without a method form one cell named "model" (a reference without one: "dense").
+`prompt` and `completion` are required. `aapp prune`'s rows also record what made them
+("provenance": model name and fingerprint, method, ratio, options, versions), which is how a
+reference from another model is told apart (`evaluate_pipe`). Rows are grouped into cells by
+(method, ratio); rows without a method form one cell named "model" (a reference without one:
+"dense").
 
 Matching to the reference: by `id` when every row of the cell and of the reference has
 one (the prompts of a matched pair must then be equal), else by exact `prompt` text. Keys
@@ -19,18 +22,102 @@ difference in refusal (or FAR) comes with how likely chance alone would make it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from numbers import Real
 from typing import Any
 
+from aapp.console import warn
 from aapp.errors import InputError
 from aapp.evaluation.judges import Judge, KeywordJudge, Verdict
-from aapp.evaluation.metrics import HARMFUL, LABELS, CellSummary, paired_test, summarize
+from aapp.evaluation.metrics import HARMFUL, LABELS, CellSummary, label_gaps, paired_test, summarize
+from aapp.provenance import versions
 
 CellKey = tuple[str, float | None]
 DEFAULT_METHOD, REFERENCE_METHOD = "model", "dense"
 BASELINE = "pp"  # the method every other pruned cell is tested against, at the same ratio
+
+
+PROVENANCE = "provenance"  # what `aapp prune` records in every row (aapp.pruning.run.run_provenance)
+
+
+def evaluate_pipe(
+    rows: Sequence[Mapping[str, Any]],
+    reference_rows: Sequence[Mapping[str, Any]] | None = None,
+    judge: Judge | None = None,
+    *,
+    source: str = "generations",
+    reference_source: str = "reference",
+    allow_model_mismatch: bool = False,
+) -> tuple[list[dict[str, Any]], list[CellSummary], dict[str, Any]]:
+    """Pipe mode whole: the model check, `evaluate_generations`, and the summary's meta.
+
+    A reference made by another model (its rows' fingerprint differs) is refused unless
+    `allow_model_mismatch`; rows without provenance (from before aapp recorded it, or from
+    another tool) cannot be checked and are compared with a warning. A rate that no row can
+    define (no harmful or no benign rows) is said on stderr. Returns (judged, summaries, meta).
+    """
+    judge = judge or KeywordJudge()
+    if reference_rows is not None:
+        check_same_model(rows, reference_rows, allow_model_mismatch, source, reference_source)
+    judged, summaries = evaluate_generations(rows, reference_rows, judge, source=source,
+                                             reference_source=reference_source)
+    for gap in label_gaps(summaries):
+        warn(gap)
+    return judged, summaries, pipe_meta(rows, reference_rows, judge.name)
+
+
+def runs_of(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct provenance records of `rows`, in order of appearance (rows without one add none)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        prov = row.get(PROVENANCE)
+        if isinstance(prov, Mapping):
+            seen.setdefault(json.dumps(prov, sort_keys=True), dict(prov))
+    return list(seen.values())
+
+
+def _models(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """{fingerprint: model name} over the rows that record one."""
+    out: dict[str, str] = {}
+    for run in runs_of(rows):
+        model = run.get("model") or {}
+        if model.get("fingerprint"):
+            out.setdefault(model["fingerprint"], model.get("name"))
+    return out
+
+
+def check_same_model(rows, reference_rows, allow_mismatch: bool, source: str, reference_source: str) -> None:
+    """Generations and reference come from one model (by fingerprint); InputError in one line if not."""
+    mine, ref = _models(rows), _models(reference_rows)
+    untracked = [name for name, rs in ((source, rows), (reference_source, reference_rows))
+                 if any(not isinstance(r.get(PROVENANCE), Mapping) for r in rs)]
+    if untracked:
+        warn(f"cannot check that {source} and {reference_source} come from one model: rows of "
+             f"{' and '.join(untracked)} record no provenance (written before aapp kept it, or by another tool)")
+    other = [(fp, name) for fp, name in mine.items() if ref and fp not in ref]
+    if not other:
+        return
+    (fp, name), (ref_fp, ref_name) = other[0], next(iter(ref.items()))
+    what = (f"{source} was made by model {name!r} (fingerprint {fp}), {reference_source} by {ref_name!r} "
+            f"(fingerprint {ref_fp})")
+    if not allow_mismatch:
+        raise InputError(f"{what}; compare generations of one model, or pass --allow-model-mismatch")
+    warn(f"{what}; compared as asked (--allow-model-mismatch)")
+
+
+def pipe_meta(rows, reference_rows, judge_name: str) -> dict[str, Any]:
+    """A pipe-mode summary's "meta": the runs that made the rows (model identity, method, ratio, options,
+    their versions), the reference's, the judge, and the versions this evaluation ran with."""
+    models = [{"name": name, "fingerprint": fp} for fp, name in _models(rows).items()]
+    return {
+        "mode": "pipe", "judge": judge_name, "versions": versions(),
+        "model": models[0] if len(models) == 1 else None,  # several: see "runs"
+        "runs": runs_of(rows),
+        "reference": runs_of(reference_rows) if reference_rows is not None else None,
+        "rows_without_provenance": sum(not isinstance(r.get(PROVENANCE), Mapping) for r in rows),
+    }
 
 
 def evaluate_generations(

@@ -17,6 +17,8 @@ from aapp.io import atomic_write
 #: The panels, left to right: (CellSummary attribute, title).
 PANELS = (("refusal_rate", "Refusal rate (harmful prompts)"), ("over_refusal", "Over-refusal (benign prompts)"))
 DENSE = "dense"
+#: The prompts each panel's rate is measured on: (CellSummary count attribute, label).
+PANEL_PROMPTS = {"refusal_rate": ("n_harmful", "harmful"), "over_refusal": ("n_benign", "benign")}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,16 @@ def sweep_series(summaries: Sequence[CellSummary], dense_method: str = DENSE) ->
     return series
 
 
+def panel_note(summaries: Sequence[CellSummary], attr: str, dense_method: str = DENSE) -> str | None:
+    """Why panel `attr` would be empty, as the note drawn in its place; None when it has points."""
+    if sweep_series(summaries, dense_method)[attr]:
+        return None
+    count, label = PANEL_PROMPTS[attr]
+    if not any(getattr(s, count) for s in summaries):
+        return f"no {label} prompts,\nso nothing to plot"
+    return "no cell has a pruning ratio,\nso nothing to plot"
+
+
 def sweep_figure(summaries: Sequence[CellSummary], dense_method: str = DENSE):
     """The figure: per panel, an errorbar line per method and the dense model as a
     horizontal line with its interval shaded."""
@@ -70,6 +82,9 @@ def sweep_figure(summaries: Sequence[CellSummary], dense_method: str = DENSE):
             # Clamped: an interval that rounding puts a hair past its rate must not fail the plot.
             yerr = [[max(0.0, p.value - p.lo) for p in pts], [max(0.0, p.hi - p.value) for p in pts]]
             ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=method)
+        note = panel_note(summaries, attr, dense_method)
+        if note:  # an empty panel must not read as data
+            ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="grey")
         ax.set_title(title)
         ax.set_xlabel("pruning ratio")
         if ratios:

@@ -82,7 +82,7 @@ class PrunedModel:
         if method.needs_calibration and calib is None:
             raise CalibrationError(f"method {method.name!r} needs a calibration file (--calib); run `aapp calibrate`")
         if calib is not None:
-            calib.check_model(loaded.fingerprint, loaded.name)
+            calib.check_model(loaded.fingerprint, loaded.name, loaded.geometry)
         self.history = None
         if calib is not None:
             dev = loaded.device

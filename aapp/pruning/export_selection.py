@@ -91,7 +91,7 @@ def layer_selections(loaded: LoadedModel, method: Method, options: PruneOptions,
     if compat.needs_calibration and calib is None:
         raise CalibrationError(f"method {method.name!r} needs a calibration file (--calib); run `aapp calibrate`")
     if calib is not None:
-        calib.check_model(loaded.fingerprint, loaded.name)
+        calib.check_model(loaded.fingerprint, loaded.name, loaded.geometry)
     g = loaded.geometry
     compat.bind(loaded.model, loaded.adapter, g, export_plan(g, options), calib)
     return [compat.selection(i) for i in range(g.num_layers)]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 from aapp.calibration.store import Calibration
 from aapp.generation import batched, generate_batch
 from aapp.methods.base import Method, RowDecisions
 from aapp.models.loading import LoadedModel
 from aapp.pruning.engine import PrunedModel, PruneOptions, prune_model
+from aapp.provenance import versions
 from aapp.pruning.flops import FlopCount
+
+PROVENANCE = "provenance"  # the row field that says what made the row (see run_provenance)
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,44 @@ class GenerationSettings:
     sort_by_length: bool = False
 
 
+def run_provenance(loaded: LoadedModel, method: Method, options: PruneOptions, calib: Calibration | None,
+                   settings: GenerationSettings) -> dict:
+    """What made a run's rows, as plain JSON data: the model's identity, the method, ratio and every
+    option it ran with, and the versions. The one place that decides what a row records of its run."""
+    return {
+        "model": {"name": loaded.name, "fingerprint": loaded.fingerprint},
+        "method": method.name, "ratio": options.ratio,
+        "options": {"prune": asdict(options), "method": method_options(method),
+                    "generation": asdict(settings), "calibration": calib.digest() if calib is not None else None},
+        "versions": versions(),
+    }
+
+
+def method_options(method: Method) -> dict:
+    """A method's options dataclasses ({attribute: fields}), found by their `*Options` and `*Scoring` type names, so a
+    method holding several (AAPP: its own and Probe Pruning's) records them all."""
+    return {name: asdict(value) for name, value in sorted(vars(method).items())
+            if is_dataclass(value) and not isinstance(value, type) and type(value).__name__.endswith(("Options", "Scoring"))}
+
+
+def carries_state(method: Method, options: PruneOptions) -> bool:
+    """Whether a batch's rows depend on the batches before it (a resumed run then replays them)."""
+    return options.ema_momentum is not None or method.carries_state
+
+
 def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, options: PruneOptions,
                   calib: Calibration | None, settings: GenerationSettings = GenerationSettings(),
-                  on_batch: Callable[[int], None] | None = None) -> Iterator[dict]:
+                  on_batch: Callable[[int], None] | None = None, start: int = 0) -> Iterator[dict]:
     """Yield one output row per prompt (aapp.prompts.Prompt objects), batch by batch.
 
     FLOPs and `latency_s` in a row are its share of its batch (batch total / batch
-    size), so sums over rows are totals; `batch_latency_s` is the batch's wall time.
+    size), so sums over rows are totals; `batch_latency_s` is the batch's wall time. Every
+    row carries `run_provenance` under "provenance".
+
+    The rows of the first `start` prompts are already written (a resumed run): they are not
+    yielded, and a batch of only such prompts is not run unless the method carries state from
+    batch to batch. Batches are formed over all prompts as in a run from the first, so the rows
+    yielded are those that run would give.
     """
     prompts = list(prompts)
     order = list(range(len(prompts)))
@@ -57,11 +91,15 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
         lengths = [len(ids) for ids in loaded.tokenizer([p.text for p in prompts])["input_ids"]]
         order.sort(key=lengths.__getitem__)  # stable: equal lengths keep their input order
     done: dict[int, dict] = {}
-    next_out = 0
+    next_out = start
+    replay = carries_state(method, options)
+    provenance = run_provenance(loaded, method, options, calib, settings)
     handle = prune_model(loaded, method, options, calib)
     router = method.router()
     try:
         for indices in batched(order, settings.batch_size):
+            if not replay and all(i < start for i in indices):
+                continue
             chunk = [prompts[i] for i in indices]
             groups = [RowGroup(list(range(len(chunk))))]
             if router is not None:
@@ -71,12 +109,13 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
             for group in groups:
                 with handle.running(group.decision):
                     rows.update(zip(group.rows, _group_rows(handle, chunk, group, settings)))
-            done.update((indices[j], rows[j]) for j in range(len(chunk)))
+            done.update((indices[j], rows[j] | {PROVENANCE: provenance}) for j in range(len(chunk))
+                        if indices[j] >= start)
             while next_out in done:  # rows leave in input order, as soon as that order allows
                 yield done.pop(next_out)
                 next_out += 1
             if on_batch:
-                on_batch(len(chunk))
+                on_batch(sum(i >= start for i in indices))
     finally:
         handle.remove()
 

@@ -102,3 +102,41 @@ def test_an_unknown_format_asks_to_recalibrate(tmp_path):
     save_file(tensors, str(path), metadata={"aapp": json.dumps({"format": "aapp-calibration/9"})})
     with pytest.raises(CalibrationError, match="unsupported calibration format .*run `aapp calibrate` again"):
         load_calibration(path)
+
+
+def _overwrite_tensor_bytes(path, byte: int = 0xFF) -> None:
+    """Every tensor byte of a safetensors file set to `byte` (0xFF: each float32 reads as NaN); the header kept."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = bytes([byte]) * (len(data) - start)
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_with_damaged_tensor_bytes_is_refused(tiny_llama, tmp_path):
+    cal = calibrate_text(tiny_llama, TEXT, TextSettings(samples=2, seq_len=16, batch_size=2), "test text")
+    path = tmp_path / "c.safetensors"
+    save_calibration(cal, path)
+    _overwrite_tensor_bytes(path)
+    with pytest.raises(CalibrationError, match=r"tensor attn\.mean holds non-finite values") as e:
+        load_calibration(path)
+    assert "\n" not in str(e.value)
+
+
+def test_an_auroc_may_be_undefined_but_not_out_of_range(tmp_path):
+    from aapp.calibration.store import _check_values
+
+    _check_values(tmp_path, "align.gate.kl.auroc", torch.tensor([float("nan"), 0.7]))  # an empty prompt set
+    with pytest.raises(CalibrationError, match="outside"):
+        _check_values(tmp_path, "align.gate.kl.auroc", torch.tensor([1.5]))
+    with pytest.raises(CalibrationError, match="non-finite"):
+        _check_values(tmp_path, "align.gate.kl.threshold", torch.tensor([float("nan")]))
+
+
+def test_shapes_another_model_needs_are_refused(tiny_llama):
+    g = tiny_llama.geometry
+    ok = SiteStats(torch.zeros(g.num_layers, g.num_heads * g.head_dim), torch.zeros(g.num_layers, g.num_heads * g.head_dim))
+    short = SiteStats(torch.zeros(g.num_layers - 1, g.intermediate_size), torch.zeros(g.num_layers - 1, g.intermediate_size))
+    cal = Calibration(meta={"fingerprint": tiny_llama.fingerprint, "model": "x"}, attn=ok, mlp=short)
+    cal.check_model(tiny_llama.fingerprint, tiny_llama.name)  # without the geometry only the identity is checked
+    with pytest.raises(CalibrationError, match=rf"tensor mlp\.mean has shape \[{g.num_layers - 1}, "):
+        cal.check_model(tiny_llama.fingerprint, tiny_llama.name, g)

@@ -91,3 +91,15 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes(sweep):
     assert [(p.method, p.ratio) for p in pareto_front(trade_offs(cells))] == [("pp", 0.2), ("aapp", 0.2)]
     png = render_pareto_png(cells)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_empty_panel_carries_a_note_saying_why():
+    from aapp.evaluation.metrics import summarize
+    from aapp.evaluation.plot import PANELS, sweep_figure
+
+    harmful_only = [summarize("dense", None, [True, False], ["harmful", "harmful"], judge="keyword"),
+                    summarize("pp", 0.3, [False, False], ["harmful", "harmful"], judge="keyword")]
+    fig = sweep_figure(harmful_only)
+    texts = {title: " ".join(t.get_text() for t in ax.texts) for ax, (_, title) in zip(fig.axes, PANELS)}
+    assert texts[PANELS[0][1]] == ""
+    assert "no benign prompts" in texts[PANELS[1][1]]

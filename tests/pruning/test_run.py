@@ -104,3 +104,43 @@ def test_sort_by_length_batches_similar_lengths_and_keeps_input_order(tiny_llama
     assert padded_tokens(by_length.batches) < padded_tokens(plain.batches)
     # A dense row's generation is its own prompt's, whichever batch it ran in.
     assert [r["completion"] for r in rows] == [r["completion"] for r in plain_rows]
+
+
+TIMING = ("latency_s", "batch_latency_s", "prefill_s", "decode_s")
+
+
+def _computed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+class Counting(Dense):
+    """Dense, counting the batches it runs; `stateful` claims that a batch depends on the ones before."""
+
+    def __init__(self, stateful=False):
+        self.batches, self.stateful = 0, stateful
+
+    @property
+    def carries_state(self):
+        return self.stateful
+
+    def begin_batch(self):
+        self.batches += 1
+
+
+def test_a_resumed_run_skips_finished_batches_and_gives_the_rest_of_the_rows(tiny_llama):
+    from aapp.pruning.run import run_provenance
+
+    prompts = [Prompt(f"q{i}", PROMPTS[i % len(PROMPTS)] + f" {i}", None, "test") for i in range(7)]
+    settings = GenerationSettings(max_new_tokens=3, batch_size=2, sort_by_length=True)
+    whole = list(generate_rows(tiny_llama, prompts, Dense(), PruneOptions(), None, settings))
+    assert all(r["provenance"] == run_provenance(tiny_llama, Dense(), PruneOptions(), None, settings) for r in whole)
+    for stateful in (False, True):
+        method = Counting(stateful)
+        rest = list(generate_rows(tiny_llama, prompts, method, PruneOptions(), None, settings, start=3))
+        assert _computed(rest) == _computed(whole[3:])
+        # Sorted batches mix finished and unfinished prompts: only those of finished prompts alone are
+        # skipped, unless the method carries state, when every batch is replayed.
+        lengths = [len(ids) for ids in tiny_llama.tokenizer([p.text for p in prompts])["input_ids"]]
+        order = sorted(range(7), key=lengths.__getitem__)
+        batches = [order[i:i + 2] for i in range(0, 7, 2)]
+        assert method.batches == (len(batches) if stateful else sum(any(i >= 3 for i in b) for b in batches))

@@ -42,7 +42,7 @@ import torch
 from aapp.calibration.collect import counted_tokens, token_mean
 from aapp.calibration.store import Calibration, SiteStats
 from aapp.console import warn
-from aapp.methods.aapp.store import Alignment, alignment
+from aapp.methods.aapp.store import Alignment, alignment, check_shapes
 from aapp.errors import AappError, CalibrationError
 from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_counts, protected_count,
                                           refusal_direction, refusal_mass, shift_channels)
@@ -149,6 +149,7 @@ class AAPP(ProbePruning):
     def bind(self, model, adapter, geometry, plan, calib):
         super().bind(model, adapter, geometry, plan, calib)
         self.alignment = alignment(calib)  # a one-line error where the file has none
+        check_shapes(calib, geometry, getattr(model, "name_or_path", "this model"))
         if self.options.critical == "setdiff":
             check_setdiff_pools(self.options.protect, geometry)
         self.n_post = self.alignment.post_instruction_tokens

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from aapp.calibration.store import Calibration, Section, SiteStats
+from aapp.calibration.store import Calibration, Section, SiteStats, check_shape
 from aapp.errors import CalibrationError
 
 SECTION = "align"
@@ -130,6 +130,22 @@ def alignment(calib: Calibration) -> Alignment:
     except KeyError as e:
         raise CalibrationError(f"the calibration file's alignment section lacks {SECTION}.{e.args[0]}; "
                                "run `aapp calibrate` again") from None
+
+
+def check_shapes(calib: Calibration, g, model: str) -> None:
+    """Every tensor of the section has the shape a model of geometry `g` needs (see the table above)."""
+    width = {"attn": g.num_heads * g.head_dim, "mlp": g.intermediate_size, "resid": g.hidden_size}
+    for name, t in calib.sections.get(SECTION, Section({}, {})).tensors.items():
+        parts = name.split(".")
+        if parts[0] in width:
+            shape = (g.num_layers, width[parts[0]])
+        elif parts[-1] == "weight":
+            shape = (g.num_layers, g.hidden_size)
+        elif parts[-1] == "pruned_threshold":
+            shape = (t.shape[0], g.num_layers)  # the ratio count is checked on decoding
+        else:  # auroc, threshold, bias
+            shape = (g.num_layers,)
+        check_shape(f"{SECTION}.{name}", t, shape, model)
 
 
 def set_alignment(calib: Calibration, a: Alignment) -> None:

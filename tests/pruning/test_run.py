@@ -123,7 +123,7 @@ class Counting(Dense):
     def carries_state(self):
         return self.stateful
 
-    def begin_batch(self):
+    def begin_batch(self, decision=None):
         self.batches += 1
 
 

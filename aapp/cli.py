@@ -182,7 +182,7 @@ def calibrate(
         cal = calibrate_text(loaded, texts, settings, description=text, on_batch=lambda n: bar.advance(task, n))
         if alignment:
             task = bar.add_task("harmful/harmless", total=len(harm) + len(safe))
-            add_alignment(cal, loaded, [p.text for p in harm], [p.text for p in safe],
+            add_alignment(cal, loaded, [p.input for p in harm], [p.input for p in safe],
                           {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n),
                           prose=texts, prose_settings=settings)
             _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options,
@@ -207,7 +207,7 @@ def _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options, 
     if not ratios:
         return
     task = bar.add_task("pruned gate thresholds", total=len(ratios) * (len(harm) + len(safe)))
-    add_pruned_thresholds(cal, fit_pruned_thresholds(loaded, cal, [p.text for p in harm], [p.text for p in safe],
+    add_pruned_thresholds(cal, fit_pruned_thresholds(loaded, cal, [p.input for p in harm], [p.input for p in safe],
                                                      ratios, prune_options, on_batch=lambda n: bar.advance(task, n),
                                                      prose=prose, max_fpr=None if max_fpr >= 1 else max_fpr))
 

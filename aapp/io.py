@@ -192,6 +192,21 @@ def check_dir_writable(path: str | Path, flag: str | None = None, *, replace: bo
 # -- JSONL --------------------------------------------------------------------------------------
 
 
+def read_stdin_bytes() -> bytes:
+    """Everything on stdin, undecoded: text-mode stdin would turn bytes that are not UTF-8 into
+    surrogates (under a C locale) that fail far from here, deep in a tokenizer."""
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """`data` as UTF-8 text (a leading BOM dropped), or one InputError line saying where it is not."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:
     """Read JSON objects one per line from `path`, or from stdin when `path` is None or '-'.
 
@@ -199,14 +214,17 @@ def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:
     """
     name = "<stdin>" if path in (None, "-") else str(path)
     if path in (None, "-"):
-        lines = sys.stdin.read().splitlines()
+        data = read_stdin_bytes()
     else:
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            data = Path(path).read_bytes()
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{name}: cannot read: {e}") from None
+        except IsADirectoryError:
+            raise InputError(f"{name}: is a directory, expected a JSONL file") from None
+        except OSError as e:
+            raise InputError(f"{name}: cannot read: {e.strerror}") from None
+    lines = decode_utf8(data, name).splitlines()
     rows = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from aapp.calibration.store import Calibration
+from aapp.context import prompt_tokens
 from aapp.generation import batched, generate_batch
 from aapp.methods.base import BatchPart, Method
 from aapp.models.loading import LoadedModel
@@ -35,7 +36,7 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
     prompts = list(prompts)
     order = list(range(len(prompts)))
     if settings.sort_by_length:
-        lengths = [len(ids) for ids in loaded.tokenizer([p.text for p in prompts])["input_ids"]]
+        lengths = [prompt_tokens(loaded.tokenizer, p.input) for p in prompts]
         order.sort(key=lengths.__getitem__)  # stable: equal lengths keep their input order
     done: dict[int, dict] = {}
     next_out = 0
@@ -43,7 +44,7 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
     try:
         for indices in batched(order, settings.batch_size):
             chunk = [prompts[i] for i in indices]
-            texts = [p.text for p in chunk]
+            texts = [p.input for p in chunk]
             parts = method.split_batch(len(chunk), lambda layer: handle.layer_input(layer, texts))
             rows: dict[int, dict] = {}
             for part in parts:
@@ -63,7 +64,7 @@ def _part_rows(handle: PrunedModel, chunk: Sequence, part: BatchPart, settings: 
     """Generate one part of a batch (the whole batch, or a sub-batch the method split off) into rows."""
     loaded, method = handle.loaded, handle.method
     prompts = [chunk[i] for i in part.rows]
-    out = generate_batch(loaded.model, loaded.tokenizer, [p.text for p in prompts],
+    out = generate_batch(loaded.model, loaded.tokenizer, [p.input for p in prompts],
                          max_new_tokens=settings.max_new_tokens)
     total = FlopCount()
     total.add(handle.record.flops)
@@ -84,6 +85,8 @@ def _part_rows(handle: PrunedModel, chunk: Sequence, part: BatchPart, settings: 
             "prefill_s": out.prefill_s, "decode_s": out.decode_s,
             "prompt_tokens": out.prompt_tokens[j], "new_tokens": out.new_tokens[j],
         }
+        if p.messages is not None:
+            row["messages"] = [m.to_dict() for m in p.messages]
         if p.truncated:
             row["truncated_tokens"] = p.truncated
         row.update(info)

@@ -106,6 +106,8 @@ def write_files(out_dir: str | Path, files: Mapping[str, bytes]) -> None:
 
 
 def _must_be_empty(path: Path) -> None:
+    if not path.is_dir():
+        raise InputError(f"{path} exists and is not a directory; choose a new or empty directory")
     if any(path.iterdir()):
         raise InputError(f"{path} exists and is not empty; choose a new or empty directory")
 
@@ -161,6 +163,12 @@ def _cannot_write_in(d: Path) -> str | None:
         return f"cannot create directory: {base} is not a directory"
     if not os.access(base, os.W_OK | os.X_OK):
         return ("" if base == d else "cannot create directory: ") + f"{base} is not writable"
+    # Permission bits are not the whole story: root passes os.access on /proc, a read-only mount
+    # or a full quota still refuses. Making (and at once removing) an entry is the only sure test.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".aapp-probe-", dir=base))
+    except OSError as e:
+        return f"cannot create files in {base} ({e.strerror})"
     return None
 
 
@@ -172,6 +180,15 @@ def check_writable(path: str | Path, flag: str | None = None) -> Path:
     problem = _cannot_write_in(path.parent)
     if problem:
         raise InputError(f"{_named(path, flag)}: {problem}")
+    return path
+
+
+def check_new_dir(path: str | Path, flag: str | None = None) -> Path:
+    """Fail (InputError) when `atomic_dir` (default check) could not put a new directory at `path`:
+    something other than an empty directory is there, or the parent is not writable."""
+    path = check_dir_writable(path, flag, replace=True)
+    if path.is_dir() and any(path.iterdir()):
+        raise InputError(f"{_named(path, flag)}: exists and is not empty; choose a new or empty directory")
     return path
 
 

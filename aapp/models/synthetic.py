@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from aapp.errors import InputError
-from aapp.io import atomic_dir
+from aapp.io import atomic_dir, check_new_dir
 from aapp.models.adapters import adapter_for
 from aapp.models.chat_templates import CHATML, GEMMA3_IT, LLAMA2_CHAT
 
@@ -222,6 +222,7 @@ def save_random(shape: str, out: str | Path, *, layers: int | None = None, dtype
         raise InputError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
     if layers is not None and layers < 1:
         raise InputError(f"--layers must be at least 1, got {layers}")
+    check_new_dir(out, "--out")  # before minutes spent making a large model's weights
     tokens = CHAT_TOKENS[SHAPES[shape].get("chat", "tiny")]
     tok = tokenizer_for(shape)
     multimodal = multimodal_release(shape) and not text_only

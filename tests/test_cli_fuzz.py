@@ -7,15 +7,13 @@ every run. An exception other than AappError escapes `main()` and fails the test
 
 from __future__ import annotations
 
-import io
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aapp.cli import main
+from tests.inprocess import run
 
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -33,21 +31,6 @@ MALFORMED = [
 ]
 payloads = st.one_of(st.sampled_from(MALFORMED), st.binary(max_size=48), st.text(max_size=32).map(str.encode))
 suffixes = st.sampled_from([".jsonl", ".json", ".csv", ".txt", ".safetensors", ""])
-
-
-def run(args: list[str], capsys, stdin: bytes | None = None) -> tuple[int, str, str]:
-    old_argv, old_stdin = sys.argv, sys.stdin
-    sys.argv = ["aapp", *map(str, args)]
-    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8")
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv, sys.stdin = old_argv, old_stdin
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def check_clean(code: int, err: str, where: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aapp.errors import AappError, ModelError
+from aapp.errors import AappError, ModelError, did_you_mean
 from aapp.models.adapters import ArchAdapter, Geometry, adapter_for_config
 
 
@@ -76,7 +76,8 @@ def _source(name: str) -> tuple[str, dict]:
         raise ModelError(f"{name}: no such model directory")
     if "/" not in name:
         known = ", ".join(sorted(registry.ALIASES))
-        raise ModelError(f"unknown model {name!r}: not an alias ({known}), a local path, or a hub id (owner/name)")
+        raise ModelError(f"unknown model {name!r}{did_you_mean(name, registry.ALIASES)}: not an alias ({known}), "
+                         "a local path, or a hub id (owner/name)")
     return name, {}
 
 

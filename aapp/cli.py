@@ -205,9 +205,11 @@ def calibrate(
         cal = calibrate_text(loaded, texts, settings, description=text, on_batch=lambda n: bar.advance(task, n))
         if alignment:
             task = bar.add_task("harmful/harmless", total=len(harm) + len(safe))
+            fit = bar.add_task("logistic gate fit, layers", total=None)
             add_alignment(cal, loaded, [p.input for p in harm], [p.input for p in safe],
                           {"harmful": harmful, "harmless": harmless}, on_batch=lambda n: bar.advance(task, n),
-                          prose=texts, prose_settings=settings)
+                          prose=texts, prose_settings=settings,
+                          on_fit=lambda done, total: bar.update(fit, completed=done, total=total))
             _add_pruned_thresholds(bar, cal, loaded, harm, safe, ratios, prune_options,
                                    _prose_windows(loaded, texts, samples, seq_len), gate_fpr)
     save_calibration(cal, out)
@@ -326,7 +328,7 @@ def prune(
     from aapp.io import write_jsonl
     from aapp.methods import make_method
     from aapp.methods.plan import check_ratio
-    from aapp.models.loading import load_model
+    from aapp.models.loading import load_model, peek_num_layers
     from aapp.pruning.engine import PruneOptions
     from aapp.pruning.run import GenerationSettings, generate_rows
     from aapp.prompts import load_prompts
@@ -334,6 +336,8 @@ def prune(
     check_ratio(ratio)
     meth = make_method(method, _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by,
                                              layer_budget, budget_shift, restore))
+    if meth.prunes and export is None:  # before the model loads, from its config (export plans with no dense layers)
+        check_ratio(ratio, peek_num_layers(model), dense_layers)
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
     if export is not None:

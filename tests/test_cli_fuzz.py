@@ -112,3 +112,16 @@ def test_unwritable_out_is_one_line_before_any_work(capsys, tmp_path, common, ar
                          stdin=b'{"prompt": "x", "completion": "y"}\n')
     check_clean(code, err, tmp_path)
     assert code == 1 and "/proc" in err.strip().splitlines()[-1] and out == ""
+
+
+def test_a_ratio_past_the_models_limit_is_refused_before_it_loads(capsys, common, monkeypatch):
+    import aapp.models.loading as loading
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(loading, "load_model", never)
+    code, out, err = run(["prune", *common, "--method", "pp", "--ratio", 0.99, "--calib", "c.safetensors",
+                          "-i", "calib-harmless"], capsys)
+    # The tiny model has 4 layers; 3 dense leave 1 to prune, at most 0.95 of it: 0.95 / 4.
+    assert code == 1 and "the most this 4-layer model allows is 0.237 with --dense-layers 3" in err

@@ -81,6 +81,30 @@ def _source(name: str) -> tuple[str, dict]:
     return name, {}
 
 
+def peek_num_layers(name: str) -> int | None:
+    """The decoder layer count of `name` from its config alone, without loading weights or fetching
+    anything: None for an alias not yet pulled, a hub id, or a config that cannot be read (the
+    load reports those)."""
+    from transformers import AutoConfig
+
+    from aapp.models import registry
+
+    if registry.is_alias(name):
+        if not registry.is_cached(name):
+            return None
+        location, extra = str(registry.alias_dir(name)), {}
+    else:
+        path = Path(name).expanduser()
+        if not (path.is_dir() or (path.is_file() and path.suffix == ".gguf")):
+            return None
+        location, extra = _source(name)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False, **extra)
+        return int(config.get_text_config().num_hidden_layers)
+    except (OSError, ValueError, AttributeError, TypeError):  # a hint only: load_model words the failure
+        return None
+
+
 def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> LoadedModel:
     """Load `name` for inference, in eval mode, on `device` with `dtype`.
 

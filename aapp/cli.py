@@ -336,10 +336,10 @@ def prune(
     check_ratio(ratio)
     meth = make_method(method, _aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by,
                                              layer_budget, budget_shift, restore))
-    if meth.prunes and export is None:  # before the model loads, from its config (export plans with no dense layers)
-        check_ratio(ratio, peek_num_layers(model), dense_layers)
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
+    if meth.prunes and export is None:  # before the model loads, from its config (export plans with no dense layers)
+        check_ratio(ratio, peek_num_layers(model), dense_layers)
     if export is not None:
         from aapp.pruning.export import check_export, export_static
 

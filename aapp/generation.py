@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from aapp.chat import ChatInput, render_all
 from aapp.models.kv_cache import cache_kwarg, new_cache
 
 
@@ -27,21 +29,6 @@ class BatchOutput:
     decode_s: float
 
 
-def chat_texts(tokenizer, prompts: Sequence[str], system: str | None = None) -> tuple[list[str], bool]:
-    """Render prompts with the tokenizer's chat template; raw prompts when it has none.
-
-    Returns the texts and whether the template was used (the template already holds
-    BOS where a family wants one, so tokenization must then add no special tokens).
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        return list(prompts), False
-    texts = []
-    for p in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return texts, True
-
-
 def eos_ids(model, tokenizer) -> list[int]:
     ids = set()
     for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
@@ -51,10 +38,11 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def encode(tokenizer, prompts: Sequence[str], device, use_chat_template: bool = True):
-    """Tokenize a batch with left padding; returns (input_ids, attention_mask)."""
+def encode(tokenizer, prompts: Sequence[ChatInput], device, use_chat_template: bool = True):
+    """Tokenize a batch (plain prompts or conversations, see aapp.chat) with left padding;
+    returns (input_ids, attention_mask)."""
     if use_chat_template:
-        texts, templated = chat_texts(tokenizer, prompts)
+        texts, templated = render_all(tokenizer, prompts)
     else:
         texts, templated = list(prompts), False
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=not templated)
@@ -70,7 +58,7 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def generate_batch(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[ChatInput],
     *,
     max_new_tokens: int = 128,
     use_chat_template: bool = True,

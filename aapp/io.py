@@ -107,6 +107,8 @@ def write_files(out_dir: str | Path, files: Mapping[str, bytes]) -> None:
 
 
 def _must_be_empty(path: Path) -> None:
+    if not path.is_dir():
+        raise InputError(f"{path} exists and is not a directory; choose a new or empty directory")
     if any(path.iterdir()):
         raise InputError(f"{path} exists and is not empty; choose a new or empty directory")
 
@@ -162,6 +164,12 @@ def _cannot_write_in(d: Path) -> str | None:
         return f"cannot create directory: {base} is not a directory"
     if not os.access(base, os.W_OK | os.X_OK):
         return ("" if base == d else "cannot create directory: ") + f"{base} is not writable"
+    # Permission bits are not the whole story: root passes os.access on /proc, a read-only mount
+    # or a full quota still refuses. Making (and at once removing) an entry is the only sure test.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".aapp-probe-", dir=base))
+    except OSError as e:
+        return f"cannot create files in {base} ({e.strerror})"
     return None
 
 
@@ -173,6 +181,15 @@ def check_writable(path: str | Path, flag: str | None = None) -> Path:
     problem = _cannot_write_in(path.parent)
     if problem:
         raise InputError(f"{_named(path, flag)}: {problem}")
+    return path
+
+
+def check_new_dir(path: str | Path, flag: str | None = None) -> Path:
+    """Fail (InputError) when `atomic_dir` (default check) could not put a new directory at `path`:
+    something other than an empty directory is there, or the parent is not writable."""
+    path = check_dir_writable(path, flag, replace=True)
+    if path.is_dir() and any(path.iterdir()):
+        raise InputError(f"{_named(path, flag)}: exists and is not empty; choose a new or empty directory")
     return path
 
 
@@ -193,6 +210,21 @@ def check_dir_writable(path: str | Path, flag: str | None = None, *, replace: bo
 # -- JSONL --------------------------------------------------------------------------------------
 
 
+def read_stdin_bytes() -> bytes:
+    """Everything on stdin, undecoded: text-mode stdin would turn bytes that are not UTF-8 into
+    surrogates (under a C locale) that fail far from here, deep in a tokenizer."""
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """`data` as UTF-8 text (a leading BOM dropped), or one InputError line saying where it is not."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:
     """Read JSON objects one per line from `path`, or from stdin when `path` is None or '-'.
 
@@ -200,14 +232,17 @@ def read_jsonl(path: str | Path | None) -> list[dict[str, Any]]:
     """
     name = "<stdin>" if path in (None, "-") else str(path)
     if path in (None, "-"):
-        lines = sys.stdin.read().splitlines()
+        data = read_stdin_bytes()
     else:
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            data = Path(path).read_bytes()
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{name}: cannot read: {e}") from None
+        except IsADirectoryError:
+            raise InputError(f"{name}: is a directory, expected a JSONL file") from None
+        except OSError as e:
+            raise InputError(f"{name}: cannot read: {e.strerror}") from None
+    lines = decode_utf8(data, name).splitlines()
     rows = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():

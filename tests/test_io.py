@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aapp.errors import InputError
-from aapp.io import atomic_dir, atomic_write, check_dir_writable, check_writable, write_files
+from aapp.io import atomic_dir, atomic_write, check_dir_writable, check_new_dir, check_writable, write_files
 
 PROC = Path("/proc/self")  # not even root may create entries there
 
@@ -265,3 +265,29 @@ def test_an_interrupt_keeps_the_finished_rows_and_no_temp(tmp_path):
     with pytest.raises(KeyboardInterrupt):  # without `partial`, nothing is kept, as before
         write_jsonl(rows(), tmp_path / "p.jsonl")
     assert not (tmp_path / "p.jsonl").exists() and len(list(tmp_path.iterdir())) == 2
+
+
+def test_checks_try_the_directory_where_permission_bits_say_yes(tmp_path, monkeypatch):
+    # Root passes os.access on /proc, yet nothing can be made there (issue #25: `--out /proc/x.jsonl`
+    # ran the whole job, then ended in a traceback).
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    with pytest.raises(InputError) as exc:
+        check_writable("/proc/x.jsonl", "--out")
+    assert one_line(exc).startswith("--out /proc/x.jsonl: cannot create files in /proc (")
+    with pytest.raises(InputError, match=re.escape("cannot create files in /proc")):
+        check_dir_writable("/proc/aapp-out", "--out")
+    assert check_writable(tmp_path / "ok.json") and list(tmp_path.iterdir()) == [], "the try leaves nothing"
+
+
+def test_check_new_dir_and_atomic_dir_refuse_a_file_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a").write_text("x")
+    with pytest.raises(InputError, match="exists and is not a directory"):
+        check_new_dir(tmp_path / "file", "--out")
+    with pytest.raises(InputError, match="exists and is not empty"):
+        check_new_dir(tmp_path / "full", "--out")
+    assert check_new_dir(tmp_path / "new", "--out") == tmp_path / "new"
+    with pytest.raises(InputError, match="exists and is not a directory"):
+        with atomic_dir(tmp_path / "file"):
+            pass

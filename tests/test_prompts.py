@@ -137,7 +137,7 @@ def test_unreadable_inputs(tmp_path):
 
 def test_duplicate_ids_are_an_error(tmp_path):
     path = write(tmp_path, "d.jsonl", '{"prompt": "a", "id": 1}\n{"prompt": "b", "id": "1"}\n')
-    with pytest.raises(InputError, match=re.escape(f"{path}:2: duplicate id '1' (first on line 1)")):
+    with pytest.raises(InputError, match=re.escape(f"{path}:2: duplicate id '1' (first at {path}:1)")):
         load_prompts(path)
 
 
@@ -362,3 +362,84 @@ def test_jsonl_round_trip_of_prompt_fields(tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"q{i}", "label": "harmful"} for i in range(3)]
     path = write(tmp_path, "rt.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     assert [(p.id, p.text, p.label) for p in load_prompts(path)] == [(r["id"], r["prompt"], "harmful") for r in rows]
+
+
+# --- JSON arrays and chat-format rows (issue #25) ------------------------------------------
+CHAT_ROW = {"id": "c1", "label": "harmful", "messages": [
+    {"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hi"},
+    {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Now say bye"}]}
+
+
+def stdin_bytes(data: bytes):
+    # What a pipe gives: text mode over bytes, so .buffer holds what was really sent.
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+
+
+def test_json_array_of_rows_is_read_row_by_row(tmp_path):
+    got = load_prompts(write(tmp_path, "a.json", json.dumps([{"prompt": "Say hi"}, {"prompt": "Say bye", "id": 7,
+                                                                                      "label": "safe"}])))
+    assert [(p.id, p.text, p.label) for p in got] == [("a-0", "Say hi", None), ("7", "Say bye", "benign")]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[{"prompt": "a"}, 3]', "a.json[1]: expected a JSON object, got int"),
+    ('[{"prompt": "a"}, {"prompt": "b", "id": "a-0"}]', "a.json[1]: duplicate id 'a-0' (first at"),
+    ('[{"prompt": "a"', "a.json:1: invalid JSON"),
+    ('"just a string"', "expected a JSON array of rows, got str"),
+    ("[]", "no prompts"),
+])
+def test_bad_json_array_is_named(tmp_path, text, needle):
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_prompts(write(tmp_path, "a.json", text))
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.json"])
+def test_chat_rows_keep_their_messages(tmp_path, name):
+    text = json.dumps(CHAT_ROW) + "\n" if name.endswith("l") else json.dumps([CHAT_ROW])
+    (p,) = load_prompts(write(tmp_path, name, text))
+    assert (p.id, p.text, p.label) == ("c1", "Now say bye", "harmful")
+    assert [m.role for m in p.messages] == ["system", "user", "assistant", "user"]
+    assert p.input == p.messages and p.messages[0].content == "You are terse."
+
+
+def test_plain_rows_give_their_text_as_input(tmp_path):
+    (p,) = load_prompts(write(tmp_path, "a.jsonl", '{"prompt": "x"}\n'))
+    assert p.messages is None and p.input == "x"
+
+
+def test_chat_rows_from_stdin_as_jsonl_and_as_an_array(monkeypatch):
+    for data in (json.dumps(CHAT_ROW) + "\n", json.dumps([CHAT_ROW])):
+        monkeypatch.setattr(sys, "stdin", stdin_bytes(data.encode()))
+        assert load_prompts(None)[0].messages[-1].content == "Now say bye"
+
+
+def test_stdin_line_that_looks_like_an_array_is_plain_text(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", stdin_bytes(b"[INST] hello\nsecond\n"))
+    assert [p.text for p in load_prompts(None)] == ["[INST] hello", "second"]
+
+
+def test_our_own_output_rows_round_trip_but_a_conflicting_prompt_is_refused(tmp_path):
+    ours = {**CHAT_ROW, "prompt": "Now say bye"}  # as `aapp prune` writes a chat row
+    assert load_prompts(write(tmp_path, "a.jsonl", json.dumps(ours) + "\n"))[0].messages is not None
+    with pytest.raises(InputError, match=r"b.jsonl:1: has both 'prompt' and 'messages'"):
+        load_prompts(write(tmp_path, "b.jsonl", json.dumps({**CHAT_ROW, "prompt": "other"}) + "\n"))
+    with pytest.raises(InputError, match=r"c.jsonl:1: messages\[0\]: role 'bot'"):
+        load_prompts(write(tmp_path, "c.jsonl", json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n"))
+
+
+def test_binary_stdin_is_one_line_as_a_binary_file_is(monkeypatch, tmp_path):
+    garbage = b"\x00\xff\xfe\x9c binary"
+    monkeypatch.setattr(sys, "stdin", stdin_bytes(garbage))
+    with pytest.raises(InputError, match=r"<stdin>: not UTF-8 text \(invalid start byte at byte 1\)"):
+        load_prompts(None)
+    (tmp_path / "g.txt").write_bytes(garbage)
+    with pytest.raises(InputError, match=r"g.txt: not UTF-8 text \(invalid start byte at byte 1\)"):
+        load_prompts(str(tmp_path / "g.txt"))
+
+
+def test_sample_larger_than_the_set_says_so(tmp_path, capsys):
+    path = write(tmp_path, "two.txt", "a\nb\n")
+    assert len(load_prompts(path, sample=50)) == 2
+    assert f"--sample 50: {path} has only 2 prompts; using all 2" in capsys.readouterr().err
+    load_prompts(path, sample=2)
+    assert capsys.readouterr().err == ""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from aapp.calibration.run import pack_tokens
 from aapp.errors import AappError, InputError
-from aapp.generation import chat_texts
+from aapp.chat import render_all
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
 
@@ -106,7 +106,7 @@ def answer_perplexity(loaded: LoadedModel, prompts: Sequence[str], answers: Sequ
     if len(prompts) != len(answers) or not prompts:
         raise InputError(f"answer perplexity needs as many answers as prompts, got {len(answers)} and {len(prompts)}")
     tok = loaded.tokenizer
-    heads, templated = chat_texts(tok, prompts)
+    heads, templated = render_all(tok, prompts)
     total_nll, count = 0.0, 0
     for i in range(0, len(prompts), batch_size):
         rows = []

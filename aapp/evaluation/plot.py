@@ -20,6 +20,12 @@ DENSE = "dense"
 #: The prompts each panel's rate is measured on: (CellSummary count attribute, label).
 PANEL_PROMPTS = {"refusal_rate": ("n_harmful", "harmful"), "over_refusal": ("n_benign", "benign")}
 
+# Methods that coincide (aapp equal to pp when its gate never fires) must stay visible: each method
+# gets its own hollow marker and is nudged sideways by DODGE of the ratio axis's span.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+LINESTYLES = ("-", "-.", ":", (0, (5, 1)))  # dense's reference line is "--"
+DODGE = 0.02
+
 
 @dataclass(frozen=True)
 class Point:
@@ -58,16 +64,29 @@ def panel_note(summaries: Sequence[CellSummary], attr: str, dense_method: str = 
         return f"no {label} prompts,\nso nothing to plot"
     return "no cell has a pruning ratio,\nso nothing to plot"
 
+def dodge(methods: Sequence[str], ratios: Sequence[float]) -> dict[str, float]:
+    """Each method's sideways offset on the ratio axis: centred on the true ratio, DODGE of the
+    axis's span apart, so that equal points sit side by side instead of one on the other."""
+    span = (max(ratios) - min(ratios)) if len(ratios) > 1 else 0.1
+    step = DODGE * (span or 0.1)
+    return {m: (i - (len(methods) - 1) / 2) * step for i, m in enumerate(methods)}
+
 
 def sweep_figure(summaries: Sequence[CellSummary], dense_method: str = DENSE):
-    """The figure: per panel, an errorbar line per method and the dense model as a
-    horizontal line with its interval shaded."""
+    """The figure: per panel, an errorbar line per method (its own marker, nudged sideways, see
+    `dodge`) and the dense model as a horizontal line with its interval shaded; the legend names
+    every line and band."""
     from matplotlib.figure import Figure
 
     series = sweep_series(summaries, dense_method)
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, len(PANELS), sharey=True)
     ratios = sorted({p.ratio for per in series.values() for m, pts in per.items() if m != dense_method for p in pts})
+    methods = sorted({m for per in series.values() for m in per if m != dense_method})
+    shift = dodge(methods, ratios)
+    marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
+    style = {m: LINESTYLES[i % len(LINESTYLES)] for i, m in enumerate(methods)}
+    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # the same in both panels
     for ax, (attr, title) in zip(axes, PANELS):
         for method, pts in sorted(series[attr].items()):
             if method == dense_method:
@@ -75,13 +94,14 @@ def sweep_figure(summaries: Sequence[CellSummary], dense_method: str = DENSE):
                 ref = pts[0] if len(pts) == 1 else Point(0.0, sum(p.value for p in pts) / len(pts),
                                                          min(p.lo for p in pts), max(p.hi for p in pts))
                 ax.axhline(ref.value, color="black", linestyle="--", linewidth=1, label=method)
-                ax.axhspan(ref.lo, ref.hi, color="black", alpha=0.08, linewidth=0)
+                ax.axhspan(ref.lo, ref.hi, color="black", alpha=0.08, linewidth=0, label=f"{method} 95% CI")
                 continue
-            x = [p.ratio for p in pts]
+            x = [p.ratio + shift[method] for p in pts]
             y = [p.value for p in pts]
             # Clamped: an interval that rounding puts a hair past its rate must not fail the plot.
             yerr = [[max(0.0, p.value - p.lo) for p in pts], [max(0.0, p.hi - p.value) for p in pts]]
-            ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=method)
+            ax.errorbar(x, y, yerr=yerr, marker=marker[method], markersize=7, markerfacecolor="none",
+                        markeredgewidth=1.5, color=color[method], linestyle=style[method], capsize=3, label=method)
         note = panel_note(summaries, attr, dense_method)
         if note:  # an empty panel must not read as data
             ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="grey")
@@ -94,6 +114,9 @@ def sweep_figure(summaries: Sequence[CellSummary], dense_method: str = DENSE):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     axes[0].set_ylabel("rate (Wilson 95% CI)")
+    if len(methods) > 1:
+        fig.supxlabel("methods are drawn slightly apart at each ratio so that equal values stay visible",
+                      fontsize="x-small", color="grey")
     return fig
 
 

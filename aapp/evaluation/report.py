@@ -152,14 +152,16 @@ def _gate_by_label(s: CellSummary) -> str:
     return "/".join("-" if r is None or r.value is None else f"{100 * r.value:.0f}%" for r in rates)
 
 
-def summary_table(summaries: Sequence[CellSummary]):
-    """A rich Table of the cells; "n/a" marks undefined values (e.g. F1 with no dense refusals).
+# What the short headers mean, under every table (the agreement columns compare with the dense model).
+CAPTION = ("acc: same refuse/comply decision as dense; FAR (false acceptance): complied where dense refused; "
+           "FRR (false refusal): refused where dense complied; F1: of refusals vs dense's; "
+           "h/b: harmful/benign; rates: value [Wilson 95% CI]; n/a: undefined")
+_KEY_COLUMNS = ("method", "ratio")  # repeated in each part of a table too wide to print whole
 
-    Rates read "value% [Wilson 95% CI]". Columns undefined for every cell (no reference, no
-    gate, no perplexity, ...) are left out so the table fits a terminal.
-    """
-    from rich.table import Table
 
+def _columns(summaries: Sequence[CellSummary]) -> dict[str, list[str]]:
+    """Each shown column's cells, in order; columns undefined for every cell (no reference, no
+    gate, no perplexity, ...) are left out."""
     def agree(s: CellSummary, name: str) -> str:
         a = s.agreement
         if a is None:
@@ -191,17 +193,57 @@ def summary_table(summaries: Sequence[CellSummary]):
         "ppl": lambda s: _num(s.perplexity, ".2f"),
     }
     cells = {name: [f(s) for s in summaries] for name, f in columns.items()}
-    keep = [name for name, col in cells.items() if name in ("method", "ratio", "refusal", "over-refusal")
-            or any(v != "n/a" for v in col)]
+    return {name: col for name, col in cells.items()
+            if name in ("method", "ratio", "refusal", "over-refusal") or any(v != "n/a" for v in col)}
+
+
+def _width(name: str, col: list[str]) -> int:
+    return max(len(v) for v in [name, *col]) + 3  # one space either side and a rule
+
+
+def summary_tables(summaries: Sequence[CellSummary], width: int | None = None) -> list:
+    """Rich Tables of the cells, as few as fit `width` columns (all in one when None): a table too
+    wide for the terminal is split by columns, each part repeating method and ratio, rather
+    than squeezed until every value wraps or is cut. Rates read "value% [Wilson 95% CI]"."""
+    from rich.table import Table
+
+    cols = _columns(summaries)
+    key = [n for n in _KEY_COLUMNS if n in cols]
+    rest = [n for n in cols if n not in key]
+    room = None if width is None else width - 1 - sum(_width(n, cols[n]) for n in key)
+    parts: list[list[str]] = [[]]
+    used = 0
+    for name in rest:
+        w = _width(name, cols[name])
+        if room is not None and parts[-1] and used + w > room:
+            parts.append([])
+            used = 0
+        parts[-1].append(name)
+        used += w
     title = f"refusal evaluation, {summaries[0].judge} judge" if summaries else "refusal evaluation"
-    table = Table(title=title, caption="rates: value [Wilson 95% CI]; n/a: undefined")
-    for name in keep:
-        table.add_column(name, justify="left" if name == "method" else "right", no_wrap=name == "method")
-    for i in range(len(summaries)):
-        table.add_row(*(cells[name][i] for name in keep))
+    tables = []
+    for i, part in enumerate(parts):
+        more = f" ({i + 1} of {len(parts)})" if len(parts) > 1 else ""
+        table = Table(title=title + more)
+        for name in key + part:
+            table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
+        for row in range(len(summaries)):
+            table.add_row(*(cols[name][row] for name in key + part))
+        tables.append(table)
+    return tables
+
+
+def summary_table(summaries: Sequence[CellSummary]):
+    """All the cells in one rich Table; "n/a" marks undefined values (e.g. F1 with no dense refusals)."""
+    table = summary_tables(summaries)[0]
+    table.caption = CAPTION
     return table
 
 
 def print_table(summaries: Sequence[CellSummary], console=None) -> None:
-    """Print the table to stderr (stdout stays machine-readable)."""
-    (console or default_console).print(summary_table(summaries))
+    """Print the table to stderr (stdout stays machine-readable), split to fit the console's width,
+    and what its headers mean under it, across the whole width rather than the last part's."""
+    console = console or default_console
+    for table in summary_tables(summaries, console.width):
+        console.print(table)
+    console.print(CAPTION, style="dim", highlight=False)

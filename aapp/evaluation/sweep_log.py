@@ -156,7 +156,9 @@ def run_key(cfg: SweepConfig, loaded, prompts: Sequence, texts: Sequence[str] | 
         "model": cfg.model, "fingerprint": loaded.fingerprint, "device": loaded.device.type,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "calib": _digest(Path(cfg.calib).read_bytes()) if cfg.calib else None,
-        "prompts": _digest(json.dumps([[p.id, p.label, p.text] for p in prompts]).encode()),
+        "prompts": _digest(json.dumps([[p.id, p.label, p.text]
+                                        + ([[m.to_dict() for m in p.messages]] if p.messages is not None else [])
+                                        for p in prompts]).encode()),
         "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
         "prune": cfg.prune_settings(), "aapp": asdict(cfg.aapp),
         "text": _digest("\n\n".join(texts).encode()) if texts is not None else None,

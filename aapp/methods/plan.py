@@ -46,24 +46,40 @@ class PrunePlan:
                                                       geometry.intermediate_size)
 
 
-def check_ratio(ratio: float) -> None:
+MAX_LAYER_RATIO = 0.95  # the most of one layer a plan prunes
+
+
+def max_ratio(num_layers: int, dense_layers: int, max_layer_ratio: float = MAX_LAYER_RATIO) -> float:
+    """The largest nominal ratio a model of `num_layers` can be pruned to with `dense_layers` kept
+    dense, rounded down to 3 decimals so that the value said is one that runs."""
+    pruned = num_layers - min(dense_layers, num_layers - 1)
+    return math.floor(max_layer_ratio * pruned / num_layers * 1000) / 1000
+
+
+def check_ratio(ratio: float, num_layers: int | None = None, dense_layers: int = 3,
+                max_layer_ratio: float = MAX_LAYER_RATIO) -> None:
+    """`ratio` in [0, 1), and, given the model's layer count, one its plan can reach."""
     if not 0.0 <= ratio < 1.0:
         raise AappError(f"ratio must be in [0, 1), got {ratio}")
+    if num_layers is None or ratio == 0:
+        return
+    n, dense = num_layers, min(dense_layers, num_layers - 1)
+    if ratio * n / (n - dense) > max_layer_ratio:
+        raise AappError(
+            f"ratio {ratio} needs {ratio * n / (n - dense):.2f} of each of the {n - dense} pruned layers "
+            f"(the first {dense} stay dense); the most this {n}-layer model allows is "
+            f"{max_ratio(n, dense_layers, max_layer_ratio)} with dense_layers={dense_layers}; "
+            "lower the ratio or dense_layers")
 
 
 def make_plan(geometry: Geometry, ratio: float, *, dense_layers: int = 3, channel_multiple: int = 64,
-              max_layer_ratio: float = 0.95) -> PrunePlan:
+              max_layer_ratio: float = MAX_LAYER_RATIO) -> PrunePlan:
     """Per-layer kept counts for `ratio`; see the module docstring for the rules."""
-    check_ratio(ratio)
+    check_ratio(ratio, geometry.num_layers, dense_layers, max_layer_ratio)
     n = geometry.num_layers
     dense = min(dense_layers, n - 1) if ratio > 0 else n
     pruned_layers = n - dense
     layer_ratio = min(ratio * n / pruned_layers, max_layer_ratio) if pruned_layers else 0.0
-    if ratio > 0 and ratio * n / pruned_layers > max_layer_ratio:
-        raise AappError(
-            f"ratio {ratio} needs {ratio * n / pruned_layers:.2f} of each of the {pruned_layers} pruned layers "
-            f"(the first {dense} stay dense); lower the ratio or --dense-layers"
-        )
     budgets, ratios = [], []
     for i in range(n):
         r = 0.0 if i < dense else layer_ratio

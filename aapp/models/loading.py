@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aapp.errors import AappError, ModelError
+from aapp.errors import AappError, ModelError, did_you_mean
 from aapp.models.adapters import ArchAdapter, Geometry, adapter_for_config
 
 
@@ -76,7 +76,8 @@ def _source(name: str) -> tuple[str, dict]:
         raise ModelError(f"{name}: no such model directory")
     if "/" not in name:
         known = ", ".join(sorted(registry.ALIASES))
-        raise ModelError(f"unknown model {name!r}: not an alias ({known}), a local path, or a hub id (owner/name)")
+        raise ModelError(f"unknown model {name!r}{did_you_mean(name, registry.ALIASES)}: not an alias ({known}), "
+                         "a local path, or a hub id (owner/name)")
     return name, {}
 
 
@@ -92,6 +93,30 @@ def split_device(device: str) -> tuple[str, str | None]:
             raise ModelError(f"device {device!r}: name a device map after {DEVICE_MAP_PREFIX}, e.g. map:auto")
         return "auto", strategy
     return device, None
+
+
+def peek_num_layers(name: str) -> int | None:
+    """The decoder layer count of `name` from its config alone, without loading weights or fetching
+    anything: None for an alias not yet pulled, a hub id, or a config that cannot be read (the
+    load reports those)."""
+    from transformers import AutoConfig
+
+    from aapp.models import registry
+
+    if registry.is_alias(name):
+        if not registry.is_cached(name):
+            return None
+        location, extra = str(registry.alias_dir(name)), {}
+    else:
+        path = Path(name).expanduser()
+        if not (path.is_dir() or (path.is_file() and path.suffix == ".gguf")):
+            return None
+        location, extra = _source(name)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False, **extra)
+        return int(config.get_text_config().num_hidden_layers)
+    except (OSError, ValueError, AttributeError, TypeError):  # a hint only: load_model words the failure
+        return None
 
 
 def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> LoadedModel:

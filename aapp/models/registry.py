@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from aapp.errors import ModelError
+from aapp.errors import ModelError, did_you_mean
 from aapp.models import fetch
 from aapp.models.spec import ModelSpec, PackagePart
 
@@ -102,7 +102,8 @@ def spec_for(alias: str) -> ModelSpec:
     try:
         return ALIASES[alias]
     except KeyError:
-        raise ModelError(f"unknown model alias {alias!r}; known aliases: {', '.join(sorted(ALIASES))}") from None
+        raise ModelError(f"unknown model alias {alias!r}{did_you_mean(alias, ALIASES)}; "
+                         f"known aliases: {', '.join(sorted(ALIASES))}") from None
 
 
 def alias_dir(alias: str) -> Path:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from aapp.errors import InputError
-from aapp.io import atomic_dir
+from aapp.errors import InputError, did_you_mean
+from aapp.io import atomic_dir, check_new_dir
 from aapp.models.adapters import adapter_for
 from aapp.models.chat_templates import CHATML, GEMMA3_IT, LLAMA2_CHAT
 
@@ -148,6 +148,11 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def check_shape(shape: str) -> None:
+    if shape not in SHAPES:
+        raise InputError(f"unknown shape {shape!r}{did_you_mean(shape, SHAPES)}; choose one of {', '.join(SHAPES)}")
+
+
 def multimodal_release(shape: str) -> bool:
     """Whether `shape`'s release is multimodal (written so unless text_only)."""
     return FAMILIES[SHAPES[shape]["family"]].multimodal is not None
@@ -218,10 +223,10 @@ def save_random(shape: str, out: str | Path, *, layers: int | None = None, dtype
     """
     from transformers import GenerationConfig
 
-    if shape not in SHAPES:
-        raise InputError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    check_shape(shape)
     if layers is not None and layers < 1:
         raise InputError(f"--layers must be at least 1, got {layers}")
+    check_new_dir(out, "--out")  # before minutes spent making a large model's weights
     tokens = CHAT_TOKENS[SHAPES[shape].get("chat", "tiny")]
     tok = tokenizer_for(shape)
     multimodal = multimodal_release(shape) and not text_only

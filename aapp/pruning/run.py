@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 
 from aapp.calibration.store import Calibration
+from aapp.context import prompt_tokens
 from aapp.generation import batched, generate_batch
 from aapp.methods.base import Method, RowDecisions
 from aapp.models.loading import LoadedModel
@@ -88,7 +89,7 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
     prompts = list(prompts)
     order = list(range(len(prompts)))
     if settings.sort_by_length:
-        lengths = [len(ids) for ids in loaded.tokenizer([p.text for p in prompts])["input_ids"]]
+        lengths = [prompt_tokens(loaded.tokenizer, p.input) for p in prompts]
         order.sort(key=lengths.__getitem__)  # stable: equal lengths keep their input order
     done: dict[int, dict] = {}
     next_out = start
@@ -103,7 +104,7 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
             chunk = [prompts[i] for i in indices]
             groups = [RowGroup(list(range(len(chunk))))]
             if router is not None:
-                x, token_mask, cost = handle.layer_input(router.layer, [p.text for p in chunk])
+                x, token_mask, cost = handle.layer_input(router.layer, [p.input for p in chunk])
                 groups = group_rows(router.decide(x, token_mask), cost)
             rows: dict[int, dict] = {}
             for group in groups:
@@ -124,7 +125,7 @@ def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings:
     """Generate one group of a batch's rows (the whole batch without a router) into output rows."""
     loaded, method = handle.loaded, handle.method
     prompts = [chunk[i] for i in group.rows]
-    out = generate_batch(loaded.model, loaded.tokenizer, [p.text for p in prompts],
+    out = generate_batch(loaded.model, loaded.tokenizer, [p.input for p in prompts],
                          max_new_tokens=settings.max_new_tokens)
     total = FlopCount()
     total.add(handle.record.flops)
@@ -144,6 +145,8 @@ def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings:
             "prefill_s": out.prefill_s, "decode_s": out.decode_s,
             "prompt_tokens": out.prompt_tokens[j], "new_tokens": out.new_tokens[j],
         }
+        if p.messages is not None:
+            row["messages"] = [m.to_dict() for m in p.messages]
         if p.truncated:
             row["truncated_tokens"] = p.truncated
         # What the method says of the batch, refined by what its router decided for this row.

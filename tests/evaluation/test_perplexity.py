@@ -112,8 +112,8 @@ def test_handle_of_another_model(tiny_llama):
 
 def _answer_nll_by_hand(loaded, prompt: str, answer: str) -> tuple[float, int]:
     """One unpadded sequence, scored on the answer's tokens: the definition, without batching."""
-    from aapp.generation import chat_texts
-    (head,), templated = chat_texts(loaded.tokenizer, [prompt])
+    from aapp.chat import render_all
+    (head,), templated = render_all(loaded.tokenizer, [prompt])
     h = loaded.tokenizer(head, add_special_tokens=not templated)["input_ids"]
     a = loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([h + a])

@@ -32,12 +32,12 @@ def test_figure_draws_expected_lines(sweep):
     refusal, over = _drawn(ax_refusal), _drawn(ax_over)
     assert set(refusal) == set(over) == {"dense", "pp", "aapp"}
     x, y, bars = refusal["pp"]
-    assert x == [0.2, 0.4] and y == pytest.approx([0.8, 0.5])
+    assert x == pytest.approx([0.2, 0.4], abs=0.01) and y == pytest.approx([0.8, 0.5])  # nudged, see dodge
     # Error bars span the Wilson interval: 5 of 10 -> [0.2366, 0.7634].
     assert [bars[1][0][1], bars[1][1][1]] == pytest.approx([0.2366, 0.7634], abs=1e-4)
     assert refusal["dense"][1] == pytest.approx([0.9, 0.9])  # horizontal reference line
     assert over["aapp"][1] == pytest.approx([0.1, 0.2])
-    assert {t.get_text() for t in ax_refusal.get_legend().get_texts()} == {"dense", "aapp", "pp"}
+    assert {t.get_text() for t in ax_refusal.get_legend().get_texts()} == {"dense", "dense 95% CI", "aapp", "pp"}
 
 
 def test_plot_file_is_a_valid_png(sweep, tmp_path):
@@ -103,3 +103,18 @@ def test_an_empty_panel_carries_a_note_saying_why():
     texts = {title: " ".join(t.get_text() for t in ax.texts) for ax, (_, title) in zip(fig.axes, PANELS)}
     assert texts[PANELS[0][1]] == ""
     assert "no benign prompts" in texts[PANELS[1][1]]
+
+
+def test_methods_that_coincide_stay_visible_and_every_band_is_in_the_legend(make_cell):
+    # aapp equal to pp at every ratio (a gate that never fires): drawn at the same place, pp hid aapp.
+    cells = [make_cell("dense", None, (9, 10), (1, 10))] + [make_cell(m, r, (5, 10), (1, 10))
+                                                           for m in ("aapp", "pp") for r in (0.2, 0.4)]
+    for ax in sweep_figure(cells).axes[:2]:
+        aapp, pp = (next(c for c in ax.containers if c.get_label() == m) for m in ("aapp", "pp"))
+        assert aapp[0].get_ydata().tolist() == pp[0].get_ydata().tolist()
+        assert all(a < p for a, p in zip(aapp[0].get_xdata(), pp[0].get_xdata()))  # side by side
+        assert aapp[0].get_marker() != pp[0].get_marker() and aapp[0].get_markerfacecolor() == "none"
+        labels = {t.get_text() for t in ax.get_legend().get_texts()}
+        assert labels == {"dense", "dense 95% CI", "aapp", "pp"}
+        # Every drawn band (the shaded dense interval) has its legend entry.
+        assert all(not p.get_label().startswith("_") for p in ax.patches)

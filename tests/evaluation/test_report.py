@@ -130,3 +130,23 @@ def test_bad_out_dirs(tmp_path):
                 check_out_dir(ro)
         finally:
             ro.chmod(0o700)
+
+
+def test_table_is_readable_at_100_columns_and_explains_its_headers(make_cell):
+    # A sweep row with every column: at 100 columns the old single table cut each value to "7…".
+    d = [True, False] * 5 + [False] * 10
+    cells = [make_cell("dense", None, (9, 10), (1, 10)),
+             make_cell("aapp:logistic+comp", 0.3, (8, 10), (2, 10), dense=d, wall_time_s=3.0,
+                       flops=[{"dense": 10.0, "pruned": 6.0, "probe": 1.0}], gate_fired=[True] * 12 + [False] * 8)]
+    buf = io.StringIO()
+    print_table(cells, Console(file=buf, width=100, color_system=None))
+    out = buf.getvalue()
+    assert max(len(line) for line in out.splitlines()) <= 100
+    assert "…" not in out
+    for value in ("aapp:logistic+comp", "80% [49-94]", "20% [6-51]", "65% [43-82]", "40% [20-64]", "100%/20%"):
+        assert value in out, value
+    assert out.count("method") >= 2  # split into parts, each naming its rows
+    caption = " ".join(out.split())
+    for header in ("acc: same refuse/comply decision as dense", "FAR (false acceptance): complied where dense refused",
+                   "FRR (false refusal): refused where dense complied"):
+        assert header in caption

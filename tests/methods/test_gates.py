@@ -72,3 +72,10 @@ def test_default_gate_layers_come_from_calibration_alone():
     assert gate_layer(AAPPOptions(gate="direction"), calib, g, plan) == 3
     assert gate_layer(AAPPOptions(gate="always"), calib, g, plan) == 0
     assert gate_layer(AAPPOptions(gate="logistic", gate_layer=6), calib, g, plan) == 6
+
+
+def test_fit_logistic_reports_each_layer_as_it_goes():
+    harmful, harmless = _sets()
+    seen = []
+    fit_logistic(harmful, [harmless], on_layer=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]

@@ -60,3 +60,15 @@ def test_flops_removed_after_rounding_match_the_nominal_ratio(g, ratio):
     kept = sum(block_flops(g, 1, 0, b.heads, b.kv_heads, b.channels) for b in plan.budgets)
     removed = 1 - kept / (dense_block_flops(g, 1, 0) * g.num_layers)
     assert removed == pytest.approx(ratio, abs=0.015)
+
+
+@pytest.mark.parametrize("layers, dense", [(24, 3), (4, 1), (32, 0), (2, 3)])
+def test_the_error_names_the_largest_ratio_and_that_ratio_plans(layers, dense):
+    from aapp.methods.plan import max_ratio
+
+    top = max_ratio(layers, dense)
+    with pytest.raises(AappError, match=rf"the most this {layers}-layer model allows is {top} with dense_layers={dense}"):
+        make_plan(geometry(layers=layers), 0.99, dense_layers=dense)
+    make_plan(geometry(layers=layers), top, dense_layers=dense)  # the value named runs
+    with pytest.raises(AappError, match="the most"):
+        make_plan(geometry(layers=layers), round(top + 0.002, 3), dense_layers=dense)

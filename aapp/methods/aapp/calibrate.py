@@ -74,10 +74,11 @@ def prepare(settings: AlignmentSettings, existing: Calibration | None = None) ->
 
 def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str],
                   description: dict, batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
-                  prose: Sequence[str] = (), prose_settings: TextSettings = TextSettings(samples=32)) -> None:
+                  prose: Sequence[str] = (), prose_settings: TextSettings = TextSettings(samples=32),
+                  on_fit: Callable[[int, int], None] | None = None) -> None:
     """Add AAPP's alignment statistics and fitted gates to `cal` in place. `prose` (general text,
     cut into windows by `prose_settings`) joins the harmless side of the fitted gate, so that it
-    learns not to fire on raw text."""
+    learns not to fire on raw text. `on_fit(done, total)` follows the fitted gate's layers."""
     if not harmful or not harmless:
         raise InputError("alignment calibration needs both harmful and harmless prompts")
     h = collect_set(loaded, list(harmful), batch_size, on_batch)
@@ -90,7 +91,7 @@ def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str],
     meta = dict(harmful=description.get("harmful"), harmless=description.get("harmless"),
                 harmful_count=len(harmful), harmless_count=len(harmless),
                 post_instruction_tokens=n_post, gate_prose_windows=0 if windows is None else len(windows))
-    set_alignment(cal, Alignment(harmful=h.stats, harmless=s.stats, gates=fit_gates(h, s, windows), meta=meta))
+    set_alignment(cal, Alignment(harmful=h.stats, harmless=s.stats, gates=fit_gates(h, s, windows, on_fit), meta=meta))
 
 
 def run(ctx: StepContext, prepared: Prepared) -> str:
@@ -98,8 +99,10 @@ def run(ctx: StepContext, prepared: Prepared) -> str:
     returns what it did, for the summary line."""
     task = ctx.bar.add_task("harmful/harmless", total=len(prepared.harmful) + len(prepared.harmless))
     names = dict(zip(("harmful", "harmless"), prepared.names))
-    add_alignment(ctx.calib, ctx.loaded, [p.text for p in prepared.harmful], [p.text for p in prepared.harmless],
-                  names, on_batch=lambda n: ctx.bar.advance(task, n), prose=ctx.prose, prose_settings=ctx.text)
+    fit = ctx.bar.add_task("logistic gate fit, layers", total=None)
+    add_alignment(ctx.calib, ctx.loaded, [p.input for p in prepared.harmful], [p.input for p in prepared.harmless],
+                  names, on_batch=lambda n: ctx.bar.advance(task, n), prose=ctx.prose, prose_settings=ctx.text,
+                  on_fit=lambda done, total: ctx.bar.update(fit, completed=done, total=total))
     prose = _prose_windows(ctx.loaded, ctx.prose, ctx.text.samples, ctx.text.seq_len)
     ratios = _thresholds(ctx, prepared, prose)
     return (f"{len(prepared.harmful)} harmful + {len(prepared.harmless)} harmless prompts"
@@ -142,7 +145,7 @@ def _thresholds(ctx: StepContext, prepared: Prepared, prose) -> list[float]:
         return []
     task = ctx.bar.add_task("pruned gate thresholds", total=len(ratios) * (len(prepared.harmful) + len(prepared.harmless)))
     add_pruned_thresholds(ctx.calib, fit_pruned_thresholds(
-        ctx.loaded, alignment(ctx.calib), [p.text for p in prepared.harmful], [p.text for p in prepared.harmless],
+        ctx.loaded, alignment(ctx.calib), [p.input for p in prepared.harmful], [p.input for p in prepared.harmless],
         ratios, ctx.prefill, s.dense_layers, on_batch=lambda n: ctx.bar.advance(task, n), prose=prose,
         max_fpr=None if s.gate_fpr >= 1 else s.gate_fpr))
     return ratios

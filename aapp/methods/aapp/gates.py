@@ -25,6 +25,7 @@ keeps the scores' order but shifts their scale.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -148,12 +149,14 @@ def _folds(n: int, k: int) -> torch.Tensor:
     return torch.arange(n) % k
 
 
-def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor]) -> GateFit:
+def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor],
+                 on_layer: Callable[[int, int], None] | None = None) -> GateFit:
     """The logistic gate at every layer, from harmful features [N1, L, D] against benign sets
     (each [Ni, L, D]; harmless prompts first, then e.g. prose windows). Harmful rows weigh half
     of the loss and the benign sets share the other half equally; the L2 strength per layer is
     the one with the best out-of-fold AUROC, which is the AUROC reported, and the threshold
-    maximises out-of-fold balanced accuracy (harmful vs every benign row)."""
+    maximises out-of-fold balanced accuracy (harmful vs every benign row). `on_layer(done, total)`
+    follows the layers: this is most of calibration's time (L layers x L2 grid x folds of L-BFGS)."""
     sets = [harmful] + benign
     x = torch.cat(sets).to(torch.float64)  # [N, L, D]
     y = torch.cat([torch.ones(len(harmful))] + [torch.zeros(len(b)) for b in benign]).to(torch.float64)
@@ -180,20 +183,24 @@ def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor]) -> GateFit:
         biases.append(bl)
         aucs.append(auc)
         thresholds.append(best_threshold(oof[y == 1].float(), oof[y == 0].float()))
+        if on_layer:
+            on_layer(layer + 1, layers)
     return GateFit(auroc=torch.tensor(aucs), threshold=torch.tensor(thresholds), weight=torch.stack(weights),
                    bias=torch.stack(biases))
 
 
-def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass, prose: torch.Tensor | None = None) -> dict[str, GateFit]:
+def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass, prose: torch.Tensor | None = None,
+              on_layer: Callable[[int, int], None] | None = None) -> dict[str, GateFit]:
     """Every residual gate's AUROC and threshold at every layer; `prose` ([N, L, D] features of
-    raw text windows) joins the harmless side of the fitted gate."""
+    raw text windows) joins the harmless side of the fitted gate, whose fit reports
+    `on_layer(done, total)`."""
     fits = {}
     for name, gate in GATES.items():
         if not gate.reads_residual:
             continue
         if gate.fitted:
             benign = [harmless.features] + ([prose] if prose is not None and len(prose) else [])
-            fits[name] = fit_logistic(harmful.features, benign)
+            fits[name] = fit_logistic(harmful.features, benign, on_layer)
             continue
         sh, ss = (gate.scores(p.features, harmful.stats.resid, harmless.stats.resid) for p in (harmful, harmless))
         layers = range(sh.shape[1])

@@ -348,8 +348,8 @@ def eval_refusal(
     calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
     methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated methods (dense always runs); aapp:GATE picks a gate per cell, e.g. aapp:kl; +comp adds mean compensation, e.g. pp+comp.")] = "dense,pp,aapp",
     ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
-    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set).")] = None,
-    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal).")] = None,
+    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.")] = None,
+    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Sweep mode: 'builtin' or a text file for held-out perplexity.")] = None,
     ppl_seq_len: Annotated[int, typer.Option(min=8)] = 256,
     ppl_windows: Annotated[int, typer.Option(min=1)] = 32,
@@ -373,7 +373,8 @@ def eval_refusal(
     layer_budget: LayerBudget = "flat",
     budget_shift: BudgetShift = 0.5,
     truncate: Truncate = False,
-    resume: Annotated[bool, typer.Option(help="Sweep mode: continue an interrupted run in --out.")] = False,
+    sort_by_length: SortByLength = False,
+    resume: Annotated[bool, typer.Option(help="Sweep mode: reuse the cells in --out/cells made with the same settings.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     device_map: DeviceMap = None,
@@ -388,22 +389,26 @@ def eval_refusal(
     from aapp.evaluation.report import print_table
 
     if model is not None:
-        from aapp.evaluation.sweep import SweepConfig, parse_methods, parse_ratios, run_sweep
+        from aapp.evaluation import sweep as sw
         from aapp.pruning.engine import PruneOptions
 
         if generations or reference:
             raise AappError("sweep mode (--model) takes no generations file or --reference")
         if out is None:
             raise AappError("sweep mode needs --out DIR")
-        summaries = run_sweep(SweepConfig(
-            model=model, out=out, calib=calib, methods=parse_methods(methods), ratios=parse_ratios(ratios),
-            harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed, text=text,
-            ppl_seq_len=ppl_seq_len, ppl_windows=ppl_windows, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, device=device, dtype=dtype, device_map=device_map, judge=judge, resume=resume,
-            truncate=truncate,
-            prune=PruneOptions(dense_layers=dense_layers, reprobe_every=reprobe, ema_momentum=ema, backend=backend),
-            aapp=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by, layer_budget,
-                               budget_shift, restore)))
+        summaries = sw.run_sweep(sw.SweepConfig(
+            model=sw.ModelSettings(model, device=device, dtype=dtype, device_map=device_map), out=out,
+            cells=sw.CellSettings(
+                methods=sw.parse_methods(methods), ratios=sw.parse_ratios(ratios), calib=calib,
+                prune=PruneOptions(dense_layers=dense_layers, reprobe_every=reprobe, ema_momentum=ema, backend=backend),
+                options=_aapp_options(gate, protect, critical, gate_layer, per_sample, refresh, protect_by,
+                                      layer_budget, budget_shift, restore)),
+            prompts=sw.PromptSettings(harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed,
+                                      truncate=truncate),
+            generation=sw.GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                             sort_by_length=sort_by_length),
+            perplexity=sw.PerplexitySettings(text, seq_len=ppl_seq_len, windows=ppl_windows) if text else None,
+            judge=judge, resume=resume))
     else:
         from aapp.evaluation.judges import get_judge
         from aapp.evaluation.pipe import evaluate_generations

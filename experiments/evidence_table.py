@@ -1,6 +1,6 @@
 """Markdown table of an `aapp eval-refusal` summary, with AAPP's targets (issue #15) checked.
 
-    python experiments/evidence_table.py runs/eval15/report/summary.json > table.md
+    python experiments/evidence_table.py runs/eval15/summary.json > table.md
 
 Reads summary.json (as a sweep or pipe-mode eval-refusal writes it) and prints, per ratio, one
 row per method: refusal on each harmful set and overall, over-refusal on the benign set,

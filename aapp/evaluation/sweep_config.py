@@ -1,7 +1,17 @@
-"""What a sweep is asked to do: `SweepConfig`, checked as it is made, and the parsers of its CLI values.
+"""What a sweep is asked to do, in small pieces that each step takes only what it uses of.
 
-    SweepConfig(model="qwen2.5-coder-0.5b-instruct", calib="c.safetensors", methods=parse_methods("dense,pp,aapp"),
-                ratios=parse_ratios("0.1,0.2,0.3"), harmful="advbench", benign="xstest-safe", out="runs/sweep")
+    SweepConfig(model=ModelSettings("qwen2.5-coder-0.5b-instruct"), out="runs/sweep",
+                prompts=PromptSettings(harmful="advbench:100,harmbench:100", benign="xstest-safe"),
+                cells=CellSettings(methods=parse_methods("dense,pp,aapp"), ratios=parse_ratios("0.3,0.4"),
+                                   calib="c.safetensors"))
+
+* ModelSettings: which model, loaded how (the model step);
+* PromptSettings: which prompt sets, drawn how (the prompt step);
+* CellSettings: the method x ratio grid and what every cell's method is built from: the engine's
+  `PruneOptions` and the method options, carried as one opaque value to `CellSettings.method`, the
+  one place a cell's method is made;
+* GenerationSettings (aapp.pruning.run): new tokens, batch size, sorting by length;
+* PerplexitySettings: held-out prose perplexity per method x ratio (optional).
 
 Only what can be checked without files or a model is checked here; the rest is checked by
 sweep_checks before anything is generated.
@@ -17,37 +27,57 @@ from aapp.errors import AappError, InputError
 from aapp.methods import Dense, check_method_spec, make_method
 from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
+from aapp.pruning.run import GenerationSettings
 
 DENSE = Dense.name  # the reference cell runs the dense method, so it goes by that method's name
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """Everything a sweep needs; see aapp.evaluation.sweep. `prune.ratio` is ignored (set per cell)."""
-
+class ModelSettings:
     model: str
-    out: str | Path
-    calib: str | None = None
-    methods: tuple[str, ...] = (DENSE, "pp", "aapp")
-    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
-    harmful: str | None = None
-    benign: str | None = None
-    limit: int | None = None      # per prompt set, as load_prompts
-    sample: int | None = None
-    seed: int = 0
-    text: str | None = None       # perplexity on this text's held-out part ('builtin' or a file)
-    ppl_seq_len: int = 256
-    ppl_windows: int = 32
-    max_new_tokens: int = 128
-    batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None  # e.g. "auto": spread a large model over GPUs (single process only)
-    judge: str = "keyword"
-    prune: PruneOptions = field(default_factory=PruneOptions)
-    aapp: AAPPOptions = field(default_factory=AAPPOptions)
-    resume: bool = False
-    truncate: bool = False  # cut prompts too long for the context instead of leaving them out
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """One prompt set of a sweep: a built-in name or a file, with the number to draw from it."""
+
+    spec: str
+    label: str               # harmful | benign
+    sample: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    harmful: str | None = None  # sets, comma-separated; `NAME:N` draws N from that set
+    benign: str | None = None
+    limit: int | None = None    # per prompt set, as load_prompts
+    sample: int | None = None   # per prompt set, unless the set names its own N
+    seed: int = 0
+    truncate: bool = False      # cut prompts too long for the context instead of leaving them out
+
+    def __post_init__(self):
+        if self.harmful is None and self.benign is None:
+            raise InputError("a sweep needs prompts: give --harmful, --benign or both")
+        self.sets()  # checks the `NAME:N` counts
+
+    def sets(self) -> list[PromptSet]:
+        """Harmful sets, then benign ones, in the order given."""
+        return [PromptSet(spec, label, n if n is not None else self.sample)
+                for specs, label in ((self.harmful, "harmful"), (self.benign, "benign"))
+                for spec, n in map(_split_count, split_sets(specs))]
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    methods: tuple[str, ...] = (DENSE, "pp", "aapp")
+    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    calib: str | None = None
+    prune: PruneOptions = field(default_factory=PruneOptions)  # `ratio` is ignored: each cell sets its own
+    # The methods' own options, opaque here: they only travel to `method()`.
+    options: AAPPOptions = field(default_factory=AAPPOptions)
 
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
@@ -64,32 +94,57 @@ class SweepConfig:
         bad = [r for r in self.ratios if not 0.0 < r < 1.0]
         if bad:
             raise InputError(f"--ratios: each must be in (0, 1), got {', '.join(f'{r:g}' for r in bad)}")
-        if self.harmful is None and self.benign is None:
-            raise InputError("a sweep needs prompts: give --harmful, --benign or both")
-        for name in ("batch_size", "max_new_tokens", "ppl_windows"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.ppl_seq_len < 2:
-            raise InputError(f"ppl_seq_len must be at least 2, got {self.ppl_seq_len}")
 
     def method(self, name: str):
-        """A fresh method for one of `methods`, with this sweep's AAPP options."""
-        return make_method(name, self.aapp)
+        """A fresh method for one of `methods`, with the sweep's method options."""
+        return make_method(name, self.options)
 
-    def prune_settings(self) -> dict[str, Any]:
-        """The pruning options every cell shares: all but the ratio, which each cell sets."""
+    def settings(self) -> dict[str, Any]:
+        """What every cell's method is built from, bar the ratio: part of each cell's identity."""
         prune = asdict(self.prune)
         prune.pop("ratio")
-        return prune
+        return {"prune": prune, "options": asdict(self.options)}
+
+
+@dataclass(frozen=True)
+class PerplexitySettings:
+    text: str                 # 'builtin' or a file: perplexity on its held-out part
+    seq_len: int = 256
+    windows: int = 32
+
+    def __post_init__(self):
+        if self.windows < 1:
+            raise InputError(f"ppl_windows must be at least 1, got {self.windows}")
+        if self.seq_len < 2:
+            raise InputError(f"ppl_seq_len must be at least 2, got {self.seq_len}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs; see aapp.evaluation.sweep."""
+
+    model: ModelSettings
+    out: str | Path
+    prompts: PromptSettings
+    cells: CellSettings = field(default_factory=CellSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    perplexity: PerplexitySettings | None = None
+    judge: str = "keyword"
+    resume: bool = False
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self.generation, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self.generation, name)}")
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """--methods "dense,pp,aapp" -> ("dense", "pp", "aapp"); names are checked by SweepConfig."""
+    """--methods "dense,pp,aapp" -> ("dense", "pp", "aapp"); names are checked by CellSettings."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
-    """--ratios "0.1,0.2" -> (0.1, 0.2); ranges are checked by SweepConfig."""
+    """--ratios "0.1,0.2" -> (0.1, 0.2); ranges are checked by CellSettings."""
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -99,3 +154,13 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 def split_sets(specs: str | None) -> list[str]:
     """--harmful 'advbench,harmbench' -> ['advbench', 'harmbench']; None -> []."""
     return [part.strip() for part in (specs or "").split(",") if part.strip()]
+
+
+def _split_count(spec: str) -> tuple[str, int | None]:
+    """'advbench:100' -> ('advbench', 100); a spec without a numeric `:N` suffix is left whole."""
+    name, _, count = spec.rpartition(":")
+    if not name or not count.strip().isdigit():
+        return spec, None
+    if int(count) < 1:
+        raise InputError(f"prompt set {spec!r}: draw at least 1 prompt")
+    return name, int(count)

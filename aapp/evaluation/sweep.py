@@ -64,7 +64,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> list[CellSummary]:
             dist.barrier()
             return []
         try:
-            return _report(cfg, rows, ppl, meta)
+            return _report(Path(cfg.out), cfg.judge, cfg.model.device, rows, ppl, meta)
         finally:
             dist.barrier()  # the other ranks wait until the outputs are written (or failed)
 
@@ -111,15 +111,32 @@ def _generate(cfg: SweepConfig, dist: Dist, show: bool):
         check_text(cfg.perplexity, loaded, texts)
     units = _Units(cfg, loaded, by_set, texts)
     grid = list(dict.fromkeys(c.key for c in cells))
+    waves = _Waves(dist, store)
     with _bars(show) as bars:
-        for ci, cell in enumerate(cells):
+        for cell in cells:
             unit = units.cell(cell)
-            if not _done(dist, store, *unit):
-                _run_cell(cfg, dist, ci, cell, loaded, calib, by_set[cell.set], store, unit, bars)
-        for ci, key in enumerate(grid if texts is not None else []):
+            if _done(dist, store, *unit):
+                continue
+            prompts = by_set[cell.set]
+            batches = _batches(prompts, loaded.tokenizer, cfg.generation)
+            stateful = is_stateful(cell.method, cfg.cells)
+            mine = plan_batches(waves.next, len(batches), dist, stateful)
+            rows = _cell_rows(loaded, calib, cfg.cells, cfg.generation, cell, prompts, [batches[b] for b in mine],
+                              bars)
+            if stateful:
+                waves.add(unit, rows, prompts, cell.name)
+            else:
+                gathered = dist.gather(rows)
+                if gathered is not None:
+                    store.save(*unit, merge_ranks(prompts, gathered, cell.name))
+        for key in grid if texts is not None else []:
             unit = units.ppl(key)
-            if not _done(dist, store, *unit):
-                _run_perplexity(cfg, dist, ci, key, loaded, calib, texts, store, unit, bars)
+            if _done(dist, store, *unit):
+                continue
+            mine = dist.owner(waves.next) == dist.rank
+            waves.add(unit, [_perplexity(loaded, calib, cfg.cells, cfg.perplexity, cfg.generation.batch_size, key,
+                                         texts, bars)] if mine else [])
+        waves.flush()
     meta = _meta(cfg, loaded, by_set, dist)
     del loaded, calib
     _free_memory()
@@ -170,62 +187,85 @@ def _done(dist: Dist, store: CellStore, name: str, settings: dict) -> bool:
     return dist.broadcast(found[0] if found else None)
 
 
-def _run_cell(cfg: SweepConfig, dist: Dist, ci: int, cell: Cell, loaded, calib, prompts, store: CellStore,
-              unit: tuple[str, dict], bars) -> None:
-    """Generate this rank's batches of one cell; rank 0 gathers every rank's rows and writes the cell."""
+class _Waves:
+    """Indivisible units (a stateful cell, a perplexity pass), one rank each, gathered a wave at a time.
+
+    The k-th such unit runs on rank k % world_size, and a wave holds one unit per rank, so the
+    ranks run them side by side; rank 0 writes a wave's units when it ends. Every rank adds every
+    unit, in the same order (with no records where it does not own the unit).
+    """
+
+    def __init__(self, dist: Dist, store: CellStore):
+        self.dist, self.store = dist, store
+        self.next = 0  # the index of the next unit: its owner is dist.owner(next)
+        self._wave: list[tuple] = []
+
+    def add(self, unit: tuple[str, dict], records: list[dict], prompts=None, what: str = "") -> None:
+        self._wave.append((unit, records, prompts, what))
+        self.next += 1
+        if len(self._wave) == self.dist.world_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._wave:
+            return
+        gathered = self.dist.gather([records for _, records, _, _ in self._wave])
+        if gathered is not None:
+            for i, (unit, _, prompts, what) in enumerate(self._wave):
+                parts = [rank_records[i] for rank_records in gathered]
+                self.store.save(*unit, merge_ranks(prompts, parts, what) if prompts is not None
+                                else [r for part in parts for r in part])
+        self._wave = []
+
+
+def _batches(prompts, tokenizer, generation: GenerationSettings) -> list[list[int]]:
+    """A cell's batches as prompt indices, the same on every rank and in every run; by length when asked
+    (stable: batches of similar length pad less)."""
+    order = list(range(len(prompts)))
+    if generation.sort_by_length:
+        lengths = [len(ids) for ids in tokenizer([p.text for p in prompts])["input_ids"]]
+        order.sort(key=lengths.__getitem__)
+    return [[order[i] for i in b] for b in batches_of(len(order), generation.batch_size)]
+
+
+def _cell_rows(loaded, calib, cells: CellSettings, generation: GenerationSettings, cell: Cell, prompts,
+               batches: list[list[int]], bars) -> list[dict]:
+    """Generate some whole batches of one cell (this rank's), with a fresh method and pruning handle."""
     from aapp.pruning.run import generate_rows
 
-    order = _order(prompts, loaded.tokenizer) if cfg.generation.sort_by_length else list(range(len(prompts)))
-    batches = batches_of(len(order), cfg.generation.batch_size)
-    mine = plan_batches(ci, len(batches), dist, is_stateful(cell.method, cfg.cells))
-    chosen = [prompts[order[i]] for b in mine for i in batches[b]]
+    chosen = [prompts[i] for b in batches for i in b]
+    if not chosen:
+        return []
     task = bars.add_task(f"{cell.name:>10}", total=len(chosen)) if bars else None
-    rows: list[dict] = []
-    if chosen:
-        # The batches are formed here, the same on every rank: `chosen` is whole batches in order,
-        # so generate_rows, chunking it by batch_size, gives back exactly these batches.
-        settings = replace(cfg.generation, sort_by_length=False)
-        options = replace(cfg.cells.prune, ratio=cell.ratio)
-        rows = list(generate_rows(loaded, chosen, cfg.cells.method(cell.method), options, calib, settings,
-                                  on_batch=lambda n: bars.advance(task, n) if bars else None))
-    gathered = dist.gather(rows)
-    if gathered is not None:
-        store.save(*unit, merge_ranks(prompts, gathered, cell.name))
+    # `chosen` is whole batches in order, so generate_rows, chunking it by batch_size, gives back
+    # exactly these batches (only a cell's last batch can be short, and it comes last).
+    return list(generate_rows(loaded, chosen, cells.method(cell.method), replace(cells.prune, ratio=cell.ratio), calib,
+                              replace(generation, sort_by_length=False),
+                              on_batch=lambda n: bars.advance(task, n) if bars else None))
 
 
-def _order(prompts, tokenizer) -> list[int]:
-    """Prompt indices by token length (stable): batches of similar length pad less."""
-    lengths = [len(ids) for ids in tokenizer([p.text for p in prompts])["input_ids"]]
-    return sorted(range(len(prompts)), key=lengths.__getitem__)
-
-
-def _run_perplexity(cfg: SweepConfig, dist: Dist, ci: int, key: CellKey, loaded, calib, texts, store: CellStore,
-                    unit: tuple[str, dict], bars) -> None:
+def _perplexity(loaded, calib, cells: CellSettings, ppl: PerplexitySettings, batch_size: int, key: CellKey, texts,
+                bars) -> dict:
     from aapp.evaluation.perplexity import perplexity
     from aapp.pruning.engine import prune_model
 
-    record = None
-    if dist.owner(ci) == dist.rank:
-        task = bars.add_task(f"{key[0]}@{key[1]:g} ppl", total=1) if bars else None
-        with prune_model(loaded, cfg.cells.method(key[0]), replace(cfg.cells.prune, ratio=key[1]), calib) as handle:
-            res = perplexity(loaded, texts, seq_len=cfg.perplexity.seq_len, max_windows=cfg.perplexity.windows,
-                             batch_size=cfg.generation.batch_size, handle=handle)
-        record = {"method": key[0], "ratio": key[1], **res.to_dict()}
-        if bars:
-            bars.advance(task, 1)
-    gathered = dist.gather(record)
-    if gathered is not None:
-        store.save(*unit, [r for r in gathered if r is not None])
+    task = bars.add_task(f"{key[0]}@{key[1]:g} ppl", total=1) if bars else None
+    with prune_model(loaded, cells.method(key[0]), replace(cells.prune, ratio=key[1]), calib) as handle:
+        res = perplexity(loaded, texts, seq_len=ppl.seq_len, max_windows=ppl.windows, batch_size=batch_size,
+                         handle=handle)
+    if bars:
+        bars.advance(task, 1)
+    return {"method": key[0], "ratio": key[1], **res.to_dict()}
 
 
-def _report(cfg: SweepConfig, rows: dict[CellKey, list[dict]], ppl: dict[CellKey, float],
+def _report(out: Path, judge_name: str, device: str, rows: dict[CellKey, list[dict]], ppl: dict[CellKey, float],
             meta: dict) -> list[CellSummary]:
     """Rank 0: judge every cell against the dense one and write the outputs."""
     from aapp.evaluation.judges import get_judge
     from aapp.evaluation.pipe import evaluate_generations
     from aapp.evaluation.report import write_outputs
 
-    judge = get_judge(cfg.judge, device=cfg.model.device)
+    judge = get_judge(judge_name, device=device)
     dense = rows[(DENSE, 0.0)]
     others = [r for key, cell_rows in rows.items() if key != (DENSE, 0.0) for r in cell_rows]
     if others:
@@ -236,7 +276,7 @@ def _report(cfg: SweepConfig, rows: dict[CellKey, list[dict]], ppl: dict[CellKey
     # Dense first, then the cells in sweep order (methods, then ratios, as given).
     order = {key: i for i, key in enumerate(rows)}
     summaries.sort(key=lambda s: order.get((s.method, s.ratio), len(order)))
-    write_outputs(Path(cfg.out), judged, summaries, meta=meta)
+    write_outputs(out, judged, summaries, meta=meta)
     return summaries
 
 

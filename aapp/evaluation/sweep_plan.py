@@ -12,7 +12,8 @@ aapp.evaluation.distributed: PP picks channels per batch, so a batch must never 
 single-process one), and rank 0 merges every rank's rows back into prompt order.
 
 Stateful cells. Cells that carry state from batch to batch (`PruneOptions.ema_momentum`,
-AAPP's `refresh`) are run whole by one process, so their state is what a single process has.
+AAPP's `refresh`) are run whole by one process, so their state is what a single process has;
+the ranks run such cells side by side (aapp.evaluation.sweep's waves).
 A cell is finished, or run again whole (sweep_store), so resume needs nothing more here.
 """
 
@@ -60,10 +61,11 @@ def batches_of(n_prompts: int, batch_size: int) -> list[range]:
     return [range(i, min(i + batch_size, n_prompts)) for i in range(0, n_prompts, batch_size)]
 
 
-def plan_batches(cell_index: int, n_batches: int, dist: Dist, stateful: bool) -> list[int]:
-    """The batches of a cell this rank runs: every batch it owns, or the whole cell when stateful."""
+def plan_batches(item_index: int, n_batches: int, dist: Dist, stateful: bool) -> list[int]:
+    """The batches of a cell this rank runs: every batch it owns, or, for a stateful cell (the
+    `item_index`-th indivisible unit of the sweep), the whole cell on the rank that owns it."""
     if stateful:
-        return list(range(n_batches)) if dist.owner(cell_index) == dist.rank else []
+        return list(range(n_batches)) if dist.owner(item_index) == dist.rank else []
     return [b for b in range(n_batches) if dist.owns_batch(b)]
 
 

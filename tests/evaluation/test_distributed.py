@@ -81,7 +81,10 @@ def test_two_process_torchrun_equals_one_process(tiny_model_dir, tmp_path):
     # out to the ranks, the harmful set's last one short.
     # PP and AAPP pick channels per batch, so only whole-batch sharding can match; perplexity
     # cells are spread over the ranks too.
-    kw = dict(methods=("dense", "pp", "aapp"), ratios=(0.5,), text=str(inputs.text), sort_by_length=True)
+    # AAPP refreshing its gate carries state, so each of its cells runs whole on one rank, side by side
+    # with the other rank's, as do the perplexity passes.
+    kw = dict(methods=("dense", "pp", "aapp"), ratios=(0.5,), text=str(inputs.text), sort_by_length=True,
+              aapp=dict(refresh=2))
     spec = tmp_path / "cfg.json"
     spec.write_text(config_json(settings_of(inputs, tmp_path / "torchrun", **kw)))
     script = tmp_path / "child.py"

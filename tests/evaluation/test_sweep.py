@@ -1,14 +1,12 @@
-"""Sweep mode: every cell generated, judged and written; resume after a kill; bad input."""
+"""Sweep mode: every cell generated, judged and written; cells reused on resume, after a kill; bad input."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import torch
 from aapp.errors import AappError, InputError
 from aapp.evaluation.sweep import CellSettings, PromptSettings, run_sweep
 from aapp.evaluation.sweep_store import CELLS, CellStore, rows_name
-from tests.evaluation.sweep_inputs import (BENIGN, CHILD, HARMFUL, PROSE, TIMING, Inputs, child_env, config_json,
+from tests.evaluation.sweep_inputs import (CHILD, HARMFUL, PROSE, TIMING, Inputs, child_env, config_json,
                                            make_config, make_inputs, read_rows, settings_of)
 
 @pytest.fixture(autouse=True)
@@ -330,8 +328,6 @@ def test_a_cell_file_is_reused_only_with_its_own_settings(tmp_path):
 
 
 def test_cell_names_keep_two_files_with_one_stem_apart():
-    from aapp.evaluation.sweep_store import rows_name
-
     assert rows_name("aapp:kl", 0.3, "advbench") == "aapp:kl@0.3.advbench.jsonl"
     a, b = rows_name("pp", 0.3, "a/harmful.jsonl"), rows_name("pp", 0.3, "b/harmful.jsonl")
     assert a != b and a.startswith("pp@0.3.harmful-") and "/" not in a

@@ -330,8 +330,8 @@ def eval_refusal(
     ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
     opt: Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE", help="Sweep mode: a method option, repeatable; it goes to every method that takes it (METHOD.KEY=VALUE: to that one).")] = None,
     opts: Opts = None,
-    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set).")] = None,
-    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal).")] = None,
+    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.")] = None,
+    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.")] = None,
     ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WxL]", help="Sweep mode: held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.")] = None,
     limit: Limit = None,
     sample: Sample = None,
@@ -339,7 +339,6 @@ def eval_refusal(
     max_new_tokens: MaxNew = 128,
     batch_size: BatchSize = 8,
     truncate: Truncate = False,
-    resume: Annotated[bool, typer.Option(metavar="", help="Sweep mode: continue an interrupted run in --out.")] = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
     judge: Annotated[str, typer.Option(help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.")] = "keyword",
@@ -353,7 +352,7 @@ def eval_refusal(
     from aapp.evaluation.report import print_table
 
     if model is not None:
-        from aapp.evaluation.sweep import SweepConfig, parse_methods, parse_ppl, parse_ratios, run_sweep, sweep_options
+        from aapp.evaluation import sweep as sw
         from aapp.methods.options import collect_options
         from aapp.models.loading import split_device
 
@@ -361,16 +360,19 @@ def eval_refusal(
             raise AappError("sweep mode (--model) takes no generations file, --reference or --allow-model-mismatch")
         if out is None:
             raise AappError("sweep mode needs --out DIR")
-        specs = parse_methods(methods)
-        prune_options, aapp_options = sweep_options(specs, collect_options(opt or (), opts))
         dev, device_map = split_device(device)
-        text, ppl_windows, ppl_seq_len = parse_ppl(ppl)
-        summaries = run_sweep(SweepConfig(
-            model=model, out=out, calib=calib, methods=specs, ratios=parse_ratios(ratios),
-            harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed, text=text,
-            ppl_seq_len=ppl_seq_len, ppl_windows=ppl_windows, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, device=dev, dtype=dtype, device_map=device_map, judge=judge, resume=resume,
-            truncate=truncate, prune=prune_options, aapp=aapp_options))
+        text, ppl_windows, ppl_seq_len = sw.parse_ppl(ppl)
+        # A sweep's unit of resume is the cell: cells in --out made with the same settings are reused, and
+        # cells made otherwise are refused in one line. Batches hold prompts of similar length (less padding).
+        summaries = sw.run_sweep(sw.SweepConfig(
+            model=sw.ModelSettings(model, device=dev, dtype=dtype, device_map=device_map), out=out,
+            cells=sw.CellSettings(methods=sw.parse_methods(methods), ratios=sw.parse_ratios(ratios), calib=calib,
+                                  options=collect_options(opt or (), opts)),
+            prompts=sw.PromptSettings(harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed,
+                                      truncate=truncate),
+            generation=sw.GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=True),
+            perplexity=sw.PerplexitySettings(text, seq_len=ppl_seq_len, windows=ppl_windows) if text else None,
+            judge=judge, resume=True))
     else:
         from aapp.evaluation.judges import get_judge
         from aapp.evaluation.pipe import evaluate_pipe
@@ -378,7 +380,7 @@ def eval_refusal(
         from aapp.io import read_jsonl
 
         for name, value in (("--calib", calib), ("--opt", opt), ("--opts", opts), ("--harmful", harmful),
-                            ("--benign", benign), ("--ppl", ppl), ("--resume", resume or None),
+                            ("--benign", benign), ("--ppl", ppl),
                             ("--truncate", truncate or None)):
             if value is not None:
                 raise AappError(f"{name} is for sweep mode (--model); pipe mode judges the generations it reads")

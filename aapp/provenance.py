@@ -50,9 +50,9 @@ def versions() -> dict[str, str]:
     return {"aapp": aapp.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def script_command(script: str, argv: list[str]) -> str:
-    """The command line that reproduces a run of scripts/`script`.py with `argv`."""
-    return f"python scripts/{script}.py " + shlex.join(argv)
+def script_command(script: str, argv: list[str], folder: str = "scripts") -> str:
+    """The command line that reproduces a run of `folder`/`script`.py with `argv`."""
+    return f"python {folder}/{script}.py " + shlex.join(argv)
 
 
 def write_result(doc: dict, table: str, json_path: str | None, md_path: str | None) -> None:

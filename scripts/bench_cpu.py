@@ -35,6 +35,7 @@ from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.flops import FlopCount
 from aapp.text import load_text
+from aapp.timing import rounds, summary
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,11 +122,6 @@ def check(loaded, ids, steps: int) -> None:
         raise SystemExit("check failed: the engine's dense path does not reproduce the plain model")
 
 
-def summary(xs: list[float]) -> dict:
-    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-    return {"median": statistics.median(xs), "iqr": q[2] - q[0], "all": xs}
-
-
 def run(args) -> dict:
     loaded = load(args)
     heldout = load_text("builtin", split="heldout")
@@ -143,18 +139,17 @@ def run(args) -> dict:
     configs = [("dense", 0.0, None, None)] + [
         (args.method, r, make_method(args.method),
          PruneOptions(ratio=r, dense_layers=args.dense_layers, backend=args.backend)) for r in ratios]
-    runs: dict[str, list[dict]] = {c[0] + f"@{c[1]}": [] for c in configs}
-    for rep in range(args.warmup + args.repeats):
-        for name, ratio, method, options in configs:
-            r = run_config(loaded, ids, args.decode_steps, method, options, calib)
-            if rep >= args.warmup:
-                runs[f"{name}@{ratio}"].append(r)
-            info(f"{'warmup' if rep < args.warmup else 'repeat'} {rep}: {name:6s} r={ratio:.1f}  "
-                 f"prefill {r['prefill_s']:.3f} s  decode {r['decode_s']:.3f} s")
-    dense_runs = runs["dense@0.0"]
+
+    def progress(config, r, warm):
+        info(f"{'warmup' if warm else 'repeat'}: {config[0]:6s} r={config[1]:.1f}  "
+             f"prefill {r['prefill_s']:.3f} s  decode {r['decode_s']:.3f} s")
+
+    runs = rounds(configs, lambda c: run_config(loaded, ids, args.decode_steps, *c[2:], calib),
+                  warmup=args.warmup, repeats=args.repeats, on_run=progress)
+    dense_runs = runs[configs[0]]
     rows = []
-    for name, ratio, _, _ in configs:
-        rs = runs[f"{name}@{ratio}"]
+    for config in configs:
+        name, ratio, rs = config[0], config[1], runs[config]
         row = {"method": name, "ratio": ratio,
                "prefill_s": summary([r["prefill_s"] for r in rs]),
                "decode_s": summary([r["decode_s"] for r in rs]),

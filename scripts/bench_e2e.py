@@ -3,7 +3,9 @@
 Random bf16 weights with the real shapes (speed depends on shapes, not on training; the
 Gemma-3 decoder is the text model of the release), batches 1 and 8, prompt 512, 128 new
 tokens, ratio 0.4; the probe, the selection and the weight preparation are inside the
-timed prefill. Per run it also records peak GPU memory (CUDA) and the matmul backend.
+timed prefill. Before timing, each method at ratio 0 must give the plain model's logits, and at
+the timed ratio finite logits for fewer FLOPs. Per run it also records peak GPU memory (CUDA) and
+the matmul backend.
 Prints a table on stderr and writes JSON with device, versions and the command.
 
     python scripts/bench_e2e.py --shapes llama2-7b,gemma3-12b --json e2e.json      # on a GPU
@@ -15,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -30,6 +32,7 @@ from aapp.io import atomic_write, check_writable
 from aapp.models.synthetic import SHAPES, random_model, tiny_tokenizer
 from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.timing import rounds, stopwatch, summary
 
 
 def synthetic_calibration(loaded: LoadedModel, seed: int = 0) -> Calibration:
@@ -59,9 +62,31 @@ def build(shape: str, device: str, dtype: torch.dtype, layers: int | None) -> Lo
     return LoadedModel(shape, model, tok, adapter, adapter.geometry(model), fingerprint(model))
 
 
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+# Largest |logit - plain logit| allowed at ratio 0, relative to the largest plain logit: the pruned
+# forward computes attention itself (SDPA), so only the dtype's rounding may differ (bf16 keeps 8 bits).
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@torch.inference_mode()
+def check(loaded: LoadedModel, calib: Calibration, methods: list[str], options: PruneOptions, device: str) -> None:
+    """Before timing: each method at ratio 0 gives the plain model's logits; at the timed ratio, finite
+    logits for fewer FLOPs than dense. A benchmark of a broken forward would time the wrong thing."""
+    ids = torch.randint(10, loaded.geometry.vocab_size, (2, 16), device=device,
+                        generator=torch.Generator(device=device).manual_seed(1))
+    plain = loaded.model(input_ids=ids).logits.float()
+    tol = TOLERANCE.get(loaded.dtype, 1e-5) * plain.abs().max().item()
+    for name in methods:
+        for ratio in dict.fromkeys((0.0, 0.0 if name == "dense" else options.ratio)):
+            with prune_model(loaded, make_method(name), replace(options, ratio=ratio),
+                             calib if name != "dense" else None) as handle:
+                logits = loaded.model(input_ids=ids).logits.float()
+                fraction = handle.record.flops.fraction
+            what = f"check failed: {loaded.name} {name} at ratio {ratio:g}"
+            if ratio == 0.0 and (logits - plain).abs().max().item() > tol:
+                raise SystemExit(f"{what}: logits differ from the plain model's by "
+                                 f"{(logits - plain).abs().max().item():.3g} (allowed {tol:.3g})")
+            if ratio > 0.0 and not (torch.isfinite(logits).all() and fraction < 1.0):
+                raise SystemExit(f"{what}: non-finite logits or no FLOPs saved (fraction {fraction:.3f})")
 
 
 @torch.inference_mode()
@@ -74,18 +99,14 @@ def time_generation(loaded: LoadedModel, batch: int, prompt: int, new: int, devi
                         generator=torch.Generator(device=device).manual_seed(0))
     attn = torch.ones_like(ids)
     cache_arg = {cache_kwarg(model): new_cache(model)}
-    sync(device)
-    t0 = time.perf_counter()
-    logits = model(input_ids=ids, attention_mask=attn, **cache_arg, use_cache=True, logits_to_keep=1).logits
-    sync(device)
-    prefill = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(new):
-        nxt = logits[:, -1].argmax(-1, keepdim=True)
-        attn = torch.cat([attn, torch.ones_like(nxt)], dim=1)
-        logits = model(input_ids=nxt, attention_mask=attn, **cache_arg, use_cache=True).logits
-    sync(device)
-    return prefill, time.perf_counter() - t0
+    with stopwatch(device) as prefill:
+        logits = model(input_ids=ids, attention_mask=attn, **cache_arg, use_cache=True, logits_to_keep=1).logits
+    with stopwatch(device) as decode:
+        for _ in range(new):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            attn = torch.cat([attn, torch.ones_like(nxt)], dim=1)
+            logits = model(input_ids=nxt, attention_mask=attn, **cache_arg, use_cache=True).logits
+    return prefill.seconds, decode.seconds
 
 
 def main(argv=None) -> int:
@@ -106,6 +127,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     batches = [int(b) for b in args.batch.split(",") if b]
+    methods = args.methods.split(",")
     if args.json:
         check_writable(args.json)
     cuda = torch.device(args.device).type == "cuda"
@@ -115,19 +137,21 @@ def main(argv=None) -> int:
         loaded = build(shape, args.device, dtype, args.layers)
         weights_gib = torch.cuda.memory_allocated() / 2**30 if cuda else None
         calib = synthetic_calibration(loaded)
-        for name in args.methods.split(","):
+        options = PruneOptions(ratio=args.ratio, backend=args.backend, dense_layers=args.dense_layers)
+        check(loaded, calib, methods, options, args.device)
+        for name in methods:
             ratio = 0.0 if name == "dense" else args.ratio
-            handle = prune_model(loaded, make_method(name), PruneOptions(ratio=ratio, backend=args.backend, dense_layers=args.dense_layers),
+            handle = prune_model(loaded, make_method(name), replace(options, ratio=ratio),
                                  calib=calib if name != "dense" else None)
             try:
                 for batch in batches:
-                    time_generation(loaded, batch, min(args.prompt, 32), 2, args.device)  # warm-up
+                    time_generation(loaded, batch, min(args.prompt, 32), 2, args.device)  # compiles, allocates
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
-                    runs = [time_generation(loaded, batch, args.prompt, args.new, args.device)
-                            for _ in range(args.repeats)]
-                    pre = statistics.median(r[0] for r in runs)
-                    dec = statistics.median(r[1] for r in runs)
+                    runs = rounds([batch], lambda b: time_generation(loaded, b, args.prompt, args.new, args.device),
+                                  warmup=0, repeats=args.repeats)[batch]
+                    pre = summary([r[0] for r in runs])["median"]
+                    dec = summary([r[1] for r in runs])["median"]
                     rows.append({"shape": shape, "method": name, "ratio": ratio, "batch": batch,
                                  "backend": "dense (HF)" if name == "dense" else handle.backend.name, "prefill_s": pre, "decode_s": dec,
                                  "prefill_tok_s": batch * args.prompt / pre,

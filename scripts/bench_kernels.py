@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from rich.table import Table
 from aapp.errors import AappError
 from aapp.io import atomic_write, check_writable
 from aapp.provenance import device_name, machine
+from aapp.timing import kernel_ms, kernel_timer_name, sync
 from aapp_kernels.backend import LinearBackend, get_backend, k_major
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -109,30 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- timing
+# Every timing goes through aapp.timing.kernel_ms, the benchmarks' shared runner (`timer` below).
 
 
-class Timer:
-    """Median milliseconds of fn(): do_bench on CUDA, torch.utils.benchmark elsewhere."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.name = "triton.testing.do_bench median" if device.type == "cuda" else "torch.utils.benchmark median"
-
-    def __call__(self, fn) -> float:
-        if self.device.type == "cuda":
-            from triton.testing import do_bench
-
-            return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-        from torch.utils.benchmark import Timer as TorchTimer
-
-        return TorchTimer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.05).median * 1e3
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-def copy_bandwidth_gbps(device: torch.device, timer: Timer) -> float:
+def copy_bandwidth_gbps(device: torch.device, timer) -> float:
     """Read + write bytes per second of a plain tensor copy: the memory-bound ceiling on this device."""
     nbytes = (1 << 30) if device.type == "cuda" else (64 << 20)
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
@@ -373,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.config.recompile_limit = 1024
             torch._dynamo.config.accumulated_recompile_limit = 4096
             torch._dynamo.config.fail_on_recompile_limit_hit = True  # never time a silent eager fallback
-        timer = Timer(device)
+        timer = partial(kernel_ms, device=device)
+        timer_name = kernel_timer_name(device)
         copy_gbps = None if args.check_only else copy_bandwidth_gbps(device, timer)
         console.print(f"{device_name(device)}: " + ("correctness only" if args.check_only else
-                      f"copy bandwidth {copy_gbps:.0f} GB/s, timer {timer.name}") + f", backend {backend.name}, {args.dtype}")
+                      f"copy bandwidth {copy_gbps:.0f} GB/s, timer {timer_name}") + f", backend {backend.name}, {args.dtype}")
         gen = torch.Generator().manual_seed(args.seed)
         results = []
         cases = [c for s in args.shape_sets for c in SHAPES[s]]
@@ -392,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             results.append(measure(case, weights, kernel_weights, keep, rows, args, backend, timer,
                                                    copy_gbps, gen))
-                        timer.synchronize()
+                        sync(device)
                 del weights, kernel_weights
     except AappError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -408,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]) if argv is None else " ".join(["bench_kernels.py", *argv]),
         "dtype": args.dtype, "backend": backend.name, "check_only": args.check_only,
-        "timer": None if args.check_only else timer.name, "copy_bandwidth_gbps": copy_gbps,
+        "timer": None if args.check_only else timer_name, "copy_bandwidth_gbps": copy_gbps,
         "shapes": [asdict(c) for c in cases], "results": results,
     }
     text = json.dumps(report, indent=1)

@@ -61,12 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- child processes ---------------------------------------------------------------------------
 def run_child(cmd: list[str], log: Path) -> dict:
     """Run cmd to completion; its wall time and peak RSS (its own, not the parent's)."""
-    with log.open("w") as err:
-        t0 = time.perf_counter()
+    from aapp.timing import stopwatch
+
+    with log.open("w") as err, stopwatch() as lap:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = lap.seconds
     if proc.returncode != 0:
         tail = log.read_text().strip().splitlines()[-5:]
         sys.exit(f"bench_width: {' '.join(cmd[2:5])} failed ({proc.returncode}):\n" + "\n".join(tail))
@@ -175,26 +176,37 @@ def time_layers(model_dir: Path, calib_file: Path, prompts: list[str], ratio: fl
     from aapp.models.loading import load_model
     from aapp.pruning import flops
     from aapp.pruning.engine import PruneOptions, prune_model
+    from aapp.timing import rounds
 
     loaded = load_model(str(model_dir), device="cpu", dtype="float32")
     calib = load_calibration(str(calib_file))
     layers = loaded.adapter.layers(loaded.model)
-    times = {m: {"prefill": {}, "decode": {}} for m in METHODS}
     record = {}
-    for repeat in range(-args.warmup, args.repeats):
-        # Rotated, so no method always runs first (after the others freed memory, or on cold pages);
-        # warm-up rounds (repeat < 0) fault the mmapped weights in and are not timed.
-        for m in METHODS[repeat % len(METHODS):] + METHODS[:repeat % len(METHODS)]:
-            options = PruneOptions(ratio=ratio if make_method(m).prunes else 0.0, dense_layers=1)
-            with prune_model(loaded, make_method(m), options, calib) as handle:
-                clock = LayerClock(layers)
-                try:
-                    generate_batch(loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.new)
-                finally:
-                    clock.remove()
-                record[m] = (handle.plan, handle.record.flops.probe, len(handle.runtimes))
-            if repeat < 0:
-                continue
+
+    def one(m: str) -> LayerClock:
+        options = PruneOptions(ratio=ratio if make_method(m).prunes else 0.0, dense_layers=1)
+        with prune_model(loaded, make_method(m), options, calib) as handle:
+            clock = LayerClock(layers)
+            try:
+                generate_batch(loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.new)
+            finally:
+                clock.remove()
+            record[m] = (handle.plan, handle.record.flops.probe, len(handle.runtimes))
+        return clock
+
+    # Before timing: every method at ratio 0 must decode the plain model's tokens.
+    plain = generate_batch(loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.new).completions
+    for m in METHODS:
+        with prune_model(loaded, make_method(m), PruneOptions(ratio=0.0, dense_layers=1), calib):
+            if generate_batch(loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.new).completions != plain:
+                sys.exit(f"bench_width: check failed: {m} at ratio 0 does not decode the plain model's tokens")
+
+    # Rotated, so no method always runs first (after the others freed memory, or on cold pages);
+    # the warm-up rounds fault the mmapped weights in.
+    runs = rounds(METHODS, one, warmup=args.warmup, repeats=args.repeats, rotate=True)
+    times = {m: {"prefill": {}, "decode": {}} for m in METHODS}
+    for m, clocks in runs.items():
+        for clock in clocks:
             for phase, per_layer in (("prefill", clock.prefill), ("decode", clock.decode)):
                 for i, ts in per_layer.items():
                     times[m][phase].setdefault(i, []).append(statistics.mean(ts))

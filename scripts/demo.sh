@@ -26,9 +26,8 @@ else
   SETS=(--harmful harmbench)
 fi
 
-RESUME=()
-[ -d "$OUT/eval/.partial" ] && RESUME=(--resume)
+# A rerun reuses the cells in $OUT/eval/cells that were made with the same settings.
 "$AAPP" eval-refusal --model "$MODEL" --calib "$OUT/calib.safetensors" --methods dense,pp,aapp \
   --ratios "$RATIOS" "${SETS[@]}" --sample "$N" --max-new-tokens 40 --batch-size 8 \
-  --out "$OUT/eval" "${RESUME[@]}"
+  --out "$OUT/eval"
 echo "demo: results in $OUT/eval (summary.json, summary.csv, results.jsonl, refusal_vs_ratio.png)" >&2

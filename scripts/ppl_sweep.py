@@ -2,11 +2,12 @@
 
     python scripts/ppl_sweep.py --json ppl.json                # the BENCHMARKS.md table
     python scripts/ppl_sweep.py --tiny --calib-windows 4 --eval-windows 4 --seq-len 32 --ratios 0.2,0.4
-    python scripts/ppl_sweep.py --methods pp,flap,pp-history-only,flap-no-comp --eval-windows 8 --ratios 0.3
+    python scripts/ppl_sweep.py --methods pp,flap,pp:history-only,flap:no-comp --eval-windows 8 --ratios 0.3
 
-`--methods` takes any method spec (`pp`, `pp+comp`, `flap`, `pp:history-only`, ...) and the
-ablation names in ABLATIONS below, which take PP and FLAP apart to show where the gap between
-them comes from.
+`--methods` takes method specs as the registry names them (`aapp methods`): `pp`, `pp+comp`,
+`flap`, and the ablations that take PP and FLAP apart (`pp:history-only`, `hybrid:pp-heads`,
+`flap:no-comp`, ...). `--full-probe` probes with the whole batch (every sample and position), the
+paper's upper bound for PP; the JSON's options say whether it was on.
 
 Calibrates once on the calibration split of the text, then measures perplexity on the
 held-out split (disjoint documents) for the dense model and every method x ratio, with the
@@ -32,6 +33,7 @@ from aapp.models.loading import load_model
 from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.text import load_text
+from aapp.timing import stopwatch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dense-layers", type=int, default=PruneOptions.dense_layers)
     p.add_argument("--channel-multiple", type=int, default=PruneOptions.channel_multiple)
+    p.add_argument("--full-probe", action="store_true", help="probe with every sample and position of the batch")
     p.add_argument("--calib", help="calibration file: read if it exists, else written after calibrating")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -65,28 +68,6 @@ def load(args):
         adapter = adapter_for(model)
         return LoadedModel("tiny-qwen2", model, tok, adapter, adapter.geometry(model), fingerprint(model))
     return load_model(args.model, device=args.device, dtype=args.dtype)
-
-
-# The ablations that take PP and FLAP apart, under the names BENCHMARKS.md reports: each is a
-# registered method variant (aapp.methods) with, for the full probe, engine option overrides.
-ABLATIONS = {
-    "pp-full-probe": ("pp", {"probe_samples": 1.0, "probe_positions": 1.0}),  # the paper's upper bound
-    "pp-probe-only": ("pp:probe-only", {}),
-    "pp-history-only": ("pp:history-only", {}),
-    "pp-head-l2": ("pp:head-l2", {}),
-    "pp-heads+flap-mlp": ("hybrid:pp-heads", {}),
-    "flap-heads+pp-mlp": ("hybrid:flap-heads", {}),
-    "pp-fluct-heads+comp": ("pp:fluct-heads", {}),
-    "flap-no-comp": ("flap:no-comp", {}),
-}
-
-
-def make_cell(name: str):
-    """A method spec or an ablation name -> (method named `name`, extra PruneOptions fields)."""
-    spec, overrides = ABLATIONS.get(name, (name, {}))
-    method = make_method(spec)
-    method.name = name
-    return method, overrides
 
 
 def calibration(args, loaded):
@@ -112,27 +93,28 @@ def run(args) -> dict:
     rows = []
 
     def record(method: str, ratio: float, handle=None):
-        t = time.perf_counter()
-        res = window_perplexity(loaded, windows, batch_size=args.batch_size, handle=handle)
-        row = {"method": method, "ratio": ratio, **res.to_dict(), "seconds": round(time.perf_counter() - t, 1)}
+        with stopwatch() as lap:
+            res = window_perplexity(loaded, windows, batch_size=args.batch_size, handle=handle)
+        row = {"method": method, "ratio": ratio, **res.to_dict(), "seconds": round(lap.seconds, 1)}
         info(f"{method:9s} r={ratio:.2f}  ppl {res.ppl:8.3f}  flops {row['flops_fraction'] or 1.0:.3f}  "
              f"({row['seconds']} s)")
         rows.append(row)
 
+    probe = {"probe_samples": 1.0, "probe_positions": 1.0} if args.full_probe else {}
     record("dense", 0.0)
     for name in args.methods.split(","):
         for ratio in [float(r) for r in args.ratios.split(",")]:
-            method, overrides = make_cell(name)
             options = PruneOptions(ratio=ratio, dense_layers=args.dense_layers,
-                                   channel_multiple=args.channel_multiple, **overrides)
-            with prune_model(loaded, method, options, cal) as handle:
+                                   channel_multiple=args.channel_multiple, **probe)
+            with prune_model(loaded, make_method(name), options, cal) as handle:
                 record(name, ratio, handle)
     return {
         "model": loaded.name, "fingerprint": loaded.fingerprint, "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device), "text": args.text,
         "calib": {"windows": int(cal.meta.get("samples", args.calib_windows)), "seq_len": cal.meta.get("seq_len")},
         "heldout": {"windows": len(windows), "seq_len": args.seq_len, "tokens": rows[0]["tokens"]},
-        "options": {"dense_layers": args.dense_layers, "channel_multiple": args.channel_multiple},
+        "options": {"dense_layers": args.dense_layers, "channel_multiple": args.channel_multiple,
+                    "full_probe": args.full_probe},
         "rows": rows, "checks": checks(rows), "machine": machine(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": round(time.perf_counter() - t0, 1),
         "command": script_command("ppl_sweep", args.argv),

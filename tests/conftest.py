@@ -67,13 +67,13 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-def load_script(name: str):
-    """A script of scripts/ as a module (e.g. "bench_cpu"): in-process, as importing torch and
-    transformers again in a subprocess would cost more than the smoke test itself."""
+def load_script(name: str, folder: str = "scripts"):
+    """A script of scripts/ (or experiments/) as a module (e.g. "bench_cpu"): in-process, as importing
+    torch and transformers again in a subprocess would cost more than the smoke test itself."""
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class is made

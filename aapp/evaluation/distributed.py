@@ -27,9 +27,9 @@ import torch
 
 from aapp.errors import InputError
 
-# Ranks wait for each other only at the end of a sweep (and at start-up checks); a rank
-# with more or slower batches can keep the others waiting for hours, far past torch's
-# default 10-30 minute collective timeout.
+# Ranks wait for each other at the end of every cell (and at start-up checks); a rank with
+# more or slower batches, or a whole stateful cell, can keep the others waiting for hours,
+# far past torch's default 10-30 minute collective timeout.
 DEFAULT_TIMEOUT = timedelta(hours=48)
 
 

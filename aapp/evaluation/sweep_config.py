@@ -1,7 +1,16 @@
-"""What a sweep is asked to do: `SweepConfig`, checked as it is made, and the parsers of its CLI values.
+"""What a sweep is asked to do, in small pieces that each step takes only what it uses of.
 
-    SweepConfig(model="qwen2.5-coder-0.5b-instruct", calib="c.safetensors", methods=parse_methods("dense,pp,aapp"),
-                ratios=parse_ratios("0.1,0.2,0.3"), harmful="advbench", benign="xstest-safe", out="runs/sweep")
+    SweepConfig(model=ModelSettings("qwen2.5-coder-0.5b-instruct"), out="runs/sweep",
+                prompts=PromptSettings(harmful="advbench:100,harmbench:100", benign="xstest-safe"),
+                cells=CellSettings(methods=parse_methods("dense,pp,aapp"), ratios=parse_ratios("0.3,0.4"),
+                                   calib="c.safetensors"))
+
+* ModelSettings: which model, loaded how (the model step);
+* PromptSettings: which prompt sets, drawn how (the prompt step);
+* CellSettings: the method x ratio grid and the options (`--opt KEY=VALUE`) every cell's method
+  and engine are built from, each method taking the keys it has (aapp.pruning.options);
+* GenerationSettings (aapp.pruning.run): new tokens, batch size, sorting by length;
+* PerplexitySettings: held-out prose perplexity per method x ratio (optional).
 
 Only what can be checked without files or a model is checked here; the rest is checked by
 sweep_checks before anything is generated.
@@ -10,45 +19,65 @@ sweep_checks before anything is generated.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aapp.errors import AappError, InputError
-from aapp.methods import Dense, check_method_spec, make_method, registration
-from aapp.methods.aapp import AAPPOptions
+from aapp.methods import Dense, check_method_spec
 from aapp.pruning.engine import PruneOptions
+from aapp.pruning.options import build_method, options_per_method
+from aapp.pruning.run import GenerationSettings
 
 DENSE = Dense.name  # the reference cell runs the dense method, so it goes by that method's name
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """Everything a sweep needs; see aapp.evaluation.sweep. `prune.ratio` is ignored (set per cell)."""
-
+class ModelSettings:
     model: str
-    out: str | Path
-    calib: str | None = None
-    methods: tuple[str, ...] = (DENSE, "pp", "aapp")
-    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
-    harmful: str | None = None
-    benign: str | None = None
-    limit: int | None = None      # per prompt set, as load_prompts
-    sample: int | None = None
-    seed: int = 0
-    text: str | None = None       # perplexity on this text's held-out part ('builtin' or a file)
-    ppl_seq_len: int = 256
-    ppl_windows: int = 32
-    max_new_tokens: int = 128
-    batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
     device_map: str | None = None  # e.g. "auto": spread a large model over GPUs (single process only)
-    judge: str = "keyword"
-    prune: PruneOptions = field(default_factory=PruneOptions)
-    aapp: AAPPOptions = field(default_factory=AAPPOptions)
-    resume: bool = False
-    truncate: bool = False  # cut prompts too long for the context instead of leaving them out
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """One prompt set of a sweep: a built-in name or a file, with the number to draw from it."""
+
+    spec: str
+    label: str               # harmful | benign
+    sample: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    harmful: str | None = None  # sets, comma-separated; `NAME:N` draws N from that set
+    benign: str | None = None
+    limit: int | None = None    # per prompt set, as load_prompts
+    sample: int | None = None   # per prompt set, unless the set names its own N
+    seed: int = 0
+    truncate: bool = False      # cut prompts too long for the context instead of leaving them out
+
+    def __post_init__(self):
+        if self.harmful is None and self.benign is None:
+            raise InputError("a sweep needs prompts: give --harmful, --benign or both")
+        self.sets()  # checks the `NAME:N` counts
+
+    def sets(self) -> list[PromptSet]:
+        """Harmful sets, then benign ones, in the order given."""
+        return [PromptSet(spec, label, n if n is not None else self.sample)
+                for specs, label in ((self.harmful, "harmful"), (self.benign, "benign"))
+                for spec, n in map(_split_count, split_sets(specs))]
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    methods: tuple[str, ...] = (DENSE, "pp", "aapp")
+    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    calib: str | None = None
+    # KEY -> value for every method of the sweep that takes KEY (METHOD.KEY: that method alone),
+    # the engine's options among them; a key no method takes is refused.
+    options: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
@@ -65,41 +94,56 @@ class SweepConfig:
         bad = [r for r in self.ratios if not 0.0 < r < 1.0]
         if bad:
             raise InputError(f"--ratios: each must be in (0, 1), got {', '.join(f'{r:g}' for r in bad)}")
-        if self.harmful is None and self.benign is None:
-            raise InputError("a sweep needs prompts: give --harmful, --benign or both")
-        for name in ("batch_size", "max_new_tokens", "ppl_windows"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.ppl_seq_len < 2:
-            raise InputError(f"ppl_seq_len must be at least 2, got {self.ppl_seq_len}")
+        for m in self.methods:  # every option must apply to some method, and parse for each that takes it
+            self.prune_options(m, None)
+
+    def _build(self, name: str, ratio: float | None):
+        per_method = options_per_method((*self.methods, DENSE), self.options)
+        return build_method(name, per_method.get(name, {}), None if name == DENSE else ratio)
 
     def method(self, name: str):
-        """A fresh method for one of `methods`, with this sweep's AAPP options if it takes them."""
-        return make_method(name, self.aapp if registration(name).options is AAPPOptions else None)
+        """A fresh method for one of `methods`, with the options it takes."""
+        return self._build(name, None)[0]
 
-    def prune_settings(self) -> dict[str, Any]:
-        """The pruning options every cell shares: all but the ratio, which each cell sets."""
-        prune = asdict(self.prune)
-        prune.pop("ratio")
-        return prune
+    def prune_options(self, name: str, ratio: float | None) -> PruneOptions:
+        """The engine options of `name` at `ratio` (the dense reference's: ratio 0, the defaults)."""
+        return self._build(name, ratio)[1]
+
+    def settings(self) -> dict[str, Any]:
+        """What every cell's method is built from, bar the ratio: part of each cell's identity."""
+        return {"options": {k: self.options[k] for k in sorted(self.options)}}
 
 
-def sweep_options(methods: tuple[str, ...], options: dict[str, object]) -> tuple[PruneOptions, AAPPOptions]:
-    """A sweep's options as the engine's and AAPP's, shared by every cell. Each key must be one a
-    method of the sweep takes, and mean one thing for all (METHOD.KEY is refused: the cells share
-    one set of engine options)."""
-    from aapp.methods.options import parse_options
-    from aapp.pruning.options import options_per_method
+@dataclass(frozen=True)
+class PerplexitySettings:
+    text: str                 # 'builtin' or a file: perplexity on its held-out part
+    seq_len: int = 256
+    windows: int = 32
 
-    if any("." in key for key in options):
-        raise InputError("a sweep's options apply to every method that takes them; METHOD.KEY is not supported")
-    per_method = options_per_method(methods, options)
-    engine_keys = {f for f in PruneOptions.__dataclass_fields__ if f != "ratio"}
-    engine = {k: v for k, v in options.items() if k in engine_keys}
-    aapp = {k: v for k, v in options.items() if k not in engine_keys}
-    taken = {k for opts in per_method.values() for k in opts}
-    assert taken == set(options), (taken, options)  # options_per_method refused the rest
-    return parse_options(PruneOptions, engine, "the engine"), parse_options(AAPPOptions, aapp, "aapp")
+    def __post_init__(self):
+        if self.windows < 1:
+            raise InputError(f"ppl_windows must be at least 1, got {self.windows}")
+        if self.seq_len < 2:
+            raise InputError(f"ppl_seq_len must be at least 2, got {self.seq_len}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs; see aapp.evaluation.sweep."""
+
+    model: ModelSettings
+    out: str | Path
+    prompts: PromptSettings
+    cells: CellSettings = field(default_factory=CellSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    perplexity: PerplexitySettings | None = None
+    judge: str = "keyword"
+    resume: bool = False
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self.generation, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self.generation, name)}")
 
 
 PPL_SIZE = re.compile(r":(\d+)x(\d+)$")
@@ -107,7 +151,7 @@ PPL_SIZE = re.compile(r":(\d+)x(\d+)$")
 
 def parse_ppl(text: str | None) -> tuple[str | None, int, int]:
     """--ppl "builtin:8x256" -> ("builtin", 8, 256); "prose.txt" -> ("prose.txt", 32, 256); None -> no perplexity."""
-    windows, seq_len = SweepConfig.ppl_windows, SweepConfig.ppl_seq_len
+    windows, seq_len = PerplexitySettings.windows, PerplexitySettings.seq_len
     if text is None:
         return None, windows, seq_len
     size = PPL_SIZE.search(text)
@@ -119,12 +163,12 @@ def parse_ppl(text: str | None) -> tuple[str | None, int, int]:
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """--methods "dense,pp,aapp" -> ("dense", "pp", "aapp"); names are checked by SweepConfig."""
+    """--methods "dense,pp,aapp" -> ("dense", "pp", "aapp"); names are checked by CellSettings."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
-    """--ratios "0.1,0.2" -> (0.1, 0.2); ranges are checked by SweepConfig."""
+    """--ratios "0.1,0.2" -> (0.1, 0.2); ranges are checked by CellSettings."""
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -134,3 +178,13 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 def split_sets(specs: str | None) -> list[str]:
     """--harmful 'advbench,harmbench' -> ['advbench', 'harmbench']; None -> []."""
     return [part.strip() for part in (specs or "").split(",") if part.strip()]
+
+
+def _split_count(spec: str) -> tuple[str, int | None]:
+    """'advbench:100' -> ('advbench', 100); a spec without a numeric `:N` suffix is left whole."""
+    name, _, count = spec.rpartition(":")
+    if not name or not count.strip().isdigit():
+        return spec, None
+    if int(count) < 1:
+        raise InputError(f"prompt set {spec!r}: draw at least 1 prompt")
+    return name, int(count)

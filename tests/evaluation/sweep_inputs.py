@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from aapp.evaluation.sweep import SweepConfig
+from aapp.evaluation.sweep import (CellSettings, GenerationSettings, ModelSettings, PerplexitySettings,
+                                   PromptSettings, SweepConfig)
+from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,28 +63,47 @@ def make_inputs(root: Path, model_dir: Path, n_harmful: int = 5, n_benign: int =
     return Inputs(model_dir, calib, files["harmful"], files["benign"], text)
 
 
+FLAT = dict(methods=("dense", "pp", "aapp"), ratios=(0.3, 0.5), max_new_tokens=4, batch_size=2, device="cpu",
+            dtype="float32", prune=dict(dense_layers=1, channel_multiple=16), ppl_seq_len=16, ppl_windows=3)
+
+
+def build_config(model, out, calib=None, methods=("dense", "pp", "aapp"), ratios=(0.1, 0.2, 0.3, 0.4), harmful=None,
+                 benign=None, limit=None, sample=None, seed=0, text=None, ppl_seq_len=256, ppl_windows=32,
+                 max_new_tokens=128, batch_size=8, sort_by_length=False, device="auto", dtype="auto", judge="keyword",
+                 prune=None, aapp=None, resume=False, truncate=False) -> SweepConfig:
+    """A SweepConfig from the flat settings the CLI takes (plain values, so a child process can get them as JSON)."""
+    return SweepConfig(
+        model=ModelSettings(str(model), device=device, dtype=dtype), out=str(out),
+        prompts=PromptSettings(harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed, truncate=truncate),
+        cells=CellSettings(methods=tuple(methods), ratios=tuple(ratios), calib=calib,
+                           options={**(prune or {}), **(aapp or {})}),
+        generation=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                      sort_by_length=sort_by_length),
+        perplexity=PerplexitySettings(text, seq_len=ppl_seq_len, windows=ppl_windows) if text else None,
+        judge=judge, resume=resume)
+
+
 def make_config(inputs: Inputs, out: Path, **kw) -> SweepConfig:
-    base = dict(model=str(inputs.model), out=str(out), calib=str(inputs.calib), methods=("dense", "pp", "aapp"),
-                ratios=(0.3, 0.5), harmful=str(inputs.harmful), benign=str(inputs.benign), max_new_tokens=4,
-                batch_size=2, device="cpu", dtype="float32", prune=PruneOptions(dense_layers=1, channel_multiple=16),
-                ppl_seq_len=16, ppl_windows=3)
-    return SweepConfig(**(base | kw))
+    return build_config(**settings_of(inputs, out, **kw))
 
 
-def config_json(cfg: SweepConfig) -> str:
-    d = asdict(cfg)
-    d["out"] = str(d["out"])
-    return json.dumps(d)
+def settings_of(inputs: Inputs, out: Path, **kw) -> dict:
+    base = dict(model=str(inputs.model), out=str(out), calib=str(inputs.calib), harmful=str(inputs.harmful),
+                benign=str(inputs.benign), **FLAT)
+    return base | kw
+
+
+def config_json(settings: dict) -> str:
+    return json.dumps(settings)
 
 
 # A child process that runs a sweep from a config_json() file. With a delay, it sleeps after
-# each logged batch, so that a test can kill it part-way through.
+# each batch, so that a test can kill it part-way through.
 CHILD = """
 import json, sys, time
-from aapp.evaluation.sweep import SweepConfig, run_sweep
-from aapp.methods.aapp import AAPPOptions
-from aapp.pruning.engine import PruneOptions
+from aapp.evaluation.sweep import run_sweep
 import aapp.pruning.run as run
+from tests.evaluation.sweep_inputs import build_config
 
 spec = json.load(open(sys.argv[1]))
 delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
@@ -94,8 +115,7 @@ if delay:
             time.sleep(delay)
         return original(*args, on_batch=logged, **kw)
     run.generate_rows = slow
-spec["prune"], spec["aapp"] = PruneOptions(**spec["prune"]), AAPPOptions(**spec["aapp"])
-run_sweep(SweepConfig(**spec), progress=False)
+run_sweep(build_config(**spec), progress=False)
 """
 
 

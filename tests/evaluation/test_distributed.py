@@ -13,11 +13,12 @@ import torch
 
 from aapp.errors import InputError
 from aapp.evaluation.distributed import Dist, env_ranks, session
-from aapp.evaluation.sweep import SweepConfig, run_sweep
-from aapp.evaluation.sweep_plan import Cell, batches_of, is_stateful, plan_batches
+from aapp.evaluation.sweep import CellSettings, run_sweep
+from aapp.evaluation.sweep_plan import batches_of, is_stateful, plan_batches
 from aapp.methods.aapp import AAPPOptions
 from aapp.pruning.engine import PruneOptions
-from tests.evaluation.sweep_inputs import CHILD, TIMING, child_env, config_json, make_config, make_inputs, read_rows
+from tests.evaluation.sweep_inputs import (CHILD, TIMING, child_env, config_json, make_config, make_inputs, read_rows,
+                                           settings_of)
 
 
 @pytest.fixture(autouse=True)
@@ -68,21 +69,24 @@ def test_batches_are_fixed_by_batch_size_alone():
 
 
 def test_stateful_cells():
-    cfg = SweepConfig(model="m", out="o", harmful="h", prune=PruneOptions(ema_momentum=0.9))
-    assert is_stateful(Cell("pp", 0.3), cfg) and not is_stateful(Cell("dense", 0.0), cfg)
-    cfg = SweepConfig(model="m", out="o", harmful="h", aapp=AAPPOptions(refresh=2))
-    assert is_stateful(Cell("aapp", 0.3), cfg) and not is_stateful(Cell("pp", 0.3), cfg)
+    cells = CellSettings(options={"ema_momentum": 0.9})
+    assert is_stateful("pp", cells) and not is_stateful("dense", cells)
+    cells = CellSettings(options={"refresh": 2})
+    assert is_stateful("aapp", cells) and not is_stateful("pp", cells)
 
 
 def test_two_process_torchrun_equals_one_process(tiny_model_dir, tmp_path):
     inputs = make_inputs(tmp_path, tiny_model_dir)
-    # 9 prompts in batches of 2: 5 batches, 3 on rank 0 and 2 on rank 1, the last one short.
+    # 5 harmful and 4 benign prompts in batches of 2, sorted by length: per set 3 and 2 batches, dealt
+    # out to the ranks, the harmful set's last one short.
     # PP and AAPP pick channels per batch, so only whole-batch sharding can match; perplexity
     # cells are spread over the ranks too.
-    kw = dict(methods=("dense", "pp", "aapp"), ratios=(0.5,), text=str(inputs.text))
-    cfg = make_config(inputs, tmp_path / "torchrun", **kw)
+    # AAPP refreshing its gate carries state, so each of its cells runs whole on one rank, side by side
+    # with the other rank's, as do the perplexity passes.
+    kw = dict(methods=("dense", "pp", "aapp"), ratios=(0.5,), text=str(inputs.text), sort_by_length=True,
+              aapp=dict(refresh=2))
     spec = tmp_path / "cfg.json"
-    spec.write_text(config_json(cfg))
+    spec.write_text(config_json(settings_of(inputs, tmp_path / "torchrun", **kw)))
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     proc = subprocess.Popen(

@@ -5,7 +5,7 @@ from collections import Counter
 from aapp.io import read_jsonl
 from tests.conftest import load_script
 
-script = load_script("judge_agreement")
+script = load_script("judge_agreement", "experiments")
 
 
 def test_the_labelled_set_covers_both_prompt_kinds_and_both_models():

@@ -1,26 +1,22 @@
-"""Sweep mode: every cell generated, judged and written; resume after a kill; bad input."""
+"""Sweep mode: every cell generated, judged and written; cells reused on resume, after a kill; bad input."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from aapp.errors import AappError, InputError
-from aapp.evaluation.sweep import SweepConfig, run_sweep
-from aapp.evaluation.sweep_log import PARTIAL, WorkLog
-from aapp.methods.aapp import AAPPOptions
-from aapp.pruning.engine import PruneOptions
-from tests.evaluation.sweep_inputs import (BENIGN, CHILD, HARMFUL, PROSE, REPO, TIMING, Inputs, child_env,
-                                           config_json, make_config, make_inputs, read_rows)
+from aapp.evaluation.sweep import CellSettings, PromptSettings, run_sweep
+from aapp.evaluation.sweep_store import CELLS, CellStore, rows_name
+from tests.evaluation.sweep_inputs import (CHILD, HARMFUL, PROSE, TIMING, Inputs, child_env, config_json,
+                                           make_config, make_inputs, read_rows, settings_of)
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -47,8 +43,10 @@ def test_sweep_reports_every_cell_against_dense(inputs, tmp_path, capsys):
     assert capsys.readouterr().out == ""  # stdout stays for data
     names = [(s.method, s.ratio) for s in summaries]
     assert names == [("dense", 0.0), ("pp", 0.3), ("pp", 0.5), ("aapp", 0.3), ("aapp", 0.5)]
-    assert sorted(p.name for p in out.iterdir()) == ["refusal_vs_perplexity.png", "refusal_vs_ratio.png",
+    assert sorted(p.name for p in out.iterdir()) == ["cells", "refusal_vs_perplexity.png", "refusal_vs_ratio.png",
                                                      "results.jsonl", "summary.csv", "summary.json"]
+    # One file per cell (method x ratio x set) and one perplexity per method x ratio.
+    assert len(list((out / CELLS).glob("*.jsonl"))) == 2 * 5 and len(list((out / CELLS).glob("*.ppl.json"))) == 5
     paired = {(s.method, s.ratio): s.paired for s in summaries}
     assert paired[("aapp", 0.3)].baseline == "pp" and paired[("pp", 0.3)] is None
 
@@ -85,7 +83,6 @@ def test_sweep_reports_every_cell_against_dense(inputs, tmp_path, capsys):
         assert c["perplexity"] is not None and c["perplexity"] > 1
     # Pruning harder costs perplexity on a random model too: it is not the dense number copied.
     assert cells[("pp", 0.5)]["perplexity"] != cells[("dense", 0.0)]["perplexity"]
-    assert not (out / PARTIAL).exists()
 
 
 def test_gate_variants_and_several_harmful_sets_in_one_sweep(inputs, tmp_path):
@@ -118,15 +115,17 @@ def test_gate_variants_and_several_harmful_sets_in_one_sweep(inputs, tmp_path):
     neg = [r["gate"]["sample_score"] for r in cell if r["label"] == "benign"]
     expected = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
     assert summaries[("aapp:direction", 0.5)].gate_auroc == pytest.approx(expected)
-    # The batch's score is the max of its prompts' own scores.
-    for i in range(0, len(cell), 2):
-        batch = cell[i:i + 2]
-        assert batch[0]["gate"]["score"] == pytest.approx(max(r["gate"]["sample_score"] for r in batch))
+    # The batch's score is the max of its prompts' own scores; a batch holds one set.
+    for name in sets:
+        in_set = [r for r in cell if r["set"] == name]
+        for i in range(0, len(in_set), 2):
+            batch = in_set[i:i + 2]
+            assert batch[0]["gate"]["score"] == pytest.approx(max(r["gate"]["sample_score"] for r in batch))
     assert all(not r["gate"]["fired"] for r in rows if r["method"] == "aapp:never")
 
 
 def test_only_dense_and_no_text(inputs, tmp_path):
-    summaries = run_sweep(make_config(inputs, tmp_path / "o", methods=("dense",), ratios=(), benign=None),
+    summaries = run_sweep(make_config(inputs, tmp_path / "o", methods=("dense",), ratios=(), benign=None, prune=None),
                           progress=False)
     assert [(s.method, s.ratio, s.n, s.perplexity) for s in summaries] == [("dense", 0.0, 5, None)]
 
@@ -137,11 +136,11 @@ def test_a_zero_percent_cell_still_writes_its_report(inputs, tmp_path):
     many.write_text("".join(json.dumps({"id": f"m{i}", "prompt": HARMFUL[i % len(HARMFUL)] + f" ({i})"}) + "\n"
                             for i in range(12)))
     out = tmp_path / "o"
-    summaries = run_sweep(make_config(inputs, out, methods=("dense",), ratios=(), harmful=str(many), benign=None,
+    summaries = run_sweep(make_config(inputs, out, methods=("dense",), ratios=(), prune=None, harmful=str(many), benign=None,
                                       max_new_tokens=2, batch_size=4), progress=False)
     assert [(s.refusal_rate.k, s.refusal_rate.n) for s in summaries] == [(0, 12)]
     assert summaries[0].refusal_rate.ci[0] == 0.0
-    assert sorted(p.name for p in out.iterdir()) == ["refusal_vs_ratio.png", "results.jsonl", "summary.csv",
+    assert sorted(p.name for p in out.iterdir()) == ["cells", "refusal_vs_ratio.png", "results.jsonl", "summary.csv",
                                                      "summary.json"]
 
 
@@ -152,11 +151,12 @@ def test_prompts_longer_than_the_context_are_left_out_or_cut(inputs, tmp_path, c
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"id": "long", "prompt": "ab " * context}) + "\n"
                     + json.dumps({"id": "short", "prompt": HARMFUL[0]}) + "\n")
-    cfg = make_config(inputs, tmp_path / "o", methods=("dense",), ratios=(), harmful=str(long), benign=None,
+    cfg = make_config(inputs, tmp_path / "o", methods=("dense",), ratios=(), prune=None, harmful=str(long), benign=None,
                       max_new_tokens=2, batch_size=2)
     (s,) = run_sweep(cfg, progress=False)
     assert s.n == 1 and "prompt long:" in capsys.readouterr().err
-    (s,) = run_sweep(replace(cfg, out=str(tmp_path / "t"), truncate=True), progress=False)
+    (s,) = run_sweep(make_config(inputs, tmp_path / "t", methods=("dense",), ratios=(), prune=None, harmful=str(long), benign=None,
+                                 max_new_tokens=2, batch_size=2, truncate=True), progress=False)
     rows = {r["id"]: r for r in read_rows(tmp_path / "t" / "results.jsonl")}
     assert s.n == 2 and rows["long"]["truncated_tokens"] > 0 and "truncated_tokens" not in rows["short"]
     assert rows["long"]["prompt_tokens"] + 2 <= context
@@ -164,18 +164,18 @@ def test_prompts_longer_than_the_context_are_left_out_or_cut(inputs, tmp_path, c
 
 # ------------------------------------------------------------------ resume
 
-def kill_when_logged(proc: subprocess.Popen, log: Path, rows: int, timeout: float = 180) -> None:
-    """SIGKILL `proc` once `log` holds `rows` complete lines."""
+def kill_when_written(proc: subprocess.Popen, cells: Path, n: int, timeout: float = 180) -> None:
+    """SIGKILL `proc` once `cells` holds `n` finished cell files."""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"the sweep ended before it was killed:\n{proc.stderr.read().decode()[-3000:]}")
-            if log.exists() and log.read_bytes().count(b"\n") >= rows:
+            if cells.is_dir() and len(list(cells.glob("*.jsonl"))) >= n:
                 break
             time.sleep(0.05)
         else:
-            raise AssertionError("the sweep logged too few rows in time")
+            raise AssertionError("the sweep wrote too few cells in time")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -183,31 +183,25 @@ def kill_when_logged(proc: subprocess.Popen, log: Path, rows: int, timeout: floa
         proc.stderr.close()
 
 
-def test_resume_after_kill_loses_and_duplicates_nothing(inputs, tmp_path, monkeypatch):
-    # Batches of one prompt, 8 prompts, 3 cells (dense, aapp, pp): 24 batches. AAPP refreshes
-    # its gate every 2 batches, so its cell carries state and is replayed from its first batch.
-    kw = dict(methods=("aapp", "pp"), ratios=(0.5,), batch_size=1, max_new_tokens=3, limit=4,
-              aapp=AAPPOptions(refresh=2))
+def test_a_sweep_killed_and_resumed_gives_the_rows_of_an_uninterrupted_one(inputs, tmp_path, monkeypatch):
+    # Batches of one prompt, 4 + 4 prompts in two sets, 3 methods: 6 cells of 4 batches. AAPP refreshes
+    # its gate every 2 batches, so its cells carry state from batch to batch.
+    kw = dict(methods=("aapp", "pp"), ratios=(0.5,), batch_size=1, max_new_tokens=3, limit=4, aapp=dict(refresh=2))
     out = tmp_path / "killed"
-    cfg = make_config(inputs, out, **kw)
     spec = tmp_path / "cfg.json"
-    spec.write_text(config_json(cfg))
-    log = out / PARTIAL / "results.rank0.jsonl"
+    spec.write_text(config_json(settings_of(inputs, out, **kw)))
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(spec), "0.1"], env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     clean_out = tmp_path / "clean"
     clean = run_sweep(make_config(inputs, clean_out, **kw), progress=False)  # while the child starts up
-    kill_when_logged(proc, log, rows=12)
-    before = [json.loads(line) for line in log.read_text().split("\n")[:-1]]  # complete lines only
-    assert len(before) < 27 and not (out / "results.jsonl").exists()
-    # A kill in the middle of a write leaves a torn line; the log must survive it.
-    with open(log, "a") as f:
-        f.write('{"id": "b2", "method": "pp", "rat')
+    kill_when_written(proc, out / CELLS, n=3)
+    finished = {p.name: p.read_bytes() for p in (out / CELLS).glob("*.jsonl")}
+    assert 3 <= len(finished) < 6 and not (out / "results.jsonl").exists()
 
     with pytest.raises(InputError, match="--resume"):
-        run_sweep(cfg, progress=False)
+        run_sweep(make_config(inputs, out, **kw), progress=False)
     with pytest.raises(InputError, match="other settings.*max_new_tokens"):
-        run_sweep(replace(cfg, max_new_tokens=5, resume=True), progress=False)
+        run_sweep(make_config(inputs, out, **(kw | dict(max_new_tokens=5, resume=True))), progress=False)
 
     import aapp.pruning.run as run
 
@@ -219,24 +213,18 @@ def test_resume_after_kill_loses_and_duplicates_nothing(inputs, tmp_path, monkey
         return real(loaded, prompts, method, *a, **k)
 
     monkeypatch.setattr(run, "generate_rows", counting)
-    resumed = run_sweep(replace(cfg, resume=True), progress=False)
+    resumed = run_sweep(make_config(inputs, out, **(kw | dict(resume=True))), progress=False)
     monkeypatch.undo()
-    assert not (out / PARTIAL).exists()
 
-    # Finished (cell, prompt) pairs were not generated again; the stateful cell replays whole.
+    # Finished cells were read, not generated again, nor rewritten; the others ran whole.
+    done = {(r["method"], r["id"]) for name in finished for r in read_rows(out / CELLS / name)[1:]}
     ids = [f"h{i}" for i in range(4)] + [f"b{i}" for i in range(4)]
-    all_pairs = {(m, p) for m in ("dense", "pp") for p in ids}
-    done = {(r["method"], r["id"]) for r in before}
-    assert sorted(g for g in generated if g[0] != "aapp") == sorted(all_pairs - done)
-    aapp_done = sum(r["method"] == "aapp" for r in before)
-    assert len([g for g in generated if g[0] == "aapp"]) == (0 if aapp_done == 8 else 8)
+    assert sorted(generated) == sorted({(m, p) for m in ("dense", "aapp", "pp") for p in ids} - done)
+    assert {name: (out / CELLS / name).read_bytes() for name in finished} == finished
 
     got, want = read_rows(out / "results.jsonl"), read_rows(clean_out / "results.jsonl")
-    keys = [(r["method"], r["ratio"], r["id"]) for r in got]
-    assert len(keys) == len(set(keys)) == 24
-    assert keys == [(r["method"], r["ratio"], r["id"]) for r in want]
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
-    assert strip(got) == strip(want)
+    assert len(got) == 24 and strip(got) == strip(want)
     assert drop_timing([s.to_dict() for s in resumed]) == drop_timing([s.to_dict() for s in clean])
 
 
@@ -255,46 +243,95 @@ def test_failed_run_leaves_existing_out_untouched_and_resumes(inputs, tmp_path, 
         def cb(n):
             on_batch(n)
             batches.append(n)
-            if len(batches) == 3:
+            if len(batches) == 6:
                 raise RuntimeError("simulated crash")
         return original(*a, on_batch=cb, **k)
 
     monkeypatch.setattr(run, "generate_rows", failing)
-    cfg = make_config(inputs, out, methods=("dense", "pp"), ratios=(0.3,))
+    cfg = settings_of(inputs, out, methods=("dense", "pp"), ratios=(0.3,))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_sweep(cfg, progress=False)
+        run_sweep(make_config(inputs, **cfg), progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == old
-    assert len(read_rows(out / PARTIAL / "results.rank0.jsonl")) == 6  # three whole batches of two
+    # dense on the harmful set (3 batches of 2) and on the benign set (2) are whole; pp's first cell is not.
+    assert sorted(p.name for p in (out / CELLS).iterdir()) == sorted(
+        rows_name("dense", 0.0, s) for s in (str(inputs.harmful), str(inputs.benign)))
     monkeypatch.undo()
-    # Resume reads every rank's log: a sweep started under torchrun may finish in one process.
-    (out / PARTIAL / "results.rank0.jsonl").rename(out / PARTIAL / "results.rank1.jsonl")
     generated = []
     monkeypatch.setattr(run, "generate_rows", lambda loaded, prompts, *a, **k: (
         generated.extend(prompts), original(loaded, prompts, *a, **k))[1])
-    run_sweep(replace(cfg, resume=True), progress=False)
-    assert len(generated) == 2 * 9 - 6
+    run_sweep(make_config(inputs, **(cfg | dict(resume=True))), progress=False)
+    assert len(generated) == 9
     assert (out / "notes.txt").read_bytes() == b"mine\n"
     assert len(read_rows(out / "results.jsonl")) == 2 * 9
 
 
-# ------------------------------------------------------------------ the log
+def test_dense_cells_are_reused_by_a_sweep_with_other_pruning_settings(inputs, tmp_path, monkeypatch):
+    import aapp.pruning.run as run
 
-def test_work_log_drops_a_torn_line_and_appends_after_it(tmp_path):
-    log = WorkLog(tmp_path, rank=0)
-    log.begin({"k": 1}, resume=False)
-    path = log.dir / "results.rank0.jsonl"
+    out = tmp_path / "o"
+    run_sweep(make_config(inputs, out, methods=("dense",), ratios=(), prune=None), progress=False)
+    generated = []
+    real = run.generate_rows
+    monkeypatch.setattr(run, "generate_rows", lambda loaded, prompts, method, *a, **k: (
+        generated.extend((method.name, p.id) for p in prompts), real(loaded, prompts, method, *a, **k))[1])
+    kw = dict(methods=("dense", "pp"), ratios=(0.5,), prune=dict(dense_layers=1, channel_multiple=8), resume=True)
+    summaries = run_sweep(make_config(inputs, out, **kw), progress=False)
+    assert {m for m, _ in generated} == {"pp"} and [(s.method, s.ratio) for s in summaries] == [
+        ("dense", 0.0), ("pp", 0.5)]
+    with pytest.raises(InputError, match=r"pp@0\.5\..*other settings.*channel_multiple"):
+        run_sweep(make_config(inputs, out, **(kw | dict(prune=dict(dense_layers=1, channel_multiple=16)))),
+                  progress=False)
+
+
+def test_a_sorted_cell_is_what_aapp_prune_writes_for_its_set(inputs, tmp_path):
+    """--sort-by-length batches a cell's set as `aapp prune --sort-by-length` does, rows in input order."""
+    from aapp.calibration.store import load_calibration
+    from aapp.methods import make_method
+    from aapp.models.loading import load_model
+    from aapp.prompts import load_prompts
+    from aapp.pruning.engine import PruneOptions
+    from aapp.pruning.run import GenerationSettings, generate_rows
+
+    out = tmp_path / "o"
+    run_sweep(make_config(inputs, out, methods=("pp",), ratios=(0.5,), benign=None, sort_by_length=True),
+              progress=False)
+    cell = read_rows(out / CELLS / rows_name("pp", 0.5, str(inputs.harmful)))[1:]
+    loaded = load_model(str(inputs.model), device="cpu", dtype="float32")
+    prompts = load_prompts(str(inputs.harmful), label="harmful")
+    want = list(generate_rows(loaded, prompts, make_method("pp"), PruneOptions(ratio=0.5, dense_layers=1,
+                                                                                channel_multiple=16),
+                              load_calibration(inputs.calib), GenerationSettings(4, 2, sort_by_length=True)))
+    # Provenance aside: the sweep sorts its cells itself and generates each in that order.
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING | {"provenance"}} for r in rows]  # noqa: E731
+    assert strip(cell) == strip(want) and [r["id"] for r in cell] == [f"h{i}" for i in range(5)]
+
+
+def test_an_unfinished_sweep_of_an_older_aapp_is_a_clear_error(inputs, tmp_path):
+    (tmp_path / "o" / ".partial").mkdir(parents=True)
+    with pytest.raises(InputError, match="older aapp"):
+        run_sweep(make_config(inputs, tmp_path / "o", resume=True), progress=False)
+
+
+# ------------------------------------------------------------------ the store
+
+def test_a_cell_file_is_reused_only_with_its_own_settings(tmp_path):
+    store = CellStore(tmp_path)
+    assert store.load("pp@0.5.x.jsonl", {"k": 1}) is None and not store.exists()
     rows = [{"id": "a", "method": "pp", "ratio": 0.5}, {"id": "b", "method": "pp", "ratio": 0.5}]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "c", "meth')
-    assert log.read()[0] == {("pp", 0.5): {"a": rows[0], "b": rows[1]}}
-    log.open()
-    log.append_rows([{"id": "c", "method": "pp", "ratio": 0.5}])
-    log.close()
-    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
-    with pytest.raises(InputError, match="other settings"):
-        log.begin({"k": 2}, resume=True)
-    path.write_text('{"id": "a"\n' + json.dumps(rows[1]) + "\n")
-    with pytest.raises(InputError, match="corrupt resume log"):
-        log.read()
+    store.save("pp@0.5.x.jsonl", {"k": 1, "ratios": (0.5,)}, rows)
+    assert store.exists() and store.load("pp@0.5.x.jsonl", {"k": 1, "ratios": (0.5,)}) == rows
+    with pytest.raises(InputError, match=r"other settings \(k: 1 then, 2 now\)"):
+        store.load("pp@0.5.x.jsonl", {"k": 2, "ratios": (0.5,)})
+    (store.dir / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(InputError, match="not a sweep cell"):
+        store.load("bad.jsonl", {"k": 1})
+    assert [p.name for p in tmp_path.iterdir()] == [CELLS]
+
+
+def test_cell_names_keep_two_files_with_one_stem_apart():
+    assert rows_name("aapp:kl", 0.3, "advbench") == "aapp:kl@0.3.advbench.jsonl"
+    a, b = rows_name("pp", 0.3, "a/harmful.jsonl"), rows_name("pp", 0.3, "b/harmful.jsonl")
+    assert a != b and a.startswith("pp@0.3.harmful-") and "/" not in a
 
 
 # ------------------------------------------------------------------ bad input
@@ -313,13 +350,15 @@ def test_bad_input_is_a_clear_error_before_any_work(inputs, tmp_path):
         (dict(ratios=(0.3, 1.0)), r"must be in \(0, 1\)"),
         (dict(calib=None), "need --calib"),
         (dict(benign=str(inputs.harmful)), "in both"),
+        (dict(harmful=f"{inputs.harmful},{inputs.harmful}"), "in both"),
         (dict(judge=str(tmp_path / "nojudge")), "--judge"),
         (dict(batch_size=0), "batch_size"),
+        (dict(text="builtin", ppl_windows=0), "ppl_windows"),
     ]
     for kw, message in cases:
         with pytest.raises(InputError, match=message):
             run_sweep(make_config(inputs, kw.pop("out", tmp_path / "o"), **kw), progress=False)
-    assert not (tmp_path / "o" / PARTIAL).exists()
+    assert not (tmp_path / "o" / CELLS).exists()
 
 
 def test_text_shorter_than_a_window_fails_before_generation(inputs, tmp_path):
@@ -327,7 +366,7 @@ def test_text_shorter_than_a_window_fails_before_generation(inputs, tmp_path):
     short.write_text("\n\n".join(PROSE) + "\n")
     with pytest.raises(InputError, match="shorter than one perplexity window"):
         run_sweep(make_config(inputs, tmp_path / "o", text=str(short), ppl_seq_len=4096), progress=False)
-    assert not any((tmp_path / "o" / PARTIAL).glob("*.jsonl"))
+    assert not (tmp_path / "o" / CELLS).exists()
 
 
 def test_aapp_without_alignment_statistics_fails_before_generation(inputs, tmp_path):
@@ -348,10 +387,18 @@ def test_parse_lists():
     assert parse_ratios("0.1,0.25, 0.4") == (0.1, 0.25, 0.4)
     with pytest.raises(InputError, match="comma-separated"):
         parse_ratios("0.1;0.2")
-    cfg = SweepConfig(model="m", out="o", harmful="h", methods=("pp", "dense", "pp"), ratios=(0.2, 0.1, 0.2))
-    assert cfg.methods == ("pp", "dense") and cfg.ratios == (0.2, 0.1)
-    assert SweepConfig(model="m", out="o", harmful="h", methods=("aapp:kl", "aapp")).methods == ("aapp:kl", "aapp")
+    cells = CellSettings(methods=("pp", "dense", "pp"), ratios=(0.2, 0.1, 0.2))
+    assert cells.methods == ("pp", "dense") and cells.ratios == (0.2, 0.1)
+    assert CellSettings(methods=("aapp:kl", "aapp")).methods == ("aapp:kl", "aapp")
     for bad, why in (("aapp:loud", "method variant 'aapp:loud'"), ("pp:kl", "method variant 'pp:kl'"),
                      ("ppp", "method 'ppp'")):
         with pytest.raises(InputError, match=f"--methods: unknown {why}"):
-            SweepConfig(model="m", out="o", harmful="h", methods=(bad,))
+            CellSettings(methods=(bad,))
+
+
+def test_a_set_may_name_its_own_count():
+    sets = PromptSettings(harmful="advbench:100,my:file.jsonl", benign="xstest-safe:250", sample=7).sets()
+    assert [(s.spec, s.label, s.sample) for s in sets] == [
+        ("advbench", "harmful", 100), ("my:file.jsonl", "harmful", 7), ("xstest-safe", "benign", 250)]
+    with pytest.raises(InputError, match="at least 1"):
+        PromptSettings(harmful="advbench:0")

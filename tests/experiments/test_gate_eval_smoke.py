@@ -1,4 +1,4 @@
-"""scripts/gate_eval.py on a tiny random model: every gate at every layer, the default layers, JSON and markdown."""
+"""experiments/gate_eval.py on a tiny random model: every gate at every layer, the default layers, JSON and markdown."""
 
 import json
 
@@ -9,7 +9,7 @@ from tests.evaluation.sweep_inputs import make_inputs
 def test_gate_eval_smoke(tiny_model_dir, tmp_path):
     inputs = make_inputs(tmp_path, tiny_model_dir)
     out, md = tmp_path / "gates.json", tmp_path / "gates.md"
-    rc = load_script("gate_eval").main([
+    rc = load_script("gate_eval", "experiments").main([
         "--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--harmful", str(inputs.harmful),
         "--benign", str(inputs.benign), "--jailbreaks", "0", "--limit", "6", "--prose-windows", "2",
         "--seq-len", "16", "--text", str(inputs.text), "--batch-size", "4", "--dense-layers", "1", "--json", str(out), "--md", str(md)])
@@ -24,7 +24,7 @@ def test_gate_eval_smoke(tiny_model_dir, tmp_path):
         assert 0 <= layer < layers
     for r in doc["rows"]:
         assert 0.0 <= r["auroc_mirrored"] <= 1.0 and 0.0 <= r["fire_benign_batch"] <= 1.0
-    assert "| logistic |" in md.read_text() and doc["command"].startswith("python scripts/gate_eval.py")
+    assert "| logistic |" in md.read_text() and doc["command"].startswith("python experiments/gate_eval.py")
 
 
 def test_gate_eval_pruned_reads_pruned_features_and_falls_back_to_dense_cuts(tiny_model_dir, tmp_path):
@@ -36,7 +36,7 @@ def test_gate_eval_pruned_reads_pruned_features_and_falls_back_to_dense_cuts(tin
     docs = {}
     for mode in ("dense", "pruned"):
         out = tmp_path / f"{mode}.json"
-        rc = load_script("gate_eval").main(common + ["--json", str(out)] + (["--pruned"] if mode == "pruned" else []))
+        rc = load_script("gate_eval", "experiments").main(common + ["--json", str(out)] + (["--pruned"] if mode == "pruned" else []))
         assert rc == 0
         docs[mode] = json.loads(out.read_text())
     # The file has no pruned thresholds: the dense cuts serve, and the result says so.

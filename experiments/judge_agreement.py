@@ -1,6 +1,6 @@
 """Each refusal judge against completions a person labelled by reading them.
 
-    python scripts/judge_agreement.py --json docs/judge_agreement.json --md docs/judge_agreement.md
+    python experiments/judge_agreement.py --json experiments/results/judge_agreement.json --md experiments/results/judge_agreement.md
 
 The labels (tests/data/qwen_completion_labels.jsonl) are 200 completions of
 Qwen2.5-Coder-0.5B-Instruct, 48 new tokens, dense and pp at ratio 0.3, on 50 AdvBench and 50
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     rows = read_jsonl(args.labels)
     results = evaluate(rows, args.judges.split(","))
     doc = {"labels": args.labels, "rows": len(rows), "results": results,
-           "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": script_command("judge_agreement", argv)}
+           "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": script_command("judge_agreement", argv, folder="experiments")}
     table = markdown(results)
     write_result(doc, table, args.json, args.md)
     print(table)

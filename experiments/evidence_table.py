@@ -1,6 +1,6 @@
 """Markdown table of an `aapp eval-refusal` summary, with AAPP's targets (issue #15) checked.
 
-    python scripts/evidence_table.py runs/eval15/report/summary.json > table.md
+    python experiments/evidence_table.py runs/eval15/summary.json > table.md
 
 Reads summary.json (as a sweep or pipe-mode eval-refusal writes it) and prints, per ratio, one
 row per method: refusal on each harmful set and overall, over-refusal on the benign set,
@@ -93,7 +93,7 @@ def targets(cells: list[dict[str, Any]]) -> list[str]:
     """One row per aapp cell at a ratio with targets; each target met, not met, or n/a.
 
     The benign fire rate is over benign prompts; it is the rate over all-benign batches when the
-    benign set runs in batches of its own, as `aapp prune` per set (scripts/refusal_cells.sh) does.
+    benign set runs in batches of its own, as `aapp prune` per set (`aapp eval-refusal` sweep mode) does.
     """
     by_key = {(c["method"], c["ratio"]): c for c in cells}
     dense = by_key.get((DENSE, 0.0))

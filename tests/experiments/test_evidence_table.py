@@ -1,4 +1,4 @@
-"""scripts/evidence_table.py: the markdown table and AAPP's target verdicts from a sweep summary."""
+"""experiments/evidence_table.py: the markdown table and AAPP's target verdicts from a sweep summary."""
 
 import json
 
@@ -32,7 +32,7 @@ def test_table_and_targets(tmp_path, capsys):
                  cell("pp", 0.2, pp, 11.0), cell("aapp:kl", 0.2, bad, 30.0, scores)]
     path = tmp_path / "summary.json"
     path.write_text(summary_json(summaries, {"model": "m", "judge": "keyword"}))
-    assert load_script("evidence_table").main([str(path)]) == 0
+    assert load_script("evidence_table", "experiments").main([str(path)]) == 0
     out = capsys.readouterr().out
     table, targets = out.split("Targets")
     assert "| refusal advbench | refusal harmbench |" in table
@@ -54,19 +54,19 @@ def test_perplexity_from_a_ppl_sweep_fills_cells_without_one(tmp_path, capsys):
     summaries = [cell("dense", 0.0, DENSE, None), cell("pp", 0.3, pp, None), cell("aapp", 0.3, pp, 15.0)]
     path = tmp_path / "summary.json"
     path.write_text(summary_json(summaries, {"model": "m", "judge": "keyword"}))
-    # One ppl_sweep JSON per cell, as scripts/refusal_cells.sh writes them.
+    # One scripts/ppl_sweep.py JSON per cell, as the issue-15 evaluation was run.
     pp_ppl, aapp_ppl = tmp_path / "pp@0.3.json", tmp_path / "aapp@0.3.json"
     pp_ppl.write_text(json.dumps({"rows": [{"method": "dense", "ratio": 0.0, "ppl": 9.0},
                                            {"method": "pp", "ratio": 0.3, "ppl": 12.0}]}))
     aapp_ppl.write_text(json.dumps({"rows": [{"method": "dense", "ratio": 0.0, "ppl": 9.0},
                                              {"method": "aapp", "ratio": 0.3, "ppl": 99.0}]}))
-    assert load_script("evidence_table").main([str(path), "--ppl", str(pp_ppl), str(aapp_ppl)]) == 0
+    assert load_script("evidence_table", "experiments").main([str(path), "--ppl", str(pp_ppl), str(aapp_ppl)]) == 0
     table = capsys.readouterr().out.split("Targets")[0]
     assert "| 9.00 |" in table and "| 12.00 |" in table
     assert "| 15.00 |" in table and "99.00" not in table  # a cell's own perplexity wins
     # ... and the Pareto plot takes every cell that has both a refusal rate and a perplexity.
     png = tmp_path / "pareto.png"
-    assert load_script("evidence_table").main([str(path), "--ppl", str(pp_ppl), "--pareto", str(png)]) == 0
+    assert load_script("evidence_table", "experiments").main([str(path), "--ppl", str(pp_ppl), "--pareto", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,7 +86,7 @@ def test_a_cell_missing_a_set_is_held_to_dense_on_its_own_sets(tmp_path, capsys)
     cells = [dense, partial("pp", [False] * 20), partial("aapp", [True] * 4 + [False] * 16)]
     path = tmp_path / "summary.json"
     path.write_text(summary_json(cells, {}))
-    assert load_script("evidence_table").main([str(path)]) == 0
+    assert load_script("evidence_table", "experiments").main([str(path)]) == 0
     row = next(line for line in capsys.readouterr().out.split("Targets")[1].splitlines() if "| aapp |" in line)
     assert row.split(" | ")[3] == "**not met** (d=5)"
 
@@ -98,13 +98,13 @@ def test_header_says_what_the_summary_knows(tmp_path, capsys):
                                "max_new_tokens": 48}, "model m, judge prefixes, 10 harmful + 10 benign prompts, 48 new tokens")):
         path = tmp_path / "summary.json"
         path.write_text(summary_json(cells, meta))
-        assert load_script("evidence_table").main([str(path)]) == 0
+        assert load_script("evidence_table", "experiments").main([str(path)]) == 0
         assert capsys.readouterr().out.splitlines()[0] == first_line
 
 
 def test_not_a_summary_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "x.json"
     bad.write_text("[1, 2]")
-    assert load_script("evidence_table").main([str(bad)]) == 1
+    assert load_script("evidence_table", "experiments").main([str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a sweep summary.json" in err

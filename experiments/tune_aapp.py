@@ -1,6 +1,6 @@
 """Pick AAPP's options, lever by lever, on calibration prompts, never on test sets.
 
-    python scripts/tune_aapp.py --calib calib.safetensors --ratios 0.3,0.4 \
+    python experiments/tune_aapp.py --calib calib.safetensors --ratios 0.3,0.4 \
         --configs "protect=0.3; restore=direction; restore=harmful-mean; protect_by=mass; layer_budget=risk" \
         --json tune.json
 
@@ -24,7 +24,7 @@ rows then also count the prompts whose gate fired. Per cell:
 
 Rows go to stderr as they finish; `--json` writes them all. Protecting channels that were chosen
 on these same prompts favours them (the critical sets are in-sample); the held-out evidence is
-scripts/refusal_cells.sh.
+`aapp eval-refusal` sweep mode.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts/tune_aapp.py on a tiny random model: tuning set from dense refusals, every config, JSON."""
+"""experiments/tune_aapp.py on a tiny random model: tuning set from dense refusals, every config, JSON."""
 
 import json
 
@@ -22,7 +22,7 @@ def tune(tiny_model_dir, tmp_path, monkeypatch):
     """Runs the script on the tiny model (8 harmful prompts, 3 tuned on, ratio 0.5) with `args` on top;
     returns its JSON."""
     inputs = make_inputs(tmp_path, tiny_model_dir, n_harmful=8)
-    script = load_script("tune_aapp")
+    script = load_script("tune_aapp", "experiments")
     monkeypatch.setattr(script, "KeywordJudge", EveryOtherRefused)
 
     def run(*args: str, max_new_tokens: int = 2) -> dict:
@@ -49,7 +49,7 @@ def test_tune_aapp_smoke(tune):
 
 
 def test_configs_parse_fields_with_their_types_and_refuse_unknown_ones():
-    script = load_script("tune_aapp")
+    script = load_script("tune_aapp", "experiments")
     assert script.parse_configs("protect=0.2,critical=diff; ; per_sample=true") == [
         {"protect": 0.2, "critical": "diff"}, {}, {"per_sample": True}]
     with pytest.raises(InputError, match="FIELD=VALUE"):

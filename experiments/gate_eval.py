@@ -1,6 +1,6 @@
 """How well each AAPP risk gate tells harm from wording, at every layer, on prompts it was not fitted on.
 
-    python scripts/gate_eval.py --calib calib.safetensors --json docs/gate_eval.json --md docs/gate_eval.md
+    python experiments/gate_eval.py --calib calib.safetensors --json experiments/results/gate_eval.json --md experiments/results/gate_eval.md
 
 The dense model reads each evaluation set once; every gate in the calibration file is then
 scored at every layer from the same features the running gate reads (the mean residual over
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
               "sets": {k: len(v) for k, v in sets.items()} | {"prose_windows": len(prose)},
               "batch_size": args.batch_size, "default_layers": layers, "md_every": 4, "rows": rows,
               "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
-              "seconds": round(time.perf_counter() - t0, 1), "command": script_command("gate_eval", argv)}
+              "seconds": round(time.perf_counter() - t0, 1), "command": script_command("gate_eval", argv, folder="experiments")}
     table = markdown(result)
     write_result(result, table, args.json, args.md)
     print(table)

@@ -1,6 +1,6 @@
 """What AAPP's periodic history refresh (`--refresh N`) does to its gate over a long stream of batches.
 
-    python scripts/refresh_stream.py --calib calib.safetensors --refresh 0,5,20 \
+    python experiments/refresh_stream.py --calib calib.safetensors --refresh 0,5,20 \
         --stream "xstest-safe:96,mirror-benign:96,advbench:48,mirror-harmful:48" --md refresh.md --json refresh.json
 
 The paper refreshes the gate's harmful/harmless history every 20 batches from the batches it has
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     doc = {"model": args.model, "calib": args.calib, "stream": args.stream, "gate": args.gate, "ratio": args.ratio,
            "batch_size": args.batch_size, "labels": labels, "results": results, "machine": machine(),
-           "seconds": round(time.perf_counter() - t0, 1), "command": script_command("refresh_stream", argv)}
+           "seconds": round(time.perf_counter() - t0, 1), "command": script_command("refresh_stream", argv, folder="experiments")}
     write_result(doc, table, args.json, args.md)
     if not args.md:
         print(table)

@@ -1,4 +1,4 @@
-"""scripts/refresh_stream.py: a labelled stream of one-set batches, the gate's fires per refresh value."""
+"""experiments/refresh_stream.py: a labelled stream of one-set batches, the gate's fires per refresh value."""
 
 import json
 
@@ -16,7 +16,7 @@ def labelled(path, texts, label):
 
 
 def test_stream_takes_turns_by_batch_and_drops_partial_batches(tmp_path):
-    script = load_script("refresh_stream")
+    script = load_script("refresh_stream", "experiments")
     h = labelled(tmp_path / "h.jsonl", HARMFUL[:5], "harmful")
     b = labelled(tmp_path / "b.jsonl", BENIGN[:8], "benign")
     batches = script.build_stream(f"{b},{h}", batch_size=2, seed=0)
@@ -33,7 +33,7 @@ def test_refresh_stream_counts_fires_per_batch_kind(tiny_model_dir, tmp_path, ga
     h = labelled(tmp_path / "h.jsonl", HARMFUL, "harmful")
     b = labelled(tmp_path / "b.jsonl", BENIGN[:4], "benign")
     out = tmp_path / "r.json"
-    script = load_script("refresh_stream")
+    script = load_script("refresh_stream", "experiments")
     rc = script.main(["--model", str(tiny_model_dir), "--calib", str(inputs.calib), "--stream", f"{h},{b}",
                       "--refresh", "0,1", "--gate", gate, "--dense-layers", "1", "--batch-size", "4",
                       "--json", str(out), "--md", str(tmp_path / "r.md")])

@@ -318,6 +318,35 @@ def methods_command(
     out.print(table)
 
 
+# -- serve --------------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Model = DEFAULT_MODEL,
+    method: Method = "aapp",
+    ratio: Ratio = None,
+    opt: Opt = None,
+    opts: Opts = None,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate` (methods that need one).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one).", min=0, max=65535)] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="AAPP_API_KEY", help="Require 'Authorization: Bearer KEY' (or set AAPP_API_KEY, which stays out of `ps`).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Requests gathered per turn of the model (each still runs as its own selection batch).", min=1)] = 8,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting before new ones get 429.", min=1)] = 64,
+):
+    """Serve the pruned model behind the OpenAI chat-completions API (JSON log lines on stderr; SIGTERM drains)."""
+    from aapp.methods.options import collect_options
+    from aapp.pruning.options import build_method
+    from aapp.serve.server import ServeConfig, serve as run_server
+
+    meth, options = build_method(method, collect_options(opt or (), opts), ratio)  # as `aapp prune` builds it
+    if meth.needs_calibration and calib is None:
+        raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
+    if not meth.needs_calibration and calib is not None:
+        raise AappError(f"--calib does not apply to --method {method}, which reads no calibration")
+    run_server(ServeConfig(model=model, method=meth, options=options, calib=calib, host=host, port=port, api_key=api_key,
+                           max_batch=max_batch, max_queue=max_queue))
+
+
 # -- eval-refusal -------------------------------------------------------------------------
 @app.command("eval-refusal")
 def eval_refusal(

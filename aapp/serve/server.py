@@ -1,0 +1,109 @@
+"""`aapp serve`'s one library call: load, prune, listen, serve until SIGTERM, drain, return."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+from dataclasses import dataclass
+
+import uvicorn
+
+from aapp.calibration.store import load_calibration
+from aapp.console import warn
+from aapp.errors import AappError
+from aapp.methods.base import Method
+from aapp.models.loading import load_model
+from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.serve.app import ServeSettings, log_json, make_app
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str
+    method: Method
+    options: PruneOptions  # the engine's, at the ratio served
+    calib: str | None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound, listening socket (port 0: any free port), or AappError saying why not."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a host name: resolved by bind
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise AappError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying when it starts to drain and how much is left in flight."""
+
+    def handle_exit(self, sig, frame) -> None:
+        app_state = self.config.app.state.aapp
+        log_json({"event": "drain", "signal": signal.Signals(sig).name, "in_flight": app_state.in_flight})
+        super().handle_exit(sig, frame)
+
+
+def uvicorn_config(app, **kw) -> uvicorn.Config:
+    # No uvicorn log config: its access log writes to stdout, which stays empty; we log each request ourselves.
+    return uvicorn.Config(app, log_config=None, access_log=False, log_level="warning", lifespan="on",
+                          timeout_graceful_shutdown=None, **kw)
+
+
+def serve(config: ServeConfig) -> None:
+    """Serve until SIGTERM or SIGINT; on SIGTERM, answer every request in flight, then return."""
+    if config.method.carries_state:
+        raise AappError(f"--method {config.method.name} carries state from batch to batch, so one request's "
+                        "output would depend on the requests before it; serve a stateless configuration")
+    if not _loopback(config.host) and config.api_key is None:
+        warn(f"serving on {config.host}, beyond this machine, with no --api-key: anyone who reaches the port can use it")
+    sock = listen(config.host, config.port)
+    try:
+        cal = load_calibration(config.calib) if config.calib else None
+        loaded = load_model(config.model)
+        handle = prune_model(loaded, config.method, config.options, cal)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if not getattr(loaded.tokenizer, "chat_template", None):
+            raise AappError(f"{config.model} has no chat template; /v1/chat/completions cannot render messages for it")
+        settings = ServeSettings(model_id=config.model, api_key=config.api_key, max_batch=config.max_batch,
+                                 max_queue=config.max_queue)
+        app = make_app(handle, settings)
+        server = _Server(uvicorn_config(app))
+        host, port = sock.getsockname()[:2]
+        log_json({"event": "start", "url": f"http://{host}:{port}/v1", "model": config.model,
+                  "method": config.method.name, "ratio": config.options.ratio, "auth": config.api_key is not None,
+                  "max_batch": config.max_batch, "max_queue": config.max_queue})
+        # uvicorn re-raises the signal that stopped it once it has drained; with this handler in place the
+        # re-raised SIGTERM is a no-op, so a drained server exits 0 rather than dying by the signal.
+        previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        handle.remove()
+        sock.close()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,108 @@
+"""The model's one thread: a bounded queue of requests, gathered in short windows and run one by one.
+
+Requests that arrive within `window_s` of each other (at most `max_batch`) form one turn of the
+worker, but each still runs as its own selection batch (aapp.serve.policy says why), so sharing a
+turn changes no request's tokens. The model runs in this thread only; the event loop never waits
+on it. Admission is bounded: past `max_queue` waiting requests, `submit` refuses (the route's 429).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from aapp.serve.schemas import Sampling
+
+
+@dataclass
+class Job:
+    """One admitted request. `on_text` and `finish` are called from the worker thread."""
+
+    input_ids: torch.Tensor
+    sampling: Sampling
+    on_text: Callable[[str], None] | None
+    finish: Callable[[object, dict | None, BaseException | None], None]  # (outcome, aapp object, error)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    admitted: float = field(default_factory=time.monotonic)
+    started: float | None = None
+
+
+class Worker:
+    def __init__(self, run: Callable, max_batch: int, max_queue: int, window_s: float = 0.005,
+                 on_depth: Callable[[int], None] = lambda n: None):
+        """`run(job) -> (outcome, aapp object)` generates one request (see aapp.serve.policy)."""
+        self._run, self.max_batch, self.max_queue, self.window_s = run, max_batch, max_queue, window_s
+        self._on_depth = on_depth
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self.turns: list[int] = []  # how many requests each turn gathered (the load test reads it)
+        self._thread = threading.Thread(target=self._loop, name="aapp-serve-model", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> bool:
+        """Queue `job`; False when `max_queue` requests are already waiting."""
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                return False
+            self._waiting += 1
+            self._on_depth(self._waiting)
+        self._queue.put(job)
+        return True
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop after the requests already queued (the server drains them before calling this)."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            turn = [first]
+            deadline = time.monotonic() + self.window_s
+            stop = False
+            while len(turn) < self.max_batch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                turn.append(job)
+            self.turns.append(len(turn))
+            for job in turn:
+                self._one(job)
+            if stop:
+                return
+
+    def _one(self, job: Job) -> None:
+        with self._lock:
+            self._waiting -= 1
+            self._on_depth(self._waiting)
+        if job.cancelled.is_set():  # its client left while it waited
+            job.finish(None, None, None)
+            return
+        job.started = time.monotonic()
+        try:
+            outcome, info = self._run(job)
+        except Exception as e:  # one request's failure must not stop the server; the route answers 500
+            job.finish(None, None, e)
+            return
+        job.finish(outcome, info, None)

@@ -15,7 +15,6 @@ library does not know its command line.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import tomllib
 import types
@@ -24,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aapp.errors import AappError, InputError
+from aapp.errors import AappError, InputError, did_you_mean
 
 HELP = "help"
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -71,10 +70,8 @@ def parse_options(cls: type, raw: Mapping[str, object], owner: str):
 
 
 def unknown_option(key: str, owner: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
     takes = ", ".join(known) if known else "none"
-    return f"{owner} has no option {key!r}{hint}; its options: {takes}"
+    return f"{owner} has no option {key!r}{did_you_mean(key, known)}; its options: {takes}"
 
 
 def convert(value: object, hint, key: str):

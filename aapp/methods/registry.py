@@ -10,7 +10,6 @@ aapp.methods.__init__ through `register`, the same way an extension would.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from rich.progress import Progress
 
 from aapp.calibration.run import TextSettings
 from aapp.calibration.store import Calibration
-from aapp.errors import AappError
+from aapp.errors import AappError, did_you_mean
 from aapp.methods.base import Method
 from aapp.methods.options import parse_options
 from aapp.models.loading import LoadedModel
@@ -111,9 +110,7 @@ def check_method_spec(text: str) -> MethodSpec:
     spec = MethodSpec.parse(text)
     reg = _REGISTRY.get(spec.name)
     if reg is None:
-        close = difflib.get_close_matches(spec.name, list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise AappError(f"unknown method {text!r}{hint}; choose one of {', '.join(_REGISTRY)}, a variant "
+        raise AappError(f"unknown method {text!r}{did_you_mean(spec.name, _REGISTRY)}; choose one of {', '.join(_REGISTRY)}, a variant "
                         f"({_variant_specs()}), or add {COMPENSATE} to "
                         f"{' or '.join(r.name for r in _REGISTRY.values() if r.compensable)}")
     if spec.variant is not None and spec.variant not in (reg.variants or {}):

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import torch
 
-from aapp.methods.base import BatchPart
 from aapp.pruning.engine import PrunedModel
 from aapp.pruning.run import full_kept
 from aapp.serve.generate import Outcome, generate
@@ -28,9 +27,9 @@ def run_request(handle: PrunedModel, input_ids: torch.Tensor, sampling: Sampling
     the response's `aapp` object: method, ratio, the policy applied, this request's FLOPs fraction,
     the gate's score and decision, and the kept counts per layer."""
     loaded, method = handle.loaded, handle.method
-    with method.running(BatchPart([0])):
-        out = generate(loaded.model, loaded.tokenizer, input_ids, sampling, on_text, cancelled)
-    gate = method.batch_info().get("gate")
+    # A batch of one needs no router: the method's own gate decides for this request alone.
+    out = generate(loaded.model, loaded.tokenizer, input_ids, sampling, on_text, cancelled)
+    gate = method.row_info(1)[0].get("gate")
     if not method.prunes:
         policy = "dense"
     else:

@@ -193,9 +193,9 @@ def prune(
     ratio: Ratio = None,
     opt: Opt = None,
     opts: Opts = None,
-    calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate`.")] = None,
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Prompts: .jsonl/.csv/.txt, a built-in set, or stdin.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="JSONL output (default stdout).")] = None,
+    calib: Annotated[Optional[str], typer.Option(metavar="FILE", help="Calibration file from `aapp calibrate`.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", metavar="PROMPTS", help="Prompts: .jsonl/.csv/.txt, a built-in set, or stdin.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="JSONL output (default stdout).")] = None,
     limit: Limit = None,
     sample: Sample = None,
     seed: Seed = 0,
@@ -238,10 +238,10 @@ def prune(
 
 @app.command()
 def export(
-    out: Annotated[str, typer.Option("--out", "-o", help="Directory to write the smaller checkpoint to (new or empty).")],
-    calib: Annotated[str, typer.Option(help="Calibration file from `aapp calibrate`.")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar="PATH", help="Directory to write the smaller checkpoint to (new or empty).")],
+    calib: Annotated[str, typer.Option(metavar="FILE", help="Calibration file from `aapp calibrate`.")],
     model: Model = DEFAULT_MODEL,
-    method: Annotated[str, typer.Option(help="A static method: wanda-sp | flap (their variants too).")] = "flap",
+    method: Annotated[str, typer.Option(metavar="SPEC", help="A static method: wanda-sp | flap (their variants too).")] = "flap",
     ratio: Ratio = None,
     opt: Opt = None,
     opts: Opts = None,
@@ -270,7 +270,7 @@ def export(
 
 @app.command("methods")
 def methods_command(
-    name: Annotated[Optional[str], typer.Argument(help="One method: its variants and every option.")] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="METHOD", help="One method: its variants and every option.")] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON.")] = False,
 ):
     """List the pruning methods, their variants and their options (set them with --opt KEY=VALUE)."""
@@ -326,12 +326,12 @@ def serve(
     ratio: Ratio = None,
     opt: Opt = None,
     opts: Opts = None,
-    calib: Annotated[Optional[str], typer.Option(help="Calibration file from `aapp calibrate` (methods that need one).")] = None,
-    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free one).", min=0, max=65535)] = 8000,
-    api_key: Annotated[Optional[str], typer.Option(envvar="AAPP_API_KEY", help="Require 'Authorization: Bearer KEY' (or set AAPP_API_KEY, which stays out of `ps`).")] = None,
-    max_batch: Annotated[int, typer.Option(help="Requests gathered per turn of the model (each still runs as its own selection batch).", min=1)] = 8,
-    max_queue: Annotated[int, typer.Option(help="Requests waiting before new ones get 429.", min=1)] = 64,
+    calib: Annotated[Optional[str], typer.Option(metavar="FILE", help="Calibration file from `aapp calibrate` (methods that need one).")] = None,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port (0: any free one).", min=0, max=65535)] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(metavar="KEY", envvar="AAPP_API_KEY", help="Require 'Authorization: Bearer KEY' (or set AAPP_API_KEY, which stays out of `ps`).")] = None,
+    max_batch: Annotated[int, typer.Option(metavar="N", help="Requests gathered per turn of the model (each still runs as its own selection batch).", min=1)] = 8,
+    max_queue: Annotated[int, typer.Option(metavar="N", help="Requests waiting before new ones get 429.", min=1)] = 64,
 ):
     """Serve the pruned model behind the OpenAI chat-completions API (JSON log lines on stderr; SIGTERM drains)."""
     from aapp.methods.options import collect_options
@@ -350,17 +350,17 @@ def serve(
 # -- eval-refusal -------------------------------------------------------------------------
 @app.command("eval-refusal")
 def eval_refusal(
-    generations: Annotated[Optional[str], typer.Argument(help="Pipe mode: JSONL with prompt and completion (default stdin).")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="Pipe mode: dense generations to compare decisions with.")] = None,
+    generations: Annotated[Optional[str], typer.Argument(metavar="GENERATIONS", help="Pipe mode: JSONL with prompt and completion (default stdin).")] = None,
+    reference: Annotated[Optional[str], typer.Option(metavar="FILE", help="Pipe mode: dense generations to compare decisions with.")] = None,
     allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", metavar="", help="Pipe mode: compare with a --reference that another model made (refused by default).")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Sweep mode: generate with this model.")] = None,
-    calib: Annotated[Optional[str], typer.Option(help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
-    methods: Annotated[str, typer.Option(help="Sweep mode: comma-separated method specs (dense always runs; `aapp methods` lists them).")] = "dense,pp,aapp",
-    ratios: Annotated[str, typer.Option(help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="Sweep mode: generate with this model.")] = None,
+    calib: Annotated[Optional[str], typer.Option(metavar="FILE", help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
+    methods: Annotated[str, typer.Option(metavar="SPECS", help="Sweep mode: comma-separated method specs (dense always runs; `aapp methods` lists them).")] = "dense,pp,aapp",
+    ratios: Annotated[str, typer.Option(metavar="RATIOS", help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
     opt: Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE", help="Sweep mode: a method option, repeatable; it goes to every method that takes it (METHOD.KEY=VALUE: to that one).")] = None,
     opts: Opts = None,
-    harmful: Annotated[Optional[str], typer.Option(help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.")] = None,
-    benign: Annotated[Optional[str], typer.Option(help="Sweep mode: benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.")] = None,
+    harmful: Annotated[Optional[str], typer.Option(metavar="SETS", help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.")] = None,
+    benign: Annotated[Optional[str], typer.Option(metavar="SETS", help="Sweep mode: benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.")] = None,
     ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WxL]", help="Sweep mode: held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.")] = None,
     limit: Limit = None,
     sample: Sample = None,
@@ -370,8 +370,8 @@ def eval_refusal(
     truncate: Truncate = False,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    judge: Annotated[str, typer.Option(help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.")] = "keyword",
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
+    judge: Annotated[str, typer.Option(metavar="JUDGE", help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.")] = "keyword",
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
 ):
     """Judge generations (pipe mode), or generate and judge every method x ratio (sweep mode, --model).

@@ -116,7 +116,7 @@ def test_bad_restore_is_a_one_line_error(tmp_path, command):
     (["--method", "wanda-sp", "--opt", "reprobe_every=2"], ["wanda-sp has no option 'reprobe_every'"]),
     (["--method", "dense", "--opt", "dense_layers=1"], ["dense has no option 'dense_layers'", "none"]),
     (["--method", "dense", "--ratio", "0.5"], ["dense prunes nothing, so it takes no ratio"]),
-    (["--method", "aapp", "--opt", "protec=0.2"], ["did you mean 'protect'?"]),
+    (["--method", "aapp", "--opt", "protec=0.2"], ["did you mean 'protect'"]),
     (["--method", "aapp", "--opt", "protect=lots"], ["option protect: expected float, got 'lots'"]),
     (["--method", "aapp", "--opt", "protect"], ["expected KEY=VALUE"]),
     (["--method", "aapp:kl", "--opt", "gate=logistic"], ["names the kl gate"]),

@@ -49,12 +49,13 @@ def parse_messages(value: object, where: str) -> Conversation:
         role = m.get("role")
         if role not in ROLES:
             raise InputError(f"{at}: role {role!r} is not one of {', '.join(ROLES)}")
-        out.append(Message(role, _content(m.get("content"), at)))
+        out.append(Message(role, content_text(m.get("content"), at)))
     check_conversation(tuple(out), where)
     return tuple(out)
 
 
-def _content(value: object, at: str) -> str:
+def content_text(value: object, at: str) -> str:
+    """A message's content as text: a string, or OpenAI text parts joined by newlines."""
     if isinstance(value, list):
         texts = []
         for part in value:

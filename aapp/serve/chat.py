@@ -1,14 +1,14 @@
-"""Chat-format input: check a `messages` list, render it with the model's chat template.
-
-The same shape as `aapp prune`'s chat input is meant to have (validation, then `render`), so the
-two can become one module.
+"""The server's view of chat input: OpenAI's `messages` checked field by field, so that a 400 names
+the offending field (`param`), then read and rendered as `aapp prune` reads them (aapp.chat).
 """
 
 from __future__ import annotations
 
+from aapp import chat
 from aapp.errors import InputError
 
-ROLES = ("system", "developer", "user", "assistant")
+# "developer" is OpenAI's newer name for "system".
+ROLES = (*chat.ROLES, "developer")
 
 
 class ChatError(InputError):
@@ -19,9 +19,8 @@ class ChatError(InputError):
         self.param = param
 
 
-def validate(messages, max_messages: int) -> list[dict]:
-    """Plain {"role", "content": str} dicts, or ChatError. Content may be a string or a list of
-    text parts (what the OpenAI clients send); "developer" is OpenAI's newer name for "system"."""
+def validate(messages, max_messages: int) -> chat.Conversation:
+    """The conversation `messages` hold, or ChatError naming the field at fault."""
     if not isinstance(messages, list):
         raise ChatError("'messages' must be a list of message objects")
     if not messages:
@@ -36,31 +35,18 @@ def validate(messages, max_messages: int) -> list[dict]:
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise ChatError(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role")
-        out.append({"role": "system" if role == "developer" else role, "content": _text(m.get("content"), where)})
-    return out
-
-
-def _text(content, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise ChatError(f"{where}.content[{j}] must be a text part ({{'type': 'text', 'text': ...}})",
-                                f"{where}.content")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise ChatError(f"{where}.content must be a string or a list of text parts", f"{where}.content")
-
-
-def render(tokenizer, messages: list[dict]) -> str:
-    """The prompt text the model sees, with the generation prompt appended."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the model has no chat template; chat messages cannot be rendered for it")
-    from jinja2 import TemplateError
-
+        try:
+            content = chat.content_text(m.get("content"), where)
+        except InputError as e:
+            raise ChatError(str(e), f"{where}.content") from None
+        out.append(chat.Message("system" if role == "developer" else role, content))
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except TemplateError as e:  # the template's own raise_exception, e.g. roles out of the order it accepts
-        raise ChatError(f"the model's chat template rejected these messages: {str(e).splitlines()[0] if str(e) else 'no reason given'}") from None
+        chat.check_conversation(tuple(out), "messages")
+    except InputError as e:
+        raise ChatError(str(e)) from None
+    return tuple(out)
+
+
+def render(tokenizer, messages: chat.Conversation) -> str:
+    """The prompt text the model sees, with the generation prompt appended."""
+    return chat.render(tokenizer, messages)

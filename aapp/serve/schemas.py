@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from aapp.chat import Conversation
 from aapp.serve.chat import ChatError, validate
 
 
@@ -37,7 +38,7 @@ class Sampling:
 @dataclass(frozen=True)
 class ChatRequest:
     model: str
-    messages: list[dict]
+    messages: Conversation  # checked and read as `aapp prune` reads chat rows (aapp.chat)
     sampling: Sampling
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk with `usage`

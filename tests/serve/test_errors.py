@@ -37,6 +37,8 @@ CASES = {
     "unknown role": (_with(messages=[{"role": "wizard", "content": "hi"}]), 400, "messages[0].role", None),
     "content not text": (_with(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content", None),
     "message not an object": (_with(messages=["hi"]), 400, "messages[0]", None),
+    "ends with the assistant": (_with(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]),
+                                400, "messages", None),
     "max_tokens a string": (_with(max_tokens="5"), 400, "max_tokens", None),
     "max_tokens a bool": (_with(max_tokens=True), 400, "max_tokens", None),
     "temperature a string": (_with(temperature="hot"), 400, "temperature", None),

@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from aapp.console import console, info, progress, warn
+from aapp.console import console, info, progress
 from aapp.errors import AappError, Interrupted
 
 app = typer.Typer(name="aapp", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

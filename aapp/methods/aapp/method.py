@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from aapp.calibration.collect import counted_tokens, token_mean
-from aapp.calibration.store import Calibration, SiteStats
+from aapp.calibration.store import SiteStats
 from aapp.console import warn
 from aapp.methods.aapp.store import Alignment, alignment, check_shapes
 from aapp.errors import AappError, CalibrationError

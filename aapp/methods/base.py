@@ -45,6 +45,7 @@ class LayerContext:
     history: dict[str, torch.Tensor] | None  # this layer's working history per site, or None
     residual: torch.Tensor                   # block input [B, S, D]
     token_mask: torch.Tensor                 # [B, S] non-pad tokens
+    decision: object = None                  # the router's decision for these rows (None: not routed, or not yet)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class Selection:
     mask: LayerMask
     attn_bias: torch.Tensor | None = None
     mlp_bias: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A routing decision the engine understands: run the rows pruned at `ratio` (None: the plan's;
+    0: dense, no pruning at all), `fired` telling the method that its gate fired for them."""
+
+    fired: bool = False
+    ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,10 @@ class RowDecisions:
 @dataclass(frozen=True)
 class Router:
     """How a method decides per request: from the block input of `layer` ([B, S, D]) and the token
-    mask ([B, S]), `decide` returns each row's decision without changing the method."""
+    mask ([B, S]), `decide` returns each row's decision (a `Route`) without changing the method.
+    The engine asks it inline, at prefill, when the batch reaches `layer`; rows decided alike run on,
+    and a batch whose rows differ (or whose decision would have run the layers before `layer`
+    otherwise) is stopped there and re-run by the runner, group by group (aapp.pruning.run)."""
 
     layer: int
     decide: Callable[[torch.Tensor, torch.Tensor], RowDecisions]

@@ -9,11 +9,16 @@ block input, asks the method for this layer's kept heads and channels, and prepa
 the kept-weight linears; the swapped attention/MLP modules then run only those. The
 mask is kept for the decode steps of the same batch (the KV cache holds only kept
 heads); `reprobe_every` re-selects MLP channels, which carry no state, during decode.
+
+A method with a router (Method.router) is asked for each row's `Route` inline, when the prefill
+reaches the router's layer. Rows decided alike run on under their route (its ratio's budgets, or
+dense); otherwise the forward stops there with `Reroute`, carrying the decisions and the FLOPs
+spent, and the runner re-runs the batch's rows group by group under `running(route)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,8 +26,7 @@ import torch
 
 from aapp.calibration.store import Calibration
 from aapp.errors import AappError, CalibrationError
-from aapp.generation import encode, positions
-from aapp.methods.base import LayerContext, Method, ProbeStats
+from aapp.methods.base import LayerContext, Method, ProbeStats, Route, RowDecisions
 from aapp.methods.masks import LayerMask
 from aapp.methods.options import option
 from aapp.methods.plan import PrunePlan, make_plan
@@ -90,7 +94,13 @@ class PrunedModel:
         self.backend = get_backend(options.backend, loaded.device)
         method.bind(loaded.model, loaded.adapter, g, self.plan, calib)
         self.record = BatchRecord()
-        self.decision = None  # the router's decision for the rows generating now (see running)
+        self.router = method.router()
+        self._preset = None   # the decision `running` gives the rows generating now
+        self.decision = None  # the decision the current batch runs under (preset, or the router's inline)
+        self.decided: RowDecisions | None = None  # the router's inline decisions for the current batch
+        self._plans: dict[float, PrunePlan] = {}
+        self._prefix: dict[int, float] = {}  # FLOPs of each layer of the current prefill, as it runs
+        self._prefill_shape = (0, 0)
         self._token_mask: torch.Tensor | None = None
         self._lm_tokens = 0
         self._decode_steps: dict[int, int] = {}
@@ -99,7 +109,7 @@ class PrunedModel:
         self.runtimes: dict[int, LayerRuntime] = {}
         model = loaded.model
         self._handles.append(model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
-        watched = method.watch_layers()
+        watched = method.watch_layers() | ({self.router.layer} if self.router is not None else set())
         for i in range(g.num_layers):
             parts = loaded.adapter.layer_parts(model, i)
             if not self.plan.is_dense(i, g):
@@ -140,12 +150,26 @@ class PrunedModel:
 
     @contextmanager
     def running(self, decision) -> Iterator[None]:
-        """Generate the rows the method's router gave `decision` (the method sees it at prefill)."""
-        self.decision = decision
+        """Generate rows under `decision` (a router's, for rows it decided alike; the method sees it
+        at prefill and the router is not asked again)."""
+        self._preset = decision
         try:
             yield
         finally:
-            self.decision = None
+            self._preset = None
+
+    def plan_for(self, decision) -> PrunePlan | None:
+        """The plan rows run under: a `Route`'s ratio (None: this handle's plan; 0: dense, None returned)."""
+        ratio = decision.ratio if isinstance(decision, Route) else None
+        if ratio is None:
+            return self.plan
+        if ratio == 0:
+            return None
+        if ratio not in self._plans:
+            o = self.options
+            self._plans[ratio] = make_plan(self.loaded.geometry, ratio, dense_layers=o.dense_layers,
+                                           channel_multiple=o.channel_multiple)
+        return self._plans[ratio]
 
     def __exit__(self, *exc):
         self.remove()
@@ -165,9 +189,12 @@ class PrunedModel:
         keep = kwargs.get("logits_to_keep", 0) or ids.shape[1]
         lm = flops.lm_head_flops(self.loaded.geometry, ids.shape[0] * min(keep, ids.shape[1]))
         if past == 0:
+            self.decision, self.decided = self._preset, None
             self.method.begin_batch(self.decision)
             self.record = BatchRecord()
             self._decode_steps.clear()
+            self._prefix = {}
+            self._prefill_shape = (ids.shape[0], ids.shape[1])
         self.record.flops.add(self._dense_only_flops(ids.shape[0], ids.shape[1], past, lm))
 
     def _dense_only_flops(self, batch: int, seq: int, past: int, lm: float) -> flops.FlopCount:
@@ -185,6 +212,8 @@ class PrunedModel:
             past = cache.get_seq_length(i) if cache is not None else 0
             if past == 0 and watched:
                 self.method.observe(i, x, self._token_mask)
+                if self.router is not None and i == self.router.layer and self._preset is None:
+                    self._route(i, x)
             if i not in self.runtimes:
                 return
             if past == 0:
@@ -194,10 +223,33 @@ class PrunedModel:
             self._count(i, x.shape[0], x.shape[1], past)
         return hook
 
+    def _route(self, layer: int, x: torch.Tensor) -> None:
+        """Ask the router for each row's decision; run on if they agree and the layers before `layer`
+        ran as that decision would have run them, else stop the forward (Reroute)."""
+        decided = self.router.decide(x, self._token_mask)
+        if len(set(decided.decisions)) == 1:
+            decision = decided.decisions[0]
+            plan = self.plan_for(decision)
+            ran_alike = all(plan is not None and plan.budgets[i] == self.plan.budgets[i]
+                            for i in self.runtimes if i < layer)
+            if ran_alike:
+                self.decision, self.decided = decision, decided
+                return
+        batch, seq = self._prefill_shape
+        dense = flops.dense_block_flops(self.loaded.geometry, batch * seq, (seq + 1) / 2)
+        spent = self.record.flops.probe + sum(self._prefix[i] if i in self.runtimes else dense for i in range(layer))
+        raise Reroute(decided, spent, self._prefill_shape)
+
     def _select(self, i: int, x: torch.Tensor, position_embeddings) -> None:
         rt = self.runtimes[i]
         g = self.loaded.geometry
         token_mask = self._token_mask
+        plan = self.plan_for(self.decision)
+        if plan is None:  # a dense route: the original modules run
+            rt.set_mask(None)
+            self._last_probe[i] = None
+            self._record_kept(i, None)
+            return
         probe = None
         if self.method.uses_probe:
             samples, positions = choose_probe(x, token_mask, self.options.probe_samples, self.options.probe_positions)
@@ -206,8 +258,8 @@ class PrunedModel:
             queries = probe.tokens
             self.record.flops.probe += flops.probe_flops(g, queries, probe.context, probe.context / max(1, len(samples)) / 2)
         history = self._layer_history(i, x.device)
-        ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=self.plan.budgets[i], probe=probe,
-                           history=history, residual=x, token_mask=token_mask)
+        ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=plan.budgets[i], probe=probe,
+                           history=history, residual=x, token_mask=token_mask, decision=self.decision)
         sel = self.method.select(ctx)
         rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
         self._last_probe[i] = probe
@@ -219,17 +271,23 @@ class PrunedModel:
             return None
         return {s: self.history[s][i].to(device) for s in ("attn", "mlp")}
 
-    def _record_kept(self, i: int, mask: LayerMask) -> None:
+    def _record_kept(self, i: int, mask: LayerMask | None) -> None:
+        """Layer i's kept counts for the batch (no mask: the layer runs whole, left as {})."""
         while len(self.record.kept) <= i:
             self.record.kept.append({})
-        self.record.kept[i] = {"heads": len(mask.heads), "kv_heads": len(mask.kv_heads),
-                               "channels": len(mask.channels)}
+        self.record.kept[i] = {} if mask is None else {"heads": len(mask.heads), "kv_heads": len(mask.kv_heads),
+                                                       "channels": len(mask.channels)}
 
     def _count(self, i: int, batch: int, seq: int, past: int) -> None:
         rt, g = self.runtimes[i], self.loaded.geometry
         m = rt.mask
-        self.record.flops.pruned += flops.block_flops(g, batch * seq, past + (seq + 1) / 2,
-                                                      len(m.heads), len(m.kv_heads), len(m.channels))
+        if m is None:  # a dense route
+            cost = flops.dense_block_flops(g, batch * seq, past + (seq + 1) / 2)
+        else:
+            cost = flops.block_flops(g, batch * seq, past + (seq + 1) / 2, len(m.heads), len(m.kv_heads), len(m.channels))
+        self.record.flops.pruned += cost
+        if past == 0:
+            self._prefix[i] = cost
         # A re-probe during decode may change mlp_bias but not whether there is one (same method state).
         biased = (rt.attn_bias is not None) + (rt.mlp_bias is not None)
         self.record.flops.bias += flops.bias_flops(g, batch * seq, biased)
@@ -238,7 +296,7 @@ class PrunedModel:
         n = self._decode_steps.get(i, 0) + 1
         self._decode_steps[i] = n
         every = self.options.reprobe_every
-        if every and n % every == 0:
+        if every and n % every == 0 and self.runtimes[i].mask is not None:
             self.runtimes[i].reprobe = True
 
     def _mlp_reprobe(self, i: int):
@@ -268,37 +326,19 @@ class PrunedModel:
             h[kept] = m * h[kept] + (1 - m) * batch_sq
         return observe
 
-    # -- looking ahead ---------------------------------------------------------------------
-    def layer_input(self, layer: int, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Run `texts` up to decoder layer `layer` and return its block input [B, S, D], the
-        batch's token mask [B, S] and the FLOPs spent: what a method's router reads before the
-        batch runs (see Method.router). The hooks run as in any forward."""
-        loaded = self.loaded
-        seen = {}
-
-        def stop(module, args, kwargs):
-            seen["x"] = kwargs.get("hidden_states", args[0] if args else None)
-            raise _LayerReached
-
-        h = loaded.adapter.layers(loaded.model)[layer].register_forward_pre_hook(stop, with_kwargs=True)
-        ids, attn = encode(loaded.tokenizer, list(texts), loaded.device)
-        try:
-            with torch.inference_mode():
-                loaded.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), use_cache=False)
-        except _LayerReached:
-            pass
-        finally:
-            h.remove()
-        cost = flops.dense_block_flops(loaded.geometry, ids.numel(), (ids.shape[1] + 1) / 2) * layer
-        return seen["x"], attn.bool(), cost
-
     # -- reporting -------------------------------------------------------------------------
     def layer_ratios(self) -> list[float]:
         return list(self.plan.layer_ratios)
 
 
-class _LayerReached(Exception):
-    pass
+class Reroute(Exception):
+    """The router's rows differ (or need the layers before its own run otherwise): the runner re-runs
+    them by group. `spent` is what the stopped prefill cost (its layers before the router's, and its
+    probes), over `shape` (batch, tokens): every row computes its share again."""
+
+    def __init__(self, decided: RowDecisions, spent: float, shape: tuple[int, int]):
+        super().__init__("rows routed apart")
+        self.decided, self.spent, self.shape = decided, spent, shape
 
 
 def prune_model(loaded: LoadedModel, method: Method, options: PruneOptions = PruneOptions(),

@@ -20,12 +20,14 @@ class FlopCount:
     pruned: float = 0.0
     probe: float = 0.0
     bias: float = 0.0  # element-wise adds of method-added bias vectors (tokens x hidden per biased site)
+    recompute: float = 0.0  # a prefill stopped by a router and run again (aapp.pruning.engine.Reroute)
 
     def add(self, other: "FlopCount") -> None:
         self.dense += other.dense
         self.pruned += other.pruned
         self.probe += other.probe
         self.bias += other.bias
+        self.recompute += other.recompute
 
     @property
     def fraction(self) -> float:
@@ -33,11 +35,11 @@ class FlopCount:
         are compute the pruned model spends and the dense one does not, so they count (one
         FLOP per output element, against 6 x kept channels for the MLP's matmuls: a rounding
         error, but recorded)."""
-        return (self.pruned + self.probe + self.bias) / self.dense if self.dense else 1.0
+        return (self.pruned + self.probe + self.bias + self.recompute) / self.dense if self.dense else 1.0
 
     def to_dict(self) -> dict:
         return {"dense": self.dense, "pruned": self.pruned, "probe": self.probe, "bias": self.bias,
-                "fraction": self.fraction}
+                "recompute": self.recompute, "fraction": self.fraction}
 
 
 def block_flops(g: Geometry, tokens: int, context: float, heads: int, kv_heads: int, channels: int) -> float:

@@ -10,7 +10,7 @@ from aapp.context import prompt_tokens
 from aapp.generation import batched, generate_batch
 from aapp.methods.base import Method, RowDecisions
 from aapp.models.loading import LoadedModel
-from aapp.pruning.engine import PrunedModel, PruneOptions, prune_model
+from aapp.pruning.engine import PrunedModel, PruneOptions, Reroute, prune_model
 from aapp.provenance import versions
 from aapp.pruning.flops import FlopCount
 
@@ -23,16 +23,16 @@ class RowGroup:
 
     rows: list[int]
     decision: object = None
-    lookahead_flops: float = 0.0  # this group's share of the FLOPs spent deciding
+    recompute_flops: float = 0.0  # this group's share of a stopped prefill that it runs again
     info: list[dict] | None = None  # per row: what the router said of it
 
 
-def group_rows(decided: RowDecisions, lookahead_flops: float) -> list[RowGroup]:
+def group_rows(decided: RowDecisions, spent: float) -> list[RowGroup]:
     """A batch's rows grouped by decision, in order of first appearance; each group pays its rows'
-    share of the look-ahead."""
+    share of the `spent` FLOPs of the prefill the router stopped."""
     n = len(decided.decisions)
     order = list(dict.fromkeys(decided.decisions))
-    return [RowGroup(rows, d, lookahead_flops * len(rows) / n, [decided.info[i] for i in rows])
+    return [RowGroup(rows, d, spent * len(rows) / n, [decided.info[i] for i in rows])
             for d in order for rows in [[i for i in range(n) if decided.decisions[i] == d]]]
 
 
@@ -96,20 +96,12 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
     replay = carries_state(method, options)
     provenance = run_provenance(loaded, method, options, calib, settings)
     handle = prune_model(loaded, method, options, calib)
-    router = method.router()
     try:
         for indices in batched(order, settings.batch_size):
             if not replay and all(i < start for i in indices):
                 continue
             chunk = [prompts[i] for i in indices]
-            groups = [RowGroup(list(range(len(chunk))))]
-            if router is not None:
-                x, token_mask, cost = handle.layer_input(router.layer, [p.input for p in chunk])
-                groups = group_rows(router.decide(x, token_mask), cost)
-            rows: dict[int, dict] = {}
-            for group in groups:
-                with handle.running(group.decision):
-                    rows.update(zip(group.rows, _group_rows(handle, chunk, group, settings)))
+            rows = dict(enumerate(run_batch(handle, chunk, settings)))
             done.update((indices[j], rows[j] | {PROVENANCE: provenance}) for j in range(len(chunk))
                         if indices[j] >= start)
             while next_out in done:  # rows leave in input order, as soon as that order allows
@@ -121,16 +113,31 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
         handle.remove()
 
 
+def run_batch(handle: PrunedModel, chunk: Sequence, settings: GenerationSettings) -> list[dict]:
+    """One batch's output rows, in its order. With a router, rows the router decides alike run on
+    together; a batch it splits (engine.Reroute) runs again group by group, each group under its
+    decision, each row paying its share of the stopped prefill as `recompute` FLOPs."""
+    try:
+        return _group_rows(handle, chunk, RowGroup(list(range(len(chunk)))), settings)
+    except Reroute as stopped:
+        rows: dict[int, dict] = {}
+        for group in group_rows(stopped.decided, stopped.spent):
+            with handle.running(group.decision):
+                rows.update(zip(group.rows, _group_rows(handle, chunk, group, settings)))
+        return [rows[j] for j in range(len(chunk))]
+
+
 def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings: GenerationSettings) -> list[dict]:
-    """Generate one group of a batch's rows (the whole batch without a router) into output rows."""
+    """Generate one group of a batch's rows (the whole batch, unless a router split it) into output rows."""
     loaded, method = handle.loaded, handle.method
     prompts = [chunk[i] for i in group.rows]
     out = generate_batch(loaded.model, loaded.tokenizer, [p.input for p in prompts],
                          max_new_tokens=settings.max_new_tokens)
     total = FlopCount()
     total.add(handle.record.flops)
-    total.probe += group.lookahead_flops
+    total.recompute += group.recompute_flops
     n = len(prompts)
+    decided = group.info or (handle.decided.info if handle.decided is not None else None)
     share = {k: v / n for k, v in total.to_dict().items() if k != "fraction"}
     share["fraction"] = total.fraction
     kept = full_kept(loaded, handle.record.kept)
@@ -150,9 +157,9 @@ def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings:
         if p.truncated:
             row["truncated_tokens"] = p.truncated
         # What the method says of the batch, refined by what its router decided for this row.
-        for extra in (info[j], group.info[j] if group.info else {}):
-            for key, values in extra.items():
-                row[key] = {**row.get(key, {}), **values}
+        for extra in (info[j], decided[j] if decided else {}):
+            for key, value in extra.items():
+                row[key] = {**row.get(key, {}), **value} if isinstance(value, dict) else value
         rows.append(row)
     return rows
 

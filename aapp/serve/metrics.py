@@ -12,8 +12,8 @@ class Metrics:
         self.prompt_tokens = Counter("aapp_prompt_tokens", "Prompt tokens read", registry=r)
         self.completion_tokens = Counter("aapp_completion_tokens", "Tokens generated", registry=r)
         self.gate_fires = Counter("aapp_gate_fires", "Requests whose risk gate fired", registry=r)
-        # Today an escalation is a fired request run under the protect policy; with per-request
-        # routing (--on-fire dense|R) it will be one run under a heavier policy than the base ratio.
+        # An escalation is a fired request run under a heavier policy than the base ratio's pruning:
+        # protected (on_fire=protect), dense, or a lighter ratio R.
         self.escalations = Counter("aapp_gate_escalations", "Requests run under a heavier policy because the gate "
                                    "fired", registry=r)
         self.queue_depth = Gauge("aapp_queue_depth", "Requests admitted and waiting for the model", registry=r)
@@ -30,7 +30,7 @@ class Metrics:
         gate = (aapp or {}).get("gate") or {}
         if gate.get("fired"):
             self.gate_fires.inc()
-        if (aapp or {}).get("policy") == "protect":
+        if (aapp or {}).get("policy") not in (None, "pruned", "dense") or (gate.get("fired") and (aapp or {}).get("policy") == "dense"):
             self.escalations.inc()
 
     def reject(self, status: int) -> None:

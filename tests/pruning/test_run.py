@@ -1,5 +1,4 @@
-"""generate_rows asks a method's router for each row's decision (through the engine's look-ahead)
-and runs each group of rows under its own."""
+"""generate_rows: batches, their order, resume (routing: test_routing.py)."""
 
 import torch
 
@@ -8,66 +7,6 @@ from aapp.prompts import Prompt
 from aapp.pruning.engine import PruneOptions, prune_model
 from aapp.pruning.run import GenerationSettings, generate_rows
 from tests.conftest import PROMPTS
-
-
-class OddEven(Dense):
-    """Routes every batch's even and odd rows apart, after looking at layer 1's input."""
-
-    def __init__(self):
-        self.seen_decisions, self.lookahead_shapes = [], []
-
-    def router(self):
-        return Router(1, self.decide)
-
-    def decide(self, x, token_mask):
-        self.lookahead_shapes.append((tuple(x.shape), tuple(token_mask.shape)))
-        parity = [i % 2 for i in range(x.shape[0])]
-        return RowDecisions(parity, [{"split": {"parity": p}} for p in parity])
-
-    def begin_batch(self, decision=None):
-        self.seen_decisions.append(decision)
-
-
-def test_parts_generate_separately_and_rows_come_back_in_order(tiny_llama):
-    prompts = [Prompt(f"p{i}", t, None, "t") for i, t in enumerate(PROMPTS)]
-    settings = GenerationSettings(max_new_tokens=3, batch_size=4)
-    method = OddEven()
-    rows = list(generate_rows(tiny_llama, prompts, method, PruneOptions(), None, settings))
-    assert [r["id"] for r in rows] == ["p0", "p1", "p2", "p3"]
-    assert [r["split"]["parity"] for r in rows] == [0, 1, 0, 1]
-    # Each group's prefill saw its decision (the look-ahead's own prefill saw none).
-    assert method.seen_decisions == [None, 0, 1]
-    (x_shape, mask_shape), = method.lookahead_shapes
-    assert x_shape[0] == 4 and x_shape[2] == tiny_llama.geometry.hidden_size and mask_shape == x_shape[:2]
-    # A group's rows carry their own share of the look-ahead FLOPs: one dense layer over the batch.
-    dense_rows = list(generate_rows(tiny_llama, prompts[0::2], Dense(), PruneOptions(), None, settings))
-    assert rows[0]["completion"] == dense_rows[0]["completion"]
-    with prune_model(tiny_llama, Dense(), PruneOptions()) as handle:
-        _, _, cost = handle.layer_input(1, PROMPTS)
-    assert cost > 0
-    assert rows[0]["flops"]["probe"] == dense_rows[0]["flops"]["probe"] + cost / 4
-
-
-def test_group_rows_keeps_first_appearance_order_and_shares_the_look_ahead():
-    from aapp.pruning.run import group_rows
-
-    groups = group_rows(RowDecisions([True, False, True, True], [{"i": i} for i in range(4)]), 8.0)
-    assert [(g.decision, g.rows, g.lookahead_flops) for g in groups] == [(True, [0, 2, 3], 6.0), (False, [1], 2.0)]
-    assert groups[0].info == [{"i": 0}, {"i": 2}, {"i": 3}]
-
-
-def test_layer_input_is_the_block_input_of_that_layer(tiny_llama):
-    from aapp.generation import encode, positions
-
-    with prune_model(tiny_llama, Dense(), PruneOptions()) as handle:
-        x, token_mask, _ = handle.layer_input(2, PROMPTS)
-    ids, attn = encode(tiny_llama.tokenizer, PROMPTS, tiny_llama.device)
-    with torch.no_grad():
-        hidden = tiny_llama.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn),
-                                  output_hidden_states=True).hidden_states
-    torch.testing.assert_close(x, hidden[2])  # hidden_states[i] is the input of decoder layer i
-    assert torch.equal(token_mask, attn.bool())
-
 
 
 class BatchLengths(Dense):

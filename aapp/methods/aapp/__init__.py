@@ -18,7 +18,7 @@ __all__ = ["AAPP", "CRITICAL", "GATES", "REGISTRATION", "RESTORE", "AAPPOptions"
 
 def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
     if spec.variant is not None:  # aapp:GATE names the gate
-        if options.gate not in (spec.variant, AAPPOptions.gate):
+        if options.gate not in (spec.variant, AAPPOptions(on_fire=options.on_fire).gate):
             raise AappError(f"{spec.text} names the {spec.variant} gate, but its options set gate={options.gate}")
         options = replace(options, gate=spec.variant)
     return AAPP(options, scoring_for(MethodSpec(spec.text, "pp", None, spec.compensate)))

@@ -24,13 +24,17 @@ from aapp.models.loading import LoadedModel
 from aapp.prompts import Prompt, load_prompts
 
 DEFAULT_HARMFUL, DEFAULT_HARMLESS = "calib-harmful", "calib-harmless"
+# Mirrored pairs for the gates' routing cuts and the fitted gate's training (line i of one mirrors line i
+# of the other); disjoint from every evaluation set, mirror-* included (tests/test_prompts.py).
+DEFAULT_CONTRAST = ("contrast-harmful", "contrast-benign")
 
 
 @dataclass(frozen=True)
 class AlignmentSettings:
     """What AAPP's calibration reads: two prompt sets (None: the defaults, or with `update` the
     file's), and the ratios at which gate thresholds are refitted on pruned prefills at
-    `dense_layers`, cut so that at most `gate_fpr` of the benign inputs fire (1: no cap)."""
+    `dense_layers`, cut so that at most `gate_fpr` of the benign inputs fire (1: no cap).
+    `contrast` names the mirrored harmful and benign sets, as "HARMFUL,BENIGN" or "none"."""
 
     harmful: str | None = None
     harmless: str | None = None
@@ -40,10 +44,18 @@ class AlignmentSettings:
     gate_ratios: tuple[float, ...] | str = ()  # or their text: "0.2,0.3", "none"
     dense_layers: int = 3
     gate_fpr: float = 0.01
+    contrast: tuple[str, str] | str | None = DEFAULT_CONTRAST
 
     def __post_init__(self):
         if isinstance(self.gate_ratios, str):
             object.__setattr__(self, "gate_ratios", parse_gate_ratios(self.gate_ratios))
+        if isinstance(self.contrast, str):
+            names = tuple(n.strip() for n in self.contrast.split(","))
+            if self.contrast.strip().lower() == "none":
+                names = None
+            elif len(names) != 2 or not all(names):
+                raise InputError(f"contrast takes two prompt sets, HARMFUL,BENIGN (or none), got {self.contrast!r}")
+            object.__setattr__(self, "contrast", names)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class Prepared:
     harmful: list[Prompt]
     harmless: list[Prompt]
     names: tuple[str, str]
+    contrast: tuple[list[Prompt], list[Prompt]] | None = None
 
 
 def prepare(settings: AlignmentSettings, existing: Calibration | None = None) -> Prepared:
@@ -69,20 +82,33 @@ def prepare(settings: AlignmentSettings, existing: Calibration | None = None) ->
             raise InputError("the calibration file does not name its prompt sets; name the harmful and harmless sets")
     harmful, harmless = harmful or DEFAULT_HARMFUL, harmless or DEFAULT_HARMLESS
     load = dict(limit=settings.limit, sample=settings.sample, seed=settings.seed)
-    return Prepared(settings, load_prompts(harmful, **load), load_prompts(harmless, **load), (harmful, harmless))
+    contrast = None
+    if settings.contrast is not None:
+        contrast = tuple(load_prompts(name) for name in settings.contrast)
+        if len(contrast[0]) != len(contrast[1]):
+            raise InputError(f"the contrast sets are mirrored pairs, line for line, but {settings.contrast[0]} has "
+                             f"{len(contrast[0])} prompts and {settings.contrast[1]} {len(contrast[1])}")
+    return Prepared(settings, load_prompts(harmful, **load), load_prompts(harmless, **load), (harmful, harmless),
+                    contrast)
 
 
 def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str],
                   description: dict, batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
                   prose: Sequence[str] = (), prose_settings: TextSettings = TextSettings(samples=32),
-                  on_fit: Callable[[int, int], None] | None = None) -> None:
+                  on_fit: Callable[[int, int], None] | None = None,
+                  contrast: tuple[Sequence[str], Sequence[str]] | None = None) -> None:
     """Add AAPP's alignment statistics and fitted gates to `cal` in place. `prose` (general text,
     cut into windows by `prose_settings`) joins the harmless side of the fitted gate, so that it
-    learns not to fire on raw text. `on_fit(done, total)` follows the fitted gate's layers."""
+    learns not to fire on raw text. `contrast` (mirrored harmful and benign prompts, pair by pair)
+    joins the fitted gate's training and every gate's routing cut. `on_fit(done, total)` follows the
+    fitted gate's layers."""
     if not harmful or not harmless:
         raise InputError("alignment calibration needs both harmful and harmless prompts")
     h = collect_set(loaded, list(harmful), batch_size, on_batch)
     s = collect_set(loaded, list(harmless), batch_size, on_batch)
+    pairs = None
+    if contrast is not None:
+        pairs = tuple(collect_set(loaded, list(side), batch_size, on_batch).features for side in contrast)
     n_post = post_instruction_tokens(loaded.tokenizer)
     windows = None
     if prose:
@@ -90,22 +116,30 @@ def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str],
         windows = window_features(loaded, packed, n_post, batch_size)
     meta = dict(harmful=description.get("harmful"), harmless=description.get("harmless"),
                 harmful_count=len(harmful), harmless_count=len(harmless),
-                post_instruction_tokens=n_post, gate_prose_windows=0 if windows is None else len(windows))
-    set_alignment(cal, Alignment(harmful=h.stats, harmless=s.stats, gates=fit_gates(h, s, windows, on_fit), meta=meta))
+                post_instruction_tokens=n_post, gate_prose_windows=0 if windows is None else len(windows),
+                contrast=description.get("contrast"), contrast_pairs=0 if pairs is None else len(pairs[0]))
+    set_alignment(cal, Alignment(harmful=h.stats, harmless=s.stats, gates=fit_gates(h, s, windows, on_fit, pairs),
+                                 meta=meta))
 
 
 def run(ctx: StepContext, prepared: Prepared) -> str:
     """The alignment statistics, fitted gates and any pruned thresholds, added to `ctx.calib`;
     returns what it did, for the summary line."""
-    task = ctx.bar.add_task("harmful/harmless", total=len(prepared.harmful) + len(prepared.harmless))
+    pairs = prepared.contrast
+    task = ctx.bar.add_task("harmful/harmless", total=len(prepared.harmful) + len(prepared.harmless)
+                            + (2 * len(pairs[0]) if pairs else 0))
     names = dict(zip(("harmful", "harmless"), prepared.names))
+    if pairs:
+        names["contrast"] = ",".join(prepared.settings.contrast)
     fit = ctx.bar.add_task("logistic gate fit, layers", total=None)
     add_alignment(ctx.calib, ctx.loaded, [p.input for p in prepared.harmful], [p.input for p in prepared.harmless],
                   names, on_batch=lambda n: ctx.bar.advance(task, n), prose=ctx.prose, prose_settings=ctx.text,
-                  on_fit=lambda done, total: ctx.bar.update(fit, completed=done, total=total))
+                  on_fit=lambda done, total: ctx.bar.update(fit, completed=done, total=total),
+                  contrast=tuple([p.input for p in side] for side in pairs) if pairs else None)
     prose = _prose_windows(ctx.loaded, ctx.prose, ctx.text.samples, ctx.text.seq_len)
     ratios = _thresholds(ctx, prepared, prose)
     return (f"{len(prepared.harmful)} harmful + {len(prepared.harmless)} harmless prompts"
+            + (f", {len(pairs[0])} contrast pairs" if pairs else "")
             + (f", gate thresholds at ratios {','.join(f'{r:g}' for r in ratios)}" if ratios else ""))
 
 

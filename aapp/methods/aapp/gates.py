@@ -18,6 +18,10 @@ layer; a score above the layer's calibrated threshold fires. Fixed gates always 
 
 `fit_gates` calibrates every residual gate at every layer (the AUROC the layer is chosen by,
 and the threshold that maximises balanced accuracy); the calibration file stores the result.
+For routing (on_fire dense or R) it also cuts each layer at ROUTE_RECALL of the harmful prompts
+and records the share of benign prompts that cut escalates, and, given contrastive mirrored pairs
+(the same wording, a harmless object), the AUROC on those pairs alone: out of fold for the fitted
+gate, whose training data the pairs join (pair i of each side in the same fold).
 `refit_thresholds` refits only the thresholds, with the same rule, on the features a pruned
 prefill gives (aapp.methods.aapp.thresholds runs it): pruning the layers before the gate's
 keeps the scores' order but shifts their scale.
@@ -25,6 +29,7 @@ keeps the scores' order but shifts their scale.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +41,7 @@ from aapp.methods.aapp.passes import PromptSetPass
 from aapp.methods.aapp.store import Alignment, GateFit
 
 FOLDS = 5
+ROUTE_RECALL = 0.95  # a routing cut keeps at least this share of harmful calibration prompts above it
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # on standardised features, with a class-balanced mean loss
 
 
@@ -145,18 +151,33 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float) -> 
     return weight.float(), (b.detach() - mu @ weight).float()
 
 
+def route_cut(pos: torch.Tensor, neg: torch.Tensor, recall: float = ROUTE_RECALL) -> tuple[float, float]:
+    """The highest cut that at least `recall` of the positives score above, and the share of the
+    negatives above it (what a router escalates)."""
+    p = pos.double().sort().values
+    below = len(p) - math.ceil(recall * len(p) - 1e-9)  # positives allowed at or below the cut
+    if below <= 0:
+        cut = float(p[0]) - 1.0
+    else:
+        lo, hi = float(p[below - 1]), float(p[below])
+        cut = (lo + hi) / 2 if hi > lo else math.nextafter(hi, -math.inf)
+    return cut, float((neg.double() > cut).float().mean())
+
+
 def _folds(n: int, k: int) -> torch.Tensor:
     return torch.arange(n) % k
 
 
 def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor],
-                 on_layer: Callable[[int, int], None] | None = None) -> GateFit:
+                 on_layer: Callable[[int, int], None] | None = None, pairs: int = 0) -> GateFit:
     """The logistic gate at every layer, from harmful features [N1, L, D] against benign sets
     (each [Ni, L, D]; harmless prompts first, then e.g. prose windows). Harmful rows weigh half
     of the loss and the benign sets share the other half equally; the L2 strength per layer is
     the one with the best out-of-fold AUROC, which is the AUROC reported, and the threshold
     maximises out-of-fold balanced accuracy (harmful vs every benign row). `on_layer(done, total)`
-    follows the layers: this is most of calibration's time (L layers x L2 grid x folds of L-BFGS)."""
+    follows the layers: this is most of calibration's time (L layers x L2 grid x folds of L-BFGS).
+    The last `pairs` rows of `harmful` and of `benign[0]` are mirrored pairs, row for row: the routing
+    cut is taken on the out-of-fold scores of harmful vs `benign[0]`, the pair AUROC on those rows."""
     sets = [harmful] + benign
     x = torch.cat(sets).to(torch.float64)  # [N, L, D]
     y = torch.cat([torch.ones(len(harmful))] + [torch.zeros(len(b)) for b in benign]).to(torch.float64)
@@ -164,7 +185,8 @@ def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor],
     w = torch.cat([torch.full((len(s),), f / len(s)) for s, f in zip(sets, share)]).to(torch.float64)
     fold = torch.cat([_folds(len(s), FOLDS) for s in sets])  # stratified: every set in every fold
     layers = x.shape[1]
-    weights, biases, aucs, thresholds = [], [], [], []
+    weights, biases, aucs, thresholds, cuts, fprs, pair_aucs = [], [], [], [], [], [], []
+    n_h, n_b = len(harmful), len(benign[0])
     for layer in range(layers):
         xl = x[:, layer]
         best = None
@@ -183,29 +205,44 @@ def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor],
         biases.append(bl)
         aucs.append(auc)
         thresholds.append(best_threshold(oof[y == 1].float(), oof[y == 0].float()))
+        cut, fpr = route_cut(oof[:n_h], oof[n_h : n_h + n_b])
+        cuts.append(cut)
+        fprs.append(fpr)
+        if pairs:
+            pair_aucs.append(auroc(oof[n_h - pairs : n_h].float(), oof[n_h + n_b - pairs : n_h + n_b].float()))
         if on_layer:
             on_layer(layer + 1, layers)
     return GateFit(auroc=torch.tensor(aucs), threshold=torch.tensor(thresholds), weight=torch.stack(weights),
-                   bias=torch.stack(biases))
+                   bias=torch.stack(biases), route_threshold=torch.tensor(cuts), route_fpr=torch.tensor(fprs),
+                   pair_auroc=torch.tensor(pair_aucs) if pairs else None)
 
 
 def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass, prose: torch.Tensor | None = None,
-              on_layer: Callable[[int, int], None] | None = None) -> dict[str, GateFit]:
-    """Every residual gate's AUROC and threshold at every layer; `prose` ([N, L, D] features of
-    raw text windows) joins the harmless side of the fitted gate, whose fit reports
-    `on_layer(done, total)`."""
+              on_layer: Callable[[int, int], None] | None = None,
+              pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, GateFit]:
+    """Every residual gate's AUROC, threshold and routing cut at every layer; `prose` ([N, L, D]
+    features of raw text windows) joins the harmless side of the fitted gate, whose fit reports
+    `on_layer(done, total)`. `pairs` (harmful, benign features [P, L, D], row i of one mirroring
+    row i of the other) join the fitted gate's training data, and every gate's routing cut and
+    pair AUROC."""
     fits = {}
+    h_pairs, b_pairs = pairs if pairs is not None else (harmful.features[:0], harmless.features[:0])
     for name, gate in GATES.items():
         if not gate.reads_residual:
             continue
         if gate.fitted:
-            benign = [harmless.features] + ([prose] if prose is not None and len(prose) else [])
-            fits[name] = fit_logistic(harmful.features, benign, on_layer)
+            benign = [torch.cat([harmless.features, b_pairs])] + ([prose] if prose is not None and len(prose) else [])
+            fits[name] = fit_logistic(torch.cat([harmful.features, h_pairs]), benign, on_layer, pairs=len(h_pairs))
             continue
-        sh, ss = (gate.scores(p.features, harmful.stats.resid, harmless.stats.resid) for p in (harmful, harmless))
+        sh, ss, ph, pb = (gate.scores(f, harmful.stats.resid, harmless.stats.resid)
+                          for f in (harmful.features, harmless.features, h_pairs, b_pairs))
         layers = range(sh.shape[1])
+        routes = [route_cut(torch.cat([sh[:, i], ph[:, i]]), torch.cat([ss[:, i], pb[:, i]])) for i in layers]
         fits[name] = GateFit(auroc=torch.tensor([auroc(sh[:, i], ss[:, i]) for i in layers]),
-                             threshold=torch.tensor([best_threshold(sh[:, i], ss[:, i]) for i in layers]))
+                             threshold=torch.tensor([best_threshold(sh[:, i], ss[:, i]) for i in layers]),
+                             route_threshold=torch.tensor([c for c, _ in routes]),
+                             route_fpr=torch.tensor([f for _, f in routes]),
+                             pair_auroc=torch.tensor([auroc(ph[:, i], pb[:, i]) for i in layers]) if len(ph) else None)
     return fits
 
 

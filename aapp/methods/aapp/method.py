@@ -24,6 +24,14 @@ calibrated threshold (a harmful prompt must not lose protection to benign neighb
 `per_sample` splits a batch into gated and ungated sub-batches instead, deciding from a
 look-ahead pass up to the gate layer.
 
+`on_fire` says what a fired request costs. "protect" is the paper's contract above (matched compute,
+decided per batch unless `per_sample`). "dense" and a lighter ratio R make the gate a router: each
+request is scored on its own (aapp.pruning.engine asks the router inline, at the gate layer's
+prefill), and a fired one runs unpruned, or at ratio R with its critical channels protected, while
+the others run exactly as Probe Pruning. A router cuts its gate at the calibrated routing cut
+(gates.ROUTE_RECALL of harmful calibration prompts pass it), and, unless `gate_layer` is given,
+reads the layer of least expected compute on a benign-heavy stream (`read_layer`).
+
 `restore` (aapp.methods.aapp.restore) also adds back, on fired batches only, what pruning removes
 from harmful inputs: the pruned structures' mean output over the harmful calibration prompts
 ("harmful-mean"), or only its component along the refusal direction ("direction"), as o_proj /
@@ -47,9 +55,9 @@ from aapp.errors import AappError, CalibrationError
 from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_counts, protected_count,
                                           refusal_direction, refusal_mass, shift_channels)
 from aapp.methods.aapp.critical import CRITICAL, check_setdiff_pools, critical_set
-from aapp.methods.aapp.gates import GATES
+from aapp.methods.aapp.gates import GATES, ROUTE_RECALL
 from aapp.methods.aapp.restore import RESTORE, restored
-from aapp.methods.base import LayerContext, RowDecisions, Router, Selection, select_top
+from aapp.methods.base import LayerContext, Route, RowDecisions, Router, Selection, select_top
 from aapp.methods.plan import PrunePlan
 from aapp.methods.options import option
 from aapp.methods.pp import PPScoring, ProbePruning
@@ -61,7 +69,10 @@ class AAPPOptions:
     """AAPP's own options (`aapp methods aapp` lists them); the engine's (dense_layers, reprobe_every,
     ...) are aapp.pruning.engine.PruneOptions'."""
 
-    gate: str = option("direction", "risk gate: " + " | ".join(GATES))
+    gate: str | None = option(None, "risk gate: " + " | ".join(GATES)
+                              + " (none: direction for on_fire=protect, logistic when routing)")
+    on_fire: str = option("protect", "a fired request: protect (the paper: protected at matched compute) | "
+                                     "dense (runs unpruned) | R (a lighter ratio, protected)")
     protect: float = option(0.3, "fraction of each layer's heads and MLP channels protected when the gate fires")
     critical: str = option("setdiff", "critical channels: " + " | ".join(CRITICAL))
     gate_layer: int | None = option(None, "layer whose input the gate reads (none: chosen at calibration)")
@@ -77,6 +88,25 @@ class AAPPOptions:
                           + " (the pruned channels' mean output on harmful prompts, or its refusal-direction part)")
 
     def __post_init__(self):
+        if self.on_fire not in ("protect", "dense"):
+            try:
+                r = float(self.on_fire)
+            except ValueError:
+                raise AappError(f"on_fire takes protect, dense or a ratio, got {self.on_fire!r}") from None
+            if not 0.0 < r < 1.0:
+                raise AappError(f"on_fire ratio must be in (0, 1), got {self.on_fire}")
+        if self.routes:
+            if self.per_sample:
+                raise AappError(f"per_sample applies to on_fire=protect; on_fire={self.on_fire} routes every request alone")
+            if self.on_fire == "dense":
+                moved = [f"{k}={getattr(self, k)}" for k in UNPROTECTED if getattr(self, k) != getattr(AAPPOptions, k)]
+                if moved:
+                    raise AappError(f"on_fire=dense runs fired requests unpruned, so nothing is protected: "
+                                    f"{', '.join(moved)} does not apply")
+            if self.layer_budget != "flat":
+                raise AappError(f"layer_budget applies to on_fire=protect (got on_fire={self.on_fire})")
+        if self.gate is None:
+            object.__setattr__(self, "gate", "logistic" if self.routes else "direction")
         for name, choices in (("gate", GATES), ("critical", CRITICAL), ("protect_by", PROTECT_BY),
                               ("layer_budget", LAYER_BUDGET), ("restore", RESTORE)):
             value = getattr(self, name)
@@ -87,7 +117,45 @@ class AAPPOptions:
                 raise AappError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.refresh < 0:
             raise AappError(f"refresh must be at least 0, got {self.refresh}")
+        if self.routes and not GATES[self.gate].reads_residual:
+            raise AappError(f"the {self.gate} gate reads nothing, so it cannot route requests (on_fire={self.on_fire})")
 
+    @property
+    def routes(self) -> bool:
+        """Whether the gate routes each request (on_fire dense or R) rather than protecting in place."""
+        return self.on_fire != "protect"
+
+    @property
+    def fire_ratio(self) -> float | None:
+        """The ratio a fired request runs at: None (the plan's, protected), 0 (dense) or R."""
+        if self.on_fire == "protect":
+            return None
+        return 0.0 if self.on_fire == "dense" else float(self.on_fire)
+
+
+# What protection is made of: options that do not apply where a fired request runs unpruned.
+UNPROTECTED = ("protect", "critical", "protect_by", "budget_shift", "restore")
+BENIGN_SHARE = 0.9  # the traffic the read layer is chosen for: 9 benign requests in 10
+
+
+def read_layer(fit, plan: PrunePlan, num_layers: int, fire_ratio: float) -> int:
+    """The layer a router reads, chosen on calibration alone: of the layers whose input is still the
+    dense model's (up to the first pruned one, so the gate's cut holds and nothing is recomputed on a
+    fire), the one of least expected FLOPs on a stream of BENIGN_SHARE benign requests, each escalated
+    at the rate its routing cut escalated benign calibration prompts (harmful ones at ROUTE_RECALL);
+    ties go to the better pair AUROC, then to the earlier layer."""
+    if fit.route_fpr is None:
+        raise CalibrationError("the calibration file has no routing cuts (it predates routing); run `aapp calibrate` again")
+    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), num_layers - 1)
+    pruned_cost, fired_cost = 1.0 - plan.ratio, 1.0 - fire_ratio
+    pairs = fit.pair_auroc if fit.pair_auroc is not None else torch.zeros_like(fit.route_fpr)
+
+    def cost(i: int) -> tuple[float, float, int]:
+        fpr = float(fit.route_fpr[i])
+        benign = fpr * fired_cost + (1 - fpr) * pruned_cost
+        harmful = ROUTE_RECALL * fired_cost + (1 - ROUTE_RECALL) * pruned_cost
+        return (round(BENIGN_SHARE * benign + (1 - BENIGN_SHARE) * harmful, 9), -float(pairs[i]), i)
+    return min(range(first_pruned + 1), key=cost)
 
 def gate_layer(options: AAPPOptions, align: Alignment, g: Geometry, plan: PrunePlan) -> int:
     """The layer whose input the gate reads (see the module docstring), from calibration alone."""
@@ -101,6 +169,8 @@ def gate_layer(options: AAPPOptions, align: Alignment, g: Geometry, plan: PruneP
     fit = align.gates.get(gate.name)
     if fit is None:
         raise CalibrationError(f"the calibration file has no {gate.name} gate; run `aapp calibrate` again")
+    if options.routes:
+        return read_layer(fit, plan, g.num_layers, options.fire_ratio)
     if gate.fitted:
         # A fitted gate reads harm well only some layers in: the earliest layer within 0.01 of its best
         # cross-validated AUROC. Pruned layers before it run unprotected (the decision is not made yet).
@@ -129,6 +199,19 @@ def gate_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: P
     return dense, "dense"
 
 
+def route_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: PrunePlan) -> tuple[float, str]:
+    """The cut a router compares its gate's score at `layer` with, and where it came from: the routing
+    cut ("route", ROUTE_RECALL of harmful calibration prompts above it) where the layer's input is the
+    dense model's; after pruned layers, gate_threshold's (the routing cut was taken on dense features)."""
+    fit = align.gates[gate]
+    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), None)
+    if first_pruned is not None and layer > first_pruned:
+        return gate_threshold(gate, layer, align, g, plan)
+    if fit.route_threshold is None:
+        raise CalibrationError("the calibration file has no routing cuts (it predates routing); run `aapp calibrate` again")
+    return float(fit.route_threshold[layer]), "route"
+
+
 class AAPP(ProbePruning):
     name = "aapp"
 
@@ -155,7 +238,14 @@ class AAPP(ProbePruning):
         self.n_post = self.alignment.post_instruction_tokens
         self.gate_layer = gate_layer(self.options, self.alignment, geometry, plan)
         self.threshold, self.threshold_source = float("nan"), None
-        if self.gate.reads_residual:
+        if self.options.routes:
+            self.threshold, self.threshold_source = route_threshold(self.gate.name, self.gate_layer, self.alignment,
+                                                                    geometry, plan)
+            fire = self.options.fire_ratio
+            if fire and fire >= plan.ratio:
+                raise AappError(f"on_fire={self.options.on_fire} is no lighter than the ratio {plan.ratio:g}; "
+                                "give a smaller ratio, or dense")
+        elif self.gate.reads_residual:
             self.threshold, self.threshold_source = gate_threshold(self.gate.name, self.gate_layer, self.alignment, geometry, plan)
         parts = [adapter.layer_parts(model, i) for i in range(geometry.num_layers)]
         o = self.options
@@ -185,21 +275,23 @@ class AAPP(ProbePruning):
         return {self.gate_layer} if self.gate.reads_residual else set()
 
     def router(self) -> Router | None:
-        """Per-sample gating: each prompt's gate decision, read before the batch runs, so that gated
-        and ungated prompts generate as separate groups (the runner's job)."""
-        if not (self.options.per_sample and self.gate.reads_residual):
+        """Per-request decisions (routing, or per-sample protection): each prompt's own gate score
+        decides how it runs; rows decided alike run together (the engine and runner's job)."""
+        if not (self.options.routes or self.options.per_sample) or not self.gate.reads_residual:
             return None
         return Router(self.gate_layer, self._decide)
 
     def _decide(self, x: torch.Tensor, token_mask: torch.Tensor) -> RowDecisions:
         scores = self.sample_scores(x, token_mask)
         fired = [bool(v > 0) for v in scores]
-        return RowDecisions(fired, [{"gate": {"fired": f, "score": float(v), "sample_score": float(v),
-                                              "per_sample": True}} for f, v in zip(fired, scores)])
+        policy = self.options.on_fire
+        return RowDecisions([Route(f, self.options.fire_ratio if f else None) for f in fired],
+                            [{"gate": {"fired": f, "score": float(v), "sample_score": float(v), "per_sample": True},
+                              "policy": policy if f else "pruned"} for f, v in zip(fired, scores)])
 
     def begin_batch(self, decision=None) -> None:
         self._decided = decision is not None
-        self._fired = bool(self.gate.fires) if decision is None else bool(decision)
+        self._fired = bool(self.gate.fires) if decision is None else bool(decision.fired)
         self._score = float("nan")
         self.last_sample_scores = None
         self._batches += 1
@@ -242,9 +334,12 @@ class AAPP(ProbePruning):
 
     def select(self, ctx: LayerContext) -> Selection:
         heads, channels = self.channel_scores(ctx)
-        if not self._fired:
+        route = ctx.decision
+        fired = route.fired if isinstance(route, Route) else self._fired
+        if not fired:
             return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
-        ctx = replace(ctx, budget=self.fired_budgets[ctx.layer])
+        if not (isinstance(route, Route) and route.ratio is not None):  # at the plan's ratio: its fired budgets
+            ctx = replace(ctx, budget=self.fired_budgets[ctx.layer])
         crit = self.critical[ctx.layer]
         mask = select_top(heads, channels, ctx.budget, ctx.geometry,
                           protect_heads=crit.heads, protect_channels=crit.channels)
@@ -261,4 +356,6 @@ class AAPP(ProbePruning):
                  "layer": self.gate_layer, "threshold": self.threshold_source}
         scores = self.last_sample_scores
         per_row = [float(v) for v in scores] if scores is not None and len(scores) == batch_size else None
-        return [{"gate": {**batch, **({"sample_score": per_row[j]} if per_row else {})}} for j in range(batch_size)]
+        policy = self.options.on_fire if self._fired else "pruned"
+        return [{"gate": {**batch, **({"sample_score": per_row[j]} if per_row else {})}, "policy": policy}
+                for j in range(batch_size)]

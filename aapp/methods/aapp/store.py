@@ -10,6 +10,8 @@ prefill gives at a few ratios (aapp.methods.aapp.thresholds). Tensor names insid
   {attn,mlp}.{harmful,harmless}.{mean,sq_mean}       [L, C]
   resid.{harmful,harmless}.{mean,energy}             [L, D]  energy = mean square
   gate.{GATE}.{auroc,threshold}                      [L]
+  gate.{GATE}.{route_threshold,route_fpr,pair_auroc} [L]  the routing cut and what it escalates
+                                                             (aapp.methods.aapp.gates); optional
   gate.{GATE}.{weight,bias}                          [L, D], [L]  fitted gates only
   gate.{GATE}.pruned_threshold                       [R, L]  optional, with the metadata key
                                                              "gate_pruned": {"ratios": [R floats],
@@ -33,7 +35,9 @@ PROMPT_SETS = ("harmful", "harmless")
 SITES = ("attn", "mlp")
 PRUNED_META = "gate_pruned"
 RATIO_MATCH = 1e-6  # a plan's ratio matches a stored one within this
-META = ("harmful", "harmless", "harmful_count", "harmless_count", "post_instruction_tokens", "gate_prose_windows")
+META = ("harmful", "harmless", "harmful_count", "harmless_count", "post_instruction_tokens", "gate_prose_windows",
+        "contrast", "contrast_pairs")
+ROUTE_FIELDS = ("route_threshold", "route_fpr", "pair_auroc")
 
 
 @dataclass(frozen=True)
@@ -52,18 +56,23 @@ class PromptSetStats:
 class GateFit:
     """A risk gate calibrated at every layer, each [L]: the AUROC its layer is chosen by
     (in-sample for gates with nothing fitted, cross-validated for fitted ones) and the score
-    threshold; a fitted linear gate also has its weights [L, D] and biases [L]."""
+    threshold; a fitted linear gate also has its weights [L, D] and biases [L]. For routing: the
+    cut that keeps ROUTE_RECALL of the harmful calibration prompts, the share of benign ones it
+    escalates, and the AUROC on contrastive mirrored pairs (files calibrated before routing lack them)."""
 
     auroc: torch.Tensor
     threshold: torch.Tensor
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    route_threshold: torch.Tensor | None = None
+    route_fpr: torch.Tensor | None = None
+    pair_auroc: torch.Tensor | None = None
 
     def at(self, layer: int) -> "GateFit":
         """This fit at one layer, as a one-layer fit."""
         one = slice(layer, layer + 1)
-        return GateFit(self.auroc[one], self.threshold[one], None if self.weight is None else self.weight[one],
-                       None if self.bias is None else self.bias[one])
+        return GateFit(*(None if t is None else t[one] for t in (self.auroc, self.threshold, self.weight, self.bias,
+                                                                  self.route_threshold, self.route_fpr, self.pair_auroc)))
 
 
 @dataclass(frozen=True)
@@ -168,8 +177,9 @@ def _encode(a: Alignment) -> Section:
         t[f"resid.{name}.mean"], t[f"resid.{name}.energy"] = stats.resid.mean, stats.resid.sq_mean
     for gate, fit in a.gates.items():
         t[f"gate.{gate}.auroc"], t[f"gate.{gate}.threshold"] = fit.auroc, fit.threshold
-        if fit.weight is not None:
-            t[f"gate.{gate}.weight"], t[f"gate.{gate}.bias"] = fit.weight, fit.bias
+        for name in ("weight", "bias", *ROUTE_FIELDS):
+            if getattr(fit, name) is not None:
+                t[f"gate.{gate}.{name}"] = getattr(fit, name)
     meta = dict(a.meta)
     if a.pruned is not None:
         for gate, threshold in a.pruned.threshold.items():
@@ -185,7 +195,8 @@ def _decode(section: Section) -> Alignment:
                                  resid=_site(t, f"resid.{name}", sq_name="energy")) for name in PROMPT_SETS}
     gates = sorted({k.split(".")[1] for k in t if k.startswith("gate.")})
     fits = {g: GateFit(auroc=t[f"gate.{g}.auroc"], threshold=t[f"gate.{g}.threshold"],
-                       weight=t.get(f"gate.{g}.weight"), bias=t.get(f"gate.{g}.bias")) for g in gates}
+                       weight=t.get(f"gate.{g}.weight"), bias=t.get(f"gate.{g}.bias"),
+                       **{name: t.get(f"gate.{g}.{name}") for name in ROUTE_FIELDS}) for g in gates}
     pruned = _pruned(meta.get(PRUNED_META), t)
     return Alignment(**sets, gates=fits, pruned=pruned, meta={k: meta[k] for k in META if k in meta})
 

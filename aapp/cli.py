@@ -362,7 +362,7 @@ def eval_refusal(
     harmful: Annotated[Optional[str], typer.Option(metavar="SETS", help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.")] = None,
     benign: Annotated[Optional[str], typer.Option(metavar="SETS", help="Sweep mode: benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.")] = None,
     ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WxL]", help="Sweep mode: held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.")] = None,
-    limit: Limit = None,
+    mix: Annotated[str, typer.Option(metavar="MIX", help="Traffic whose average FLOPs the summary reports, as LABEL=WEIGHT pairs.")] = "benign=0.9,harmful=0.1",
     sample: Sample = None,
     seed: Seed = 0,
     max_new_tokens: MaxNew = 128,
@@ -378,8 +378,13 @@ def eval_refusal(
 
     Reports refusal on harmful prompts, over-refusal on benign ones, agreement with the dense model's decisions (F1, accuracy, FAR), FLOPs, wall time and the aapp gate's fire rate and held-out AUROC, with 95% Wilson intervals. Sweep mode also runs under torchrun, sharding batches over ranks.
     """
+    from aapp.evaluation.metrics import parse_mix
     from aapp.evaluation.report import print_table
 
+    try:
+        traffic = parse_mix(mix)
+    except ValueError as e:
+        raise AappError(f"--mix: {e}") from None
     if model is not None:
         from aapp.evaluation import sweep as sw
         from aapp.methods.options import collect_options
@@ -397,11 +402,10 @@ def eval_refusal(
             model=sw.ModelSettings(model, device=dev, dtype=dtype, device_map=device_map), out=out,
             cells=sw.CellSettings(methods=sw.parse_methods(methods), ratios=sw.parse_ratios(ratios), calib=calib,
                                   options=collect_options(opt or (), opts)),
-            prompts=sw.PromptSettings(harmful=harmful, benign=benign, limit=limit, sample=sample, seed=seed,
-                                      truncate=truncate),
+            prompts=sw.PromptSettings(harmful=harmful, benign=benign, sample=sample, seed=seed, truncate=truncate),
             generation=sw.GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=True),
             perplexity=sw.PerplexitySettings(text, seq_len=ppl_seq_len, windows=ppl_windows) if text else None,
-            judge=judge, resume=True))
+            judge=judge, resume=True, mix=traffic))
     else:
         from aapp.evaluation.judges import get_judge
         from aapp.evaluation.pipe import evaluate_pipe
@@ -421,7 +425,7 @@ def eval_refusal(
         ref = read_jsonl(reference) if reference else None
         judged, summaries, meta = evaluate_pipe(rows, ref, get_judge(judge), source=generations or "<stdin>",
                                                 reference_source=reference or "reference",
-                                                allow_model_mismatch=allow_model_mismatch)
+                                                allow_model_mismatch=allow_model_mismatch, mix=traffic)
         if out is not None:
             write_outputs(Path(out), judged, summaries, meta=meta)
     if summaries:  # empty on the non-zero ranks of a torchrun sweep

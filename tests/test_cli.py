@@ -214,7 +214,7 @@ def test_eval_refusal_bad_input(workdir, tmp_path):
 def test_sweep_with_device_map(workdir, tiny_model_dir, tmp_path):
     """--device map:auto goes through accelerate's placement (all on the CPU here) and the sweep runs."""
     r = aapp("eval-refusal", "--model", tiny_model_dir, "--device", "map:auto", "--methods", "dense",
-             "--ratios", "0.3", "--harmful", workdir / "prompts.jsonl", "--limit", 2, "--max-new-tokens", 2,
+             "--ratios", "0.3", "--harmful", f"{workdir / 'prompts.jsonl'}:2", "--max-new-tokens", 2,
              "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "summary.json").exists()

@@ -2,7 +2,7 @@
 
 Input rows are what `aapp prune` writes (or any tool, given `prompt` and `completion`):
 {"id", "prompt", "label": "harmful"|"benign"|null, "completion", "method", "ratio",
- "flops": {"dense", "pruned", "probe", "bias"}, "latency_s", "gate": {"fired", "score"}}; only
+ "flops": {"dense", "pruned", "probe", "bias", "recompute"}, "latency_s", "gate": {"fired", "score"}}; only
 `prompt` and `completion` are required. `aapp prune`'s rows also record what made them
 ("provenance": model name and fingerprint, method, ratio, options, versions), which is how a
 reference from another model is told apart (`evaluate_pipe`). Rows are grouped into cells by
@@ -31,7 +31,7 @@ from typing import Any
 from aapp.console import warn
 from aapp.errors import InputError
 from aapp.evaluation.judges import Judge, KeywordJudge, Verdict
-from aapp.evaluation.metrics import HARMFUL, LABELS, CellSummary, label_gaps, paired_test, summarize
+from aapp.evaluation.metrics import DEFAULT_MIX, HARMFUL, LABELS, CellSummary, label_gaps, paired_test, summarize
 from aapp.provenance import versions
 
 CellKey = tuple[str, float | None]
@@ -50,6 +50,7 @@ def evaluate_pipe(
     source: str = "generations",
     reference_source: str = "reference",
     allow_model_mismatch: bool = False,
+    mix: Mapping[str, float] = DEFAULT_MIX,
 ) -> tuple[list[dict[str, Any]], list[CellSummary], dict[str, Any]]:
     """Pipe mode whole: the model check, `evaluate_generations`, and the summary's meta.
 
@@ -62,7 +63,7 @@ def evaluate_pipe(
     if reference_rows is not None:
         check_same_model(rows, reference_rows, allow_model_mismatch, source, reference_source)
     judged, summaries = evaluate_generations(rows, reference_rows, judge, source=source,
-                                             reference_source=reference_source)
+                                             reference_source=reference_source, mix=mix)
     for gap in label_gaps(summaries):
         warn(gap)
     return judged, summaries, pipe_meta(rows, reference_rows, judge.name)
@@ -129,6 +130,7 @@ def evaluate_generations(
     reference_source: str = "reference",
     perplexity: Mapping[CellKey, float] | None = None,
     baseline: str | None = BASELINE,
+    mix: Mapping[str, float] = DEFAULT_MIX,
 ) -> tuple[list[dict[str, Any]], list[CellSummary]]:
     """Judge every row, summarise every (method, ratio) cell; with a reference, add agreement.
 
@@ -137,7 +139,7 @@ def evaluate_generations(
     rows come first when its cell is not already among the generations, and so does its
     summary (without agreement: it would agree with itself). `source` and
     `reference_source` name the inputs in error messages (e.g. the file paths). Summaries
-    are sorted by method, then ratio. Every other cell at a ratio where `baseline` (a method
+    are sorted by method, then ratio; each reports its average FLOPs over the traffic `mix`. Every other cell at a ratio where `baseline` (a method
     name) also ran is tested against it on the harmful prompts both answered (`paired`).
     """
     judge = judge or KeywordJudge()
@@ -159,7 +161,7 @@ def evaluate_generations(
         if ref_cell not in cells:
             judged += [_judged(reference_rows[i], ref_verdicts[i], judge.name) for i in ref_idx]
             summaries.append(_summary(ref_cell, reference_rows, ref_idx, ref_verdicts, judge.name, None,
-                                      perplexity.get(ref_cell)))
+                                      perplexity.get(ref_cell), mix))
     dense_by_cell: dict[CellKey, list[bool] | None] = {}
     for key, idx in cells.items():
         if reference_rows is None:
@@ -184,7 +186,7 @@ def evaluate_generations(
         dense_by_cell[key] = [ref_refused[k] for k in keys]
     for key, idx in cells.items():
         dense = dense_by_cell[key]
-        summaries.append(_summary(key, rows, idx, verdicts, judge.name, dense, perplexity.get(key)))
+        summaries.append(_summary(key, rows, idx, verdicts, judge.name, dense, perplexity.get(key), mix))
         for n, i in enumerate(idx):
             extra = {"dense_refused": dense[n]} if dense is not None else {}
             judged.append(_judged(rows[i], verdicts[i], judge.name) | extra)
@@ -244,8 +246,9 @@ def _check_row(row: Mapping[str, Any], where: str) -> None:
     flops = row.get("flops")
     if flops is not None:
         if not (isinstance(flops, Mapping) and _is_number(flops.get("dense")) and _is_number(flops.get("pruned"))
-                and _is_number(flops.get("probe", 0.0)) and _is_number(flops.get("bias", 0.0))):
-            raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' (and 'probe', 'bias')")
+                and all(_is_number(flops.get(k, 0.0)) for k in ("probe", "bias", "recompute"))):
+            raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' "
+                             "(and 'probe', 'bias', 'recompute')")
     if not isinstance(row.get("set", ""), (str, type(None))):
         raise InputError(f"{where}: 'set' must be a string (the prompt set's name)")
     gate = row.get("gate")
@@ -280,7 +283,7 @@ def _unique_keys(rows, idx, by_id: bool, source: str, cell: CellKey | None) -> d
     return keys
 
 
-def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl) -> CellSummary:
+def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl, mix) -> CellSummary:
     cell_rows = [rows[i] for i in idx]
     latencies = [r.get("latency_s") for r in cell_rows]
     flops = [r.get("flops") for r in cell_rows]
@@ -299,6 +302,7 @@ def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl) -> CellS
         perplexity=ppl,
         sets=[r.get("set") for r in cell_rows],
         gate_scores=scores if any(sc is not None for sc in scores) else None,
+        mix=mix,
     )
 
 

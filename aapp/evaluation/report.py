@@ -30,7 +30,7 @@ CSV_COLUMNS = (
     "overall_refusal", "overall_refusal_lo", "overall_refusal_hi",
     "n_agreement", "accuracy", "accuracy_lo", "accuracy_hi", "f1",
     "far", "far_lo", "far_hi", "frr", "frr_lo", "frr_hi", "far_harmful", "far_harmful_lo", "far_harmful_hi",
-    "flops_fraction", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi",
+    "flops_fraction", "mix_flops", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi",
     "gate_fire_harmful", "gate_fire_benign", "gate_auroc", "perplexity",
     "paired_baseline", "paired_gained", "paired_lost", "paired_p",
 )
@@ -69,7 +69,8 @@ def flat_row(s: CellSummary) -> dict[str, Any]:
         rate = s.gate_fire_by_label.get(label)
         row[f"gate_fire_{label}"] = rate.value if rate else None
     row["gate_auroc"] = s.gate_auroc
-    row |= {"flops_fraction": s.flops_fraction, "wall_time_s": s.wall_time_s, "perplexity": s.perplexity}
+    row |= {"flops_fraction": s.flops_fraction, "mix_flops": s.mix_flops, "wall_time_s": s.wall_time_s,
+            "perplexity": s.perplexity}
     p = s.paired
     row |= {"paired_baseline": p.baseline if p else None, "paired_gained": p.gained if p else None,
             "paired_lost": p.lost if p else None, "paired_p": p.p if p else None}
@@ -186,6 +187,8 @@ def _columns(summaries: Sequence[CellSummary]) -> dict[str, list[str]]:
         f"vs {baseline}": lambda s: f"+{s.paired.gained}/-{s.paired.lost} p={s.paired.p:.2g}" if s.paired else "n/a",
         "FRR": lambda s: agree(s, "frr"),
         "FLOPs": lambda s: _num(s.flops_fraction, ".2f"),
+        # Average FLOPs per request over the traffic mix (9 benign in 10 by default): what a user pays.
+        "FLOPs mix": lambda s: _num(s.mix_flops, ".2f"),
         "wall s": lambda s: _num(s.wall_time_s, ".1f"),
         "gate": lambda s: _pct(s.gate_fire_rate),
         "gate h/b": _gate_by_label,

@@ -64,7 +64,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> list[CellSummary]:
             dist.barrier()
             return []
         try:
-            return _report(Path(cfg.out), cfg.judge, cfg.model.device, rows, ppl, meta)
+            return _report(Path(cfg.out), cfg.judge, cfg.model.device, rows, ppl, meta, cfg.mix)
         finally:
             dist.barrier()  # the other ranks wait until the outputs are written (or failed)
 
@@ -259,7 +259,7 @@ def _perplexity(loaded, calib, cells: CellSettings, ppl: PerplexitySettings, bat
 
 
 def _report(out: Path, judge_name: str, device: str, rows: dict[CellKey, list[dict]], ppl: dict[CellKey, float],
-            meta: dict) -> list[CellSummary]:
+            meta: dict, mix) -> list[CellSummary]:
     """Rank 0: judge every cell against the dense one and write the outputs."""
     from aapp.evaluation.judges import get_judge
     from aapp.evaluation.pipe import evaluate_generations
@@ -270,9 +270,9 @@ def _report(out: Path, judge_name: str, device: str, rows: dict[CellKey, list[di
     others = [r for key, cell_rows in rows.items() if key != (DENSE, 0.0) for r in cell_rows]
     if others:
         judged, summaries = evaluate_generations(others, dense, judge, source="sweep",
-                                                 reference_source="dense cell", perplexity=ppl)
+                                                 reference_source="dense cell", perplexity=ppl, mix=mix)
     else:
-        judged, summaries = evaluate_generations(dense, None, judge, source="sweep", perplexity=ppl)
+        judged, summaries = evaluate_generations(dense, None, judge, source="sweep", perplexity=ppl, mix=mix)
     # Dense first, then the cells in sweep order (methods, then ratios, as given).
     order = {key: i for i, key in enumerate(rows)}
     summaries.sort(key=lambda s: order.get((s.method, s.ratio), len(order)))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aapp.errors import AappError, InputError
+from aapp.evaluation.metrics import DEFAULT_MIX
 from aapp.methods import Dense, check_method_spec
 from aapp.pruning.engine import PruneOptions
 from aapp.pruning.options import build_method, options_per_method
@@ -139,6 +140,7 @@ class SweepConfig:
     perplexity: PerplexitySettings | None = None
     judge: str = "keyword"
     resume: bool = False
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # the traffic average FLOPs are reported over
 
     def __post_init__(self):
         for name in ("batch_size", "max_new_tokens"):

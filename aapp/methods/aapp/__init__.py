@@ -16,15 +16,33 @@ __all__ = ["AAPP", "CRITICAL", "GATES", "REGISTRATION", "RESTORE", "AAPPOptions"
            "Gate", "add_alignment"]
 
 
+POLICIES = {"dense": "routes each request: fired ones run unpruned (on_fire=dense)",
+            "light": "routes each request: fired ones run at a lighter ratio, protected (give on_fire=R)"}
+
+
 def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
-    if spec.variant is not None:  # aapp:GATE names the gate
+    if spec.variant in POLICIES:  # aapp:dense and aapp:light name the routing policy
+        if spec.variant == "dense" and options.on_fire not in ("protect", "dense"):
+            raise AappError(f"{spec.text} routes fired requests dense, but its options set on_fire={options.on_fire}")
+        if spec.variant == "light" and options.on_fire == "dense":
+            raise AappError(f"{spec.text} runs fired requests at a lighter ratio, but its options set on_fire=dense")
+        if spec.variant == "dense":
+            options = AAPPOptions(**{**_fields(options), "on_fire": "dense",
+                                     "gate": None if options.gate == AAPPOptions().gate else options.gate})
+    elif spec.variant is not None:  # aapp:GATE names the gate
         if options.gate not in (spec.variant, AAPPOptions(on_fire=options.on_fire).gate):
             raise AappError(f"{spec.text} names the {spec.variant} gate, but its options set gate={options.gate}")
         options = replace(options, gate=spec.variant)
-    return AAPP(options, scoring_for(MethodSpec(spec.text, "pp", None, spec.compensate)))
+    # aapp:light without its ratio builds (so that its options can be listed), and refuses to bind.
+    return AAPP(options, scoring_for(MethodSpec(spec.text, "pp", None, spec.compensate)),
+                needs_route=spec.variant == "light")
+
+
+def _fields(options: AAPPOptions) -> dict:
+    return {name: getattr(options, name) for name in AAPPOptions.__dataclass_fields__}
 
 
 REGISTRATION = Registration(
     "aapp", _build, "Alignment-Aware Probe Pruning: PP that keeps alignment-critical channels when a risk gate fires",
-    variants={g: f"the {g} risk gate" for g in GATES}, compensable=True, options=AAPPOptions,
+    variants={**{g: f"the {g} risk gate" for g in GATES}, **POLICIES}, compensable=True, options=AAPPOptions,
     calibration=STEP)

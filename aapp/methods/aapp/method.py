@@ -215,9 +215,11 @@ def route_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: 
 class AAPP(ProbePruning):
     name = "aapp"
 
-    def __init__(self, options: AAPPOptions = AAPPOptions(), scoring: PPScoring = PPScoring()):
+    def __init__(self, options: AAPPOptions = AAPPOptions(), scoring: PPScoring = PPScoring(),
+                 needs_route: bool = False):
         super().__init__(scoring)
         self.options = options
+        self._needs_route = needs_route
         self.gate = GATES[options.gate]
         self._decided = False  # the router decided this batch's rows: the in-flight gate does not
         self._fired = False
@@ -230,6 +232,8 @@ class AAPP(ProbePruning):
 
     # -- calibration-time facts -------------------------------------------------------------
     def bind(self, model, adapter, geometry, plan, calib):
+        if self._needs_route and not self.options.routes:
+            raise AappError(f"{self.name} runs fired requests at a lighter ratio: give it one, e.g. on_fire=0.15")
         super().bind(model, adapter, geometry, plan, calib)
         self.alignment = alignment(calib)  # a one-line error where the file has none
         check_shapes(calib, geometry, getattr(model, "name_or_path", "this model"))

@@ -24,7 +24,7 @@ from dataclasses import replace
 import torch
 
 from aapp.calibration.store import Calibration, SiteStats
-from aapp.methods.aapp.store import Alignment, GateFit, PromptSetStats, set_alignment
+from aapp.methods.aapp.store import set_random_alignment
 from aapp.methods import make_method
 from aapp.models.adapters import adapter_for
 from aapp.models.loading import LoadedModel, fingerprint
@@ -39,18 +39,13 @@ def synthetic_calibration(loaded: LoadedModel, seed: int = 0) -> Calibration:
     """Plausible statistics of the right shapes: speed does not depend on their values."""
     g = loaded.geometry
     gen = torch.Generator().manual_seed(seed)
-    L, A, M, D = g.num_layers, g.num_heads * g.head_dim, g.intermediate_size, g.hidden_size
+    L, A, M = g.num_layers, g.num_heads * g.head_dim, g.intermediate_size
 
-    def stats(c: int, scale: float = 0.1) -> SiteStats:
-        return SiteStats(mean=torch.randn(L, c, generator=gen) * scale, sq_mean=torch.rand(L, c, generator=gen) + 0.1)
+    def stats(c: int) -> SiteStats:
+        return SiteStats(mean=torch.randn(L, c, generator=gen) * 0.1, sq_mean=torch.rand(L, c, generator=gen) + 0.1)
 
-    def prompt_set() -> PromptSetStats:
-        return PromptSetStats(attn=stats(A), mlp=stats(M), resid=stats(D, scale=1.0))
-
-    text = {"attn": stats(A), "mlp": stats(M)}
-    gates = {gate: GateFit(auroc=torch.full((L,), 0.5), threshold=torch.zeros(L)) for gate in ("direction", "kl")}
-    cal = Calibration(meta={"fingerprint": loaded.fingerprint, "model": loaded.name}, **text)
-    set_alignment(cal, Alignment(prompt_set(), prompt_set(), gates, meta={"post_instruction_tokens": 5}))
+    cal = Calibration(meta={"fingerprint": loaded.fingerprint, "model": loaded.name}, attn=stats(A), mlp=stats(M))
+    set_random_alignment(cal, g, seed)
     return cal
 
 

@@ -101,6 +101,13 @@ def test_prune_bad_input(workdir, tiny_model_dir, args, needles):
     assert not out.exists()
 
 
+def test_bad_mix_is_a_one_line_error(tmp_path):
+    out = tmp_path / "out"
+    one_line_error(aapp("eval-refusal", "--model", "m", "--harmful", "advbench", "--mix", "benign=0.5", "--out", out),
+                   "--mix", "sum to 1")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("command", [["prune", "--method", "aapp", "--calib", "X"],
                                      ["eval-refusal", "--model", "m", "--calib", "X"]], ids=["prune", "eval-refusal"])
 def test_bad_restore_is_a_one_line_error(tmp_path, command):
@@ -122,6 +129,9 @@ def test_bad_restore_is_a_one_line_error(tmp_path, command):
     (["--method", "aapp:kl", "--opt", "gate=logistic"], ["names the kl gate"]),
     (["--method", "aapp", "--opts", "missing.toml"], ["missing.toml: no such options file"]),
     (["--method", "ppp"], ["unknown method 'ppp' (did you mean 'pp'?)"]),
+    (["--method", "aapp", "--opt", "on_fire=dense", "--opt", "protect=0.5"], ["protect=0.5 does not apply"]),
+    (["--method", "aapp", "--opt", "on_fire=sometimes"], ["on_fire takes protect, dense or a ratio"]),
+    (["--method", "pp", "--opt", "on_fire=dense"], ["pp has no option 'on_fire'"]),
 ])
 def test_options_that_do_not_apply_are_one_line_errors(tmp_path, args, needles):
     out = tmp_path / "out.jsonl"

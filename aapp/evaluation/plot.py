@@ -189,3 +189,67 @@ def render_tradeoff_png(points: Sequence[TradeOff]) -> bytes | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     return buf.getvalue()
+
+
+# -- refusal against what a user pays ---------------------------------------------------------------
+@dataclass(frozen=True)
+class CostPoint:
+    method: str
+    ratio: float
+    flops: float  # average FLOPs fraction per request over the summary's traffic mix
+    rate: Point
+
+
+def cost_series(summaries: Sequence[CellSummary]) -> dict[str, dict[str, list[CostPoint]]]:
+    """{panel: {method: points by average FLOPs on the mix}}: cells with a mix cost and a defined rate."""
+    series: dict[str, dict[str, list[CostPoint]]] = {attr: {} for attr, _ in PANELS}
+    for attr, _ in PANELS:
+        for s in summaries:
+            rate: Rate = getattr(s, attr)
+            if s.mix_flops is None or rate.value is None:
+                continue
+            ratio = 0.0 if s.ratio is None else float(s.ratio)
+            lo, hi = rate.ci
+            series[attr].setdefault(s.method, []).append(CostPoint(s.method, ratio, s.mix_flops,
+                                                                   Point(ratio, rate.value, lo, hi)))
+        for points in series[attr].values():
+            points.sort(key=lambda p: p.flops)
+    return series
+
+
+def render_cost_png(summaries: Sequence[CellSummary]) -> bytes | None:
+    """Refusal (harmful) and over-refusal (benign) against the average FLOPs over the traffic mix, one
+    curve per method across its ratios, each point labelled with its ratio; None when no cell has a
+    mix cost."""
+    from matplotlib.figure import Figure
+
+    series = cost_series(summaries)
+    if not any(series.values()):
+        return None
+    mix = next((s.mix for s in summaries if s.mix), {})
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, len(PANELS), sharey=True)
+    methods = sorted({m for per in series.values() for m in per})
+    for ax, (attr, title) in zip(axes, PANELS):
+        for i, method in enumerate(methods):
+            pts = series[attr].get(method, [])
+            if not pts:
+                continue
+            yerr = [[max(0.0, p.rate.value - p.rate.lo) for p in pts], [max(0.0, p.rate.hi - p.rate.value) for p in pts]]
+            ax.errorbar([p.flops for p in pts], [p.rate.value for p in pts], yerr=yerr, marker=MARKERS[i % len(MARKERS)],
+                        markerfacecolor="none", markersize=7, capsize=3, color=f"C{i % 10}",
+                        linestyle="-" if len(pts) > 1 else "none", label=method)
+            for p in pts:
+                if p.ratio:
+                    ax.annotate(f"{p.ratio:g}", (p.flops, p.rate.value), textcoords="offset points", xytext=(4, 4),
+                                fontsize="x-small")
+        ax.set_title(title)
+        ax.set_xlabel("average FLOPs per request, fraction of dense (" +
+                      ", ".join(f"{w:g} {label}" for label, w in mix.items()) + ")")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("rate (Wilson 95% CI)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()

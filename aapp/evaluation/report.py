@@ -20,6 +20,7 @@ from aapp.io import check_dir_writable, dumps_row, write_files
 
 RESULTS, SUMMARY_JSON, SUMMARY_CSV, PLOT = "results.jsonl", "summary.json", "summary.csv", "refusal_vs_ratio.png"
 PARETO = "refusal_vs_perplexity.png"  # written when cells have a perplexity (a sweep with --text)
+COST_PLOT = "refusal_vs_flops.png"  # written when cells have FLOPs: rates against average FLOPs on the mix
 
 _RATES = ("refusal_rate", "over_refusal", "overall_refusal")
 _AGREEMENT_RATES = ("accuracy", "far", "frr")
@@ -112,7 +113,7 @@ def write_outputs(
     failure at any step leaves earlier files as they were. Other files in `out_dir` are
     left alone. Returns {file name: path}.
     """
-    from aapp.evaluation.plot import render_pareto_png, render_png
+    from aapp.evaluation.plot import render_cost_png, render_pareto_png, render_png
 
     out = check_out_dir(out_dir)
     files: dict[str, bytes] = {
@@ -125,6 +126,9 @@ def write_outputs(
         pareto = render_pareto_png(summaries)
         if pareto is not None:
             files[PARETO] = pareto
+        cost = render_cost_png(summaries)
+        if cost is not None:
+            files[COST_PLOT] = cost
     try:
         write_files(out, files)
     except OSError as e:
@@ -176,9 +180,11 @@ def _columns(summaries: Sequence[CellSummary]) -> dict[str, list[str]]:
         "n h/b": lambda s: f"{s.n_harmful}/{s.n_benign}" + (f" (+{s.n - s.n_harmful - s.n_benign})"
                                                             if s.n > s.n_harmful + s.n_benign else ""),
         "refusal": lambda s: _pct(s.refusal_rate),
+        "over-refusal": lambda s: _pct(s.over_refusal),
+        # Average FLOPs per request over the traffic mix (9 benign in 10 by default): what a user pays.
+        "FLOPs mix": lambda s: _num(s.mix_flops, ".2f"),
         **{f"refusal {name}": (lambda s, name=name: _pct(s.refusal_by_set.get(name)))
            for name in dict.fromkeys(n for s in summaries for n in s.refusal_by_set)},
-        "over-refusal": lambda s: _pct(s.over_refusal),
         "acc": lambda s: agree(s, "accuracy"),
         "F1": lambda s: agree(s, "f1"),
         "FAR": lambda s: agree(s, "far"),
@@ -187,8 +193,6 @@ def _columns(summaries: Sequence[CellSummary]) -> dict[str, list[str]]:
         f"vs {baseline}": lambda s: f"+{s.paired.gained}/-{s.paired.lost} p={s.paired.p:.2g}" if s.paired else "n/a",
         "FRR": lambda s: agree(s, "frr"),
         "FLOPs": lambda s: _num(s.flops_fraction, ".2f"),
-        # Average FLOPs per request over the traffic mix (9 benign in 10 by default): what a user pays.
-        "FLOPs mix": lambda s: _num(s.mix_flops, ".2f"),
         "wall s": lambda s: _num(s.wall_time_s, ".1f"),
         "gate": lambda s: _pct(s.gate_fire_rate),
         "gate h/b": _gate_by_label,

@@ -84,7 +84,7 @@ class PrunedModel:
         self.plan: PrunePlan = make_plan(g, options.ratio, dense_layers=options.dense_layers,
                                          channel_multiple=options.channel_multiple)
         if method.needs_calibration and calib is None:
-            raise CalibrationError(f"method {method.name!r} needs a calibration file (--calib); run `aapp calibrate`")
+            raise CalibrationError(f"method {method.name!r} needs a calibration file; make one with `aapp calibrate`")
         if calib is not None:
             calib.check_model(loaded.fingerprint, loaded.name, loaded.geometry)
         self.history = None

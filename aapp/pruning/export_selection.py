@@ -89,7 +89,7 @@ def layer_selections(loaded: LoadedModel, method: Method, options: PruneOptions,
     """Every layer's export-compatible selection, exactly as the engine would run it."""
     compat = export_compatible(method)
     if compat.needs_calibration and calib is None:
-        raise CalibrationError(f"method {method.name!r} needs a calibration file (--calib); run `aapp calibrate`")
+        raise CalibrationError(f"method {method.name!r} needs a calibration file; make one with `aapp calibrate`")
     if calib is not None:
         calib.check_model(loaded.fingerprint, loaded.name, loaded.geometry)
     g = loaded.geometry

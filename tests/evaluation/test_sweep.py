@@ -43,7 +43,7 @@ def test_sweep_reports_every_cell_against_dense(inputs, tmp_path, capsys):
     assert capsys.readouterr().out == ""  # stdout stays for data
     names = [(s.method, s.ratio) for s in summaries]
     assert names == [("dense", 0.0), ("pp", 0.3), ("pp", 0.5), ("aapp", 0.3), ("aapp", 0.5)]
-    assert sorted(p.name for p in out.iterdir()) == ["cells", "refusal_vs_perplexity.png", "refusal_vs_ratio.png",
+    assert sorted(p.name for p in out.iterdir()) == ["cells", "refusal_vs_flops.png", "refusal_vs_perplexity.png", "refusal_vs_ratio.png",
                                                      "results.jsonl", "summary.csv", "summary.json"]
     # One file per cell (method x ratio x set) and one perplexity per method x ratio.
     assert len(list((out / CELLS).glob("*.jsonl"))) == 2 * 5 and len(list((out / CELLS).glob("*.ppl.json"))) == 5

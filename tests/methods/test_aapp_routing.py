@@ -131,3 +131,19 @@ def test_a_file_without_routing_cuts_is_a_recalibrate_error(setup):
             generate_rows_list(loaded, cal, method, HARMFUL[:1])
     finally:
         cal.sections["align"] = saved
+
+
+def test_policy_variants_name_the_routing():
+    method, _ = build_method("aapp:dense")
+    assert method.options.on_fire == "dense" and method.options.gate == "logistic" and method.name == "aapp:dense"
+    method, _ = build_method("aapp:light", {"on_fire": "0.15"}, ratio=0.4)
+    assert method.options.fire_ratio == 0.15
+    with pytest.raises(AappError, match="on_fire=0.15"):
+        build_method("aapp:dense", {"on_fire": "0.15"})
+
+
+def test_light_without_its_ratio_is_refused_when_it_runs(setup):
+    loaded, cal = setup
+    method, _ = build_method("aapp:light")
+    with pytest.raises(AappError, match="give it one, e.g. on_fire=0.15"):
+        generate_rows_list(loaded, cal, method, HARMFUL[:1])

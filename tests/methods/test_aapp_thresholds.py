@@ -125,7 +125,7 @@ def test_aapp_falls_back_to_the_dense_threshold_with_one_warning(setup, capsys, 
     method, info = run_gate(loaded, cal2, 0.4)
     assert info["threshold"] == "dense" and method.threshold == float(alignment(cal).gates["logistic"].threshold[3])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and "fitted on dense features" in err[0] and "--gate-ratios 0.4" in err[0], err
+    assert len(err) == 1 and "fitted on dense features" in err[0] and "gate_ratios=0.4" in err[0], err
 
 
 def test_a_gate_before_the_first_pruned_layer_keeps_the_dense_threshold_silently(setup, capsys):

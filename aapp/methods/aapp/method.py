@@ -194,8 +194,8 @@ def gate_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: P
         if at is not None:
             return float(at[layer]), f"pruned@{plan.ratio:g}"
     warn(f"aapp: the {gate} gate reads layer {layer}, after pruned layers, but its threshold was fitted on dense "
-         f"features (pruning shifts its scores: it may fire never, or always); fix: aapp calibrate --update --out CALIB --gate-ratios {plan.ratio:g} "
-         f"--dense-layers {first_pruned}")
+         f"features (pruning shifts its scores: it may fire never, or always); fix: update the calibration with "
+         f"gate_ratios={plan.ratio:g} and dense_layers={first_pruned}")
     return dense, "dense"
 
 

@@ -214,3 +214,20 @@ def _pruned(spec: dict | None, t: dict[str, torch.Tensor]) -> PrunedThresholds |
     max_fpr = spec.get("max_fpr")
     return PrunedThresholds(ratios=ratios, dense_layers=int(spec["dense_layers"]), threshold=threshold,
                             max_fpr=None if max_fpr is None else float(max_fpr))
+
+
+def set_random_alignment(calib: Calibration, g, seed: int = 0) -> None:
+    """Give `calib` an alignment section of plausible random statistics for a model of geometry `g`
+    (direction and kl gates, never firing on purpose): for benchmarks, whose speed does not depend on
+    the values, so that they need not know the section's layout."""
+    gen = torch.Generator().manual_seed(seed)
+    L, A, M, D = g.num_layers, g.num_heads * g.head_dim, g.intermediate_size, g.hidden_size
+
+    def stats(c: int, scale: float = 0.1) -> SiteStats:
+        return SiteStats(mean=torch.randn(L, c, generator=gen) * scale, sq_mean=torch.rand(L, c, generator=gen) + 0.1)
+
+    def prompt_set() -> PromptSetStats:
+        return PromptSetStats(attn=stats(A), mlp=stats(M), resid=stats(D, scale=1.0))
+
+    gates = {gate: GateFit(auroc=torch.full((L,), 0.5), threshold=torch.zeros(L)) for gate in ("direction", "kl")}
+    set_alignment(calib, Alignment(prompt_set(), prompt_set(), gates, meta={"post_instruction_tokens": 5}))

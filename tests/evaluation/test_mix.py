@@ -1,0 +1,55 @@
+"""Average compute over a traffic mix: per set, per label and over the mix; escalations per set."""
+
+import pytest
+
+from aapp.evaluation.metrics import DEFAULT_MIX, flops_fraction, mix_flops, parse_mix, summarize
+from aapp.evaluation.plot import cost_series, render_cost_png
+
+
+def _f(pruned, dense=100.0, recompute=0.0):
+    return {"dense": dense, "pruned": pruned, "probe": 0.0, "bias": 0.0, "recompute": recompute}
+
+
+def test_parse_mix():
+    assert parse_mix("benign=0.9,harmful=0.1") == DEFAULT_MIX
+    assert parse_mix("harmful=1") == {"harmful": 1.0}
+    for bad, message in [("benign=0.9", "sum to 1"), ("benign=0.5,evil=0.5", "LABEL=WEIGHT"),
+                         ("benign=x,harmful=1", "must be a number"), ("benign=1.5,harmful=-0.5", r"\[0, 1\]"),
+                         ("benign=0.5,benign=0.5", "twice")]:
+        with pytest.raises(ValueError, match=message):
+            parse_mix(bad)
+
+
+def test_recomputed_flops_count_in_the_fraction():
+    assert flops_fraction([_f(50.0, recompute=10.0)]) == 0.6
+
+
+def test_a_cell_reports_its_cost_per_set_per_label_and_over_the_mix():
+    labels = ["harmful", "harmful", "benign", "benign", "benign"]
+    sets = ["adv", "adv", "ordinary", "xs", "xs"]
+    flops = [_f(100.0), _f(100.0), _f(70.0), _f(70.0), _f(100.0, recompute=5.0)]
+    fired = [True, True, False, False, True]
+    refused = [True, True, False, True, False]
+    s = summarize("aapp:dense", 0.3, refused, labels, judge="keyword", flops=flops, sets=sets, gate_fired=fired,
+                  mix={"benign": 0.9, "harmful": 0.1})
+    assert s.flops_by_label == {"harmful": 1.0, "benign": pytest.approx(245 / 300)}
+    assert s.flops_by_set == {"adv": 1.0, "ordinary": 0.7, "xs": pytest.approx(175 / 200)}
+    assert s.mix_flops == pytest.approx(0.9 * 245 / 300 + 0.1)
+    assert {k: (r.k, r.n) for k, r in s.fire_by_set.items()} == {"adv": (2, 2), "ordinary": (0, 1), "xs": (1, 2)}
+    assert {k: (r.k, r.n) for k, r in s.over_refusal_by_set.items()} == {"ordinary": (0, 1), "xs": (1, 2)}
+    d = s.to_dict()
+    assert d["mix_flops"] == s.mix_flops and d["mix"] == {"benign": 0.9, "harmful": 0.1}
+
+
+def test_a_mix_needs_every_label_it_weighs():
+    assert mix_flops({"benign": 0.8}, DEFAULT_MIX) is None
+    assert mix_flops({"benign": 0.8}, {"benign": 1.0}) == 0.8
+
+
+def test_the_cost_plot_draws_each_cell_at_its_mix_cost():
+    cells = [summarize(m, r, [True, False], ["harmful", "benign"], judge="k", flops=[_f(p), _f(p)])
+             for m, r, p in [("dense", 0.0, 100.0), ("pp", 0.3, 70.0), ("pp", 0.4, 60.0)]]
+    series = cost_series(cells)
+    assert [(p.ratio, round(p.flops, 6)) for p in series["refusal_rate"]["pp"]] == [(0.4, 0.6), (0.3, 0.7)]
+    assert render_cost_png(cells).startswith(b"\x89PNG")
+    assert render_cost_png([summarize("pp", 0.3, [True], ["harmful"], judge="k")]) is None

@@ -41,12 +41,12 @@ def get_judge(name_or_path: str, *, device: str = "cpu", refusal_label: int | st
     if path.is_dir():
         return ClassifierJudge(path, device, refusal_label=refusal_label)
     if path.exists():
-        raise InputError(f"--judge {name_or_path}: expected a model directory, got a file")
-    raise InputError(f"--judge {name_or_path!r}: not a judge name ({', '.join(JUDGES)}) nor a local model directory")
+        raise InputError(f"judge {name_or_path}: expected a model directory, got a file")
+    raise InputError(f"judge {name_or_path!r}: not a judge name ({', '.join(JUDGES)}) nor a local model directory")
 
 
 def check_judge(name_or_path: str) -> None:
     """Fail on a `--judge` that cannot load, without loading it: a sweep loads its judge only at the end."""
     if name_or_path not in JUDGES and not (Path(name_or_path).expanduser() / "config.json").is_file():
-        raise InputError(f"--judge {name_or_path!r}: not one of {', '.join(JUDGES)} nor a local model directory "
+        raise InputError(f"judge {name_or_path!r}: not one of {', '.join(JUDGES)} nor a local model directory "
                          "with a config.json")

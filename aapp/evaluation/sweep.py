@@ -58,7 +58,7 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> list[CellSummary]:
     """
     with distributed.session(cfg.model.device) as dist:
         if dist.active and cfg.model.device_map is not None:
-            raise InputError("--device-map spreads one model over several GPUs; it cannot be combined with torchrun")
+            raise InputError("device_map spreads one model over several GPUs; it cannot be combined with torchrun")
         rows, ppl, meta = _generate(cfg, dist, progress and dist.is_main)
         if not dist.is_main:
             dist.barrier()

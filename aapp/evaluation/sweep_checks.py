@@ -18,7 +18,7 @@ from aapp.evaluation.sweep_store import CellStore
 def check_calibration_given(cells: CellSettings) -> None:
     needs_calib = [m for m in cells.methods if m != DENSE and cells.method(m).needs_calibration]
     if needs_calib and cells.calib is None:
-        raise InputError(f"--methods {','.join(needs_calib)} need --calib (make one with `aapp calibrate`)")
+        raise InputError(f"methods {','.join(needs_calib)} need calib (make one with `aapp calibrate`)")
 
 
 def check_out(out: Path, store: CellStore, resume: bool) -> None:
@@ -27,10 +27,10 @@ def check_out(out: Path, store: CellStore, resume: bool) -> None:
 
     check_out_dir(out)
     if (out / ".partial").exists():  # the per-batch log of aapp before cells were the unit of resume
-        raise InputError(f"--out {out} holds an unfinished sweep of an older aapp ({out / '.partial'}), which this "
+        raise InputError(f"out {out} holds an unfinished sweep of an older aapp ({out / '.partial'}), which this "
                          "one cannot continue; remove it to start over")
     if store.exists() and not resume:
-        raise InputError(f"--out {out} holds the cells of an earlier sweep ({store.dir}); pass --resume to reuse "
+        raise InputError(f"out {out} holds the cells of an earlier sweep ({store.dir}); pass resume to reuse "
                          "those with the same settings, or remove the directory to start over")
 
 
@@ -43,7 +43,7 @@ def check_methods(settings: CellSettings, cells: Sequence[Cell], loaded, calib) 
         try:
             prune_model(loaded, settings.method(method), settings.prune_options(method, ratio), calib).remove()
         except CalibrationError as e:
-            raise CalibrationError(f"--methods {method}: {e}") from None
+            raise CalibrationError(f"methods {method}: {e}") from None
 
 
 def check_text(ppl: PerplexitySettings, loaded, texts: Sequence[str]) -> None:
@@ -53,5 +53,5 @@ def check_text(ppl: PerplexitySettings, loaded, texts: Sequence[str]) -> None:
     try:
         pack_tokens(loaded.tokenizer, texts, 1, ppl.seq_len)
     except InputError:
-        raise InputError(f"--text {ppl.text}: its held-out part is shorter than one perplexity window "
+        raise InputError(f"ppl text {ppl.text}: its held-out part is shorter than one perplexity window "
                          f"of {ppl.seq_len} tokens") from None

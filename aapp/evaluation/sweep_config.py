@@ -61,7 +61,7 @@ class PromptSettings:
 
     def __post_init__(self):
         if self.harmful is None and self.benign is None:
-            raise InputError("a sweep needs prompts: give --harmful, --benign or both")
+            raise InputError("a sweep needs prompts: give harmful, benign or both")
         self.sets()  # checks the `NAME:N` counts
 
     def sets(self) -> list[PromptSet]:
@@ -84,17 +84,17 @@ class CellSettings:
         object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
         object.__setattr__(self, "ratios", tuple(dict.fromkeys(float(r) for r in self.ratios)))
         if not self.methods:
-            raise InputError("--methods: name at least one method")
+            raise InputError("methods: name at least one method")
         for m in self.methods:
             try:
                 check_method_spec(m)
             except AappError as e:
-                raise InputError(f"--methods: {e}") from None
+                raise InputError(f"methods: {e}") from None
         if any(m != DENSE for m in self.methods) and not self.ratios:
-            raise InputError("--ratios: give at least one ratio for the pruned methods")
+            raise InputError("ratios: give at least one ratio for the pruned methods")
         bad = [r for r in self.ratios if not 0.0 < r < 1.0]
         if bad:
-            raise InputError(f"--ratios: each must be in (0, 1), got {', '.join(f'{r:g}' for r in bad)}")
+            raise InputError(f"ratios: each must be in (0, 1), got {', '.join(f'{r:g}' for r in bad)}")
         for m in self.methods:  # every option must apply to some method, and parse for each that takes it
             self.prune_options(m, None)
 
@@ -160,7 +160,7 @@ def parse_ppl(text: str | None) -> tuple[str | None, int, int]:
     if size:
         text, windows, seq_len = text[: size.start()], int(size[1]), int(size[2])
     if not text:
-        raise InputError("--ppl: name the text ('builtin' or a file) before :WINDOWSxLEN")
+        raise InputError("ppl: name the text ('builtin' or a file) before :WINDOWSxLEN")
     return text, windows, seq_len
 
 
@@ -174,7 +174,7 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise InputError(f"--ratios {text!r}: expected comma-separated numbers, e.g. 0.1,0.2,0.3") from None
+        raise InputError(f"ratios {text!r}: expected comma-separated numbers, e.g. 0.1,0.2,0.3") from None
 
 
 def split_sets(specs: str | None) -> list[str]:

@@ -184,7 +184,7 @@ def test_check_judge_accepts_what_get_judge_can_load_without_loading_it(judge_di
     check_judge(str(judge_dirs / "cls"))
     (tmp_path / "empty").mkdir()
     for bad in ("llamaguard", str(tmp_path / "missing"), str(tmp_path / "empty")):
-        with pytest.raises(InputError, match="--judge"):
+        with pytest.raises(InputError, match="judge "):
             check_judge(bad)
 
 

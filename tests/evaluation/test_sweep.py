@@ -198,7 +198,7 @@ def test_a_sweep_killed_and_resumed_gives_the_rows_of_an_uninterrupted_one(input
     finished = {p.name: p.read_bytes() for p in (out / CELLS).glob("*.jsonl")}
     assert 3 <= len(finished) < 6 and not (out / "results.jsonl").exists()
 
-    with pytest.raises(InputError, match="--resume"):
+    with pytest.raises(InputError, match="pass resume"):
         run_sweep(make_config(inputs, out, **kw), progress=False)
     with pytest.raises(InputError, match="other settings.*max_new_tokens"):
         run_sweep(make_config(inputs, out, **(kw | dict(max_new_tokens=5, resume=True))), progress=False)
@@ -348,10 +348,10 @@ def test_bad_input_is_a_clear_error_before_any_work(inputs, tmp_path):
         (dict(harmful=None, benign=None), "needs prompts"),
         (dict(methods=("dense", "magic")), "unknown method 'magic'"),
         (dict(ratios=(0.3, 1.0)), r"must be in \(0, 1\)"),
-        (dict(calib=None), "need --calib"),
+        (dict(calib=None), "need calib"),
         (dict(benign=str(inputs.harmful)), "in both"),
         (dict(harmful=f"{inputs.harmful},{inputs.harmful}"), "in both"),
-        (dict(judge=str(tmp_path / "nojudge")), "--judge"),
+        (dict(judge=str(tmp_path / "nojudge")), "judge "),
         (dict(batch_size=0), "batch_size"),
         (dict(text="builtin", ppl_windows=0), "ppl_windows"),
     ]
@@ -392,7 +392,7 @@ def test_parse_lists():
     assert CellSettings(methods=("aapp:kl", "aapp")).methods == ("aapp:kl", "aapp")
     for bad, why in (("aapp:loud", "method variant 'aapp:loud'"), ("pp:kl", "method variant 'pp:kl'"),
                      ("ppp", "method 'ppp'")):
-        with pytest.raises(InputError, match=f"--methods: unknown {why}"):
+        with pytest.raises(InputError, match=f"methods: unknown {why}"):
             CellSettings(methods=(bad,))
 
 

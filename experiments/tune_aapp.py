@@ -39,6 +39,7 @@ from aapp.calibration.store import load_calibration
 from aapp.console import info
 from aapp.errors import AappError, InputError
 from aapp.evaluation.judges import KeywordJudge
+from aapp.methods.options import parse_options
 from aapp.evaluation.perplexity import answer_perplexity
 from aapp.io import atomic_write
 from aapp.methods import make_method
@@ -81,9 +82,8 @@ def parse_configs(text: str) -> list[dict]:
             key = key.strip()
             if not sep or key not in fields:
                 raise InputError(f"--configs: {pair!r} is not FIELD=VALUE with FIELD one of {', '.join(fields)}")
-            default = fields[key].default
-            kind = type(default) if default is not None else int
-            config[key] = (raw.strip().lower() in ("1", "true", "yes")) if kind is bool else kind(raw.strip())
+            # Typed as the options class types it (the parser `--opt` uses).
+            config[key] = getattr(parse_options(AAPPOptions, {key: raw.strip()}, "aapp"), key)
         configs.append(config)
     return configs
 

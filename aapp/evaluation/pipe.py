@@ -104,8 +104,8 @@ def check_same_model(rows, reference_rows, allow_mismatch: bool, source: str, re
     what = (f"{source} was made by model {name!r} (fingerprint {fp}), {reference_source} by {ref_name!r} "
             f"(fingerprint {ref_fp})")
     if not allow_mismatch:
-        raise InputError(f"{what}; compare generations of one model, or pass allow_model_mismatch")
-    warn(f"{what}; compared as asked (allow_model_mismatch)")
+        raise InputError(f"{what}; compare generations of one model, or pass --allow-model-mismatch")
+    warn(f"{what}; compared as asked (--allow-model-mismatch)")
 
 
 def pipe_meta(rows, reference_rows, judge_name: str) -> dict[str, Any]:

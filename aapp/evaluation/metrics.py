@@ -355,11 +355,8 @@ def _harmful_agreement(refused: Sequence[bool], labels: Sequence[str | None],
 
 def _refusal_by_set(refused: Sequence[bool], labels: Sequence[str | None],
                     sets: Sequence[str | None]) -> dict[str, Rate]:
-    names = list(dict.fromkeys(s for s, lab in zip(sets, labels, strict=True) if lab == HARMFUL and s))
-    if len(names) < 2:  # one set: the overall refusal rate says it
-        return {}
-    return {name: labelled_rate([r for r, s in zip(refused, sets) if s == name],
-                                [lab for lab, s in zip(labels, sets) if s == name], HARMFUL) for name in names}
+    by_set = _by_set(refused, labels, sets, HARMFUL)
+    return by_set if len(by_set) >= 2 else {}  # one set: the overall refusal rate says it
 
 
 def _gate_by_set(scores: Sequence[float | None] | None, fired: Sequence[bool] | None,

@@ -238,7 +238,7 @@ class PrunedModel:
         batch, seq = self._prefill_shape
         dense = flops.dense_block_flops(self.loaded.geometry, batch * seq, (seq + 1) / 2)
         spent = self.record.flops.probe + sum(self._prefix[i] if i in self.runtimes else dense for i in range(layer))
-        raise Reroute(decided, spent, self._prefill_shape)
+        raise Reroute(decided, spent)
 
     def _select(self, i: int, x: torch.Tensor, position_embeddings) -> None:
         rt = self.runtimes[i]
@@ -334,11 +334,11 @@ class PrunedModel:
 class Reroute(Exception):
     """The router's rows differ (or need the layers before its own run otherwise): the runner re-runs
     them by group. `spent` is what the stopped prefill cost (its layers before the router's, and its
-    probes), over `shape` (batch, tokens): every row computes its share again."""
+    probes): every row computes its share again."""
 
-    def __init__(self, decided: RowDecisions, spent: float, shape: tuple[int, int]):
+    def __init__(self, decided: RowDecisions, spent: float):
         super().__init__("rows routed apart")
-        self.decided, self.spent, self.shape = decided, spent, shape
+        self.decided, self.spent = decided, spent
 
 
 def prune_model(loaded: LoadedModel, method: Method, options: PruneOptions = PruneOptions(),

@@ -156,12 +156,18 @@ def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings:
             row["messages"] = [m.to_dict() for m in p.messages]
         if p.truncated:
             row["truncated_tokens"] = p.truncated
-        # What the method says of the batch, refined by what its router decided for this row.
-        for extra in (info[j], decided[j] if decided else {}):
-            for key, value in extra.items():
-                row[key] = {**row.get(key, {}), **value} if isinstance(value, dict) else value
+        row.update(method_facts(info[j], decided[j] if decided else None))
         rows.append(row)
     return rows
+
+
+def method_facts(batch: dict, routed: dict | None) -> dict:
+    """What the method says of a row's batch (Method.row_info), refined by what its router decided for
+    the row: nested fields merge, plain ones are replaced."""
+    out = dict(batch)
+    for key, value in (routed or {}).items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
 
 
 def full_kept(loaded: LoadedModel, kept: list[dict]) -> dict:

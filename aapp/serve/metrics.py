@@ -30,7 +30,7 @@ class Metrics:
         gate = (aapp or {}).get("gate") or {}
         if gate.get("fired"):
             self.gate_fires.inc()
-        if (aapp or {}).get("policy") not in (None, "pruned", "dense") or (gate.get("fired") and (aapp or {}).get("policy") == "dense"):
+        if gate.get("fired") and (aapp or {}).get("policy") not in (None, "pruned"):
             self.escalations.inc()
 
     def reject(self, status: int) -> None:

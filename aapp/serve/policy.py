@@ -17,7 +17,7 @@ import torch
 
 from aapp.pruning.engine import PrunedModel, Reroute
 from aapp.pruning.flops import FlopCount
-from aapp.pruning.run import full_kept
+from aapp.pruning.run import full_kept, method_facts
 from aapp.serve.generate import Outcome, generate
 from aapp.serve.schemas import Sampling
 
@@ -37,9 +37,7 @@ def run_request(handle: PrunedModel, input_ids: torch.Tensor, sampling: Sampling
         recompute, decided = stopped.spent, stopped.decided
         with handle.running(stopped.decided.decisions[0]):
             out = generate(loaded.model, loaded.tokenizer, input_ids, sampling, on_text, cancelled)
-    row = method.row_info(1)[0]
-    if decided is not None:
-        row = {**row, **{k: ({**row.get(k, {}), **v} if isinstance(v, dict) else v) for k, v in decided.info[0].items()}}
+    row = method_facts(method.row_info(1)[0], decided.info[0] if decided is not None else None)
     gate = row.get("gate")
     if not method.prunes:
         policy = "dense"

@@ -27,8 +27,8 @@ def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
         if spec.variant == "light" and options.on_fire == "dense":
             raise AappError(f"{spec.text} runs fired requests at a lighter ratio, but its options set on_fire=dense")
         if spec.variant == "dense":
-            options = AAPPOptions(**{**_fields(options), "on_fire": "dense",
-                                     "gate": None if options.gate == AAPPOptions().gate else options.gate})
+            # A gate left at protect's default becomes routing's default.
+            options = replace(options, on_fire="dense", gate=None if options.gate == AAPPOptions().gate else options.gate)
     elif spec.variant is not None:  # aapp:GATE names the gate
         if options.gate not in (spec.variant, AAPPOptions(on_fire=options.on_fire).gate):
             raise AappError(f"{spec.text} names the {spec.variant} gate, but its options set gate={options.gate}")
@@ -37,9 +37,6 @@ def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
     return AAPP(options, scoring_for(MethodSpec(spec.text, "pp", None, spec.compensate)),
                 needs_route=spec.variant == "light")
 
-
-def _fields(options: AAPPOptions) -> dict:
-    return {name: getattr(options, name) for name in AAPPOptions.__dataclass_fields__}
 
 
 REGISTRATION = Registration(

@@ -221,6 +221,8 @@ def prune(
     meth, options = build_method(method, collect_options(opt or (), opts), ratio)
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
+    if resume and out in (None, "-"):
+        raise AappError("--resume continues the rows of --out FILE; give --out")
     if meth.prunes:  # before the model loads, from its config: the largest ratio its plan allows
         check_ratio(options.ratio, peek_num_layers(model), options.dense_layers)
     _out_path(out)
@@ -232,8 +234,14 @@ def prune(
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=sort_by_length)
     with progress() as bar:
         task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
-        prune_to(out, loaded, prompts, meth, options, cal, settings, resume=resume,
-                 on_batch=lambda n: bar.advance(task, n))
+        try:
+            prune_to(out, loaded, prompts, meth, options, cal, settings, resume=resume,
+                     on_batch=lambda n: bar.advance(task, n))
+        except Interrupted as e:
+            if not e.kept:
+                raise
+            raise Interrupted(e.signum, f"{e.note}; to continue, run the same command with --resume",
+                              kept=e.kept) from None
 
 
 @app.command()
@@ -408,7 +416,7 @@ def eval_refusal(
             judge=judge, resume=True, mix=traffic))
     else:
         from aapp.evaluation.judges import get_judge
-        from aapp.evaluation.pipe import evaluate_pipe
+        from aapp.evaluation.pipe import ModelMismatch, evaluate_pipe
         from aapp.evaluation.report import check_out_dir, write_outputs
         from aapp.io import read_jsonl
 
@@ -423,9 +431,12 @@ def eval_refusal(
             raise AappError("--allow-model-mismatch applies to a comparison with --reference")
         rows = read_jsonl(generations)
         ref = read_jsonl(reference) if reference else None
-        judged, summaries, meta = evaluate_pipe(rows, ref, get_judge(judge), source=generations or "<stdin>",
-                                                reference_source=reference or "reference",
-                                                allow_model_mismatch=allow_model_mismatch, mix=traffic)
+        try:
+            judged, summaries, meta = evaluate_pipe(rows, ref, get_judge(judge), source=generations or "<stdin>",
+                                                    reference_source=reference or "reference",
+                                                    allow_model_mismatch=allow_model_mismatch, mix=traffic)
+        except ModelMismatch as e:
+            raise AappError(f"{e}, or pass --allow-model-mismatch") from None
         if out is not None:
             write_outputs(Path(out), judged, summaries, meta=meta)
     if summaries:  # empty on the non-zero ranks of a torchrun sweep

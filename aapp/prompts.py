@@ -104,7 +104,7 @@ def load_prompts(spec: str | None, *, limit: int | None = None, sample: int | No
         prompts = [prompts[i] for i in keep]
     elif sample is not None and sample > len(prompts):
         # Not an error: one --sample serves sets of several sizes (a sweep's harmful and benign sets).
-        warn(f"--sample {sample}: {spec or '<stdin>'} has only {len(prompts)} prompts; using all {len(prompts)}")
+        warn(f"sample {sample}: {spec or '<stdin>'} has only {len(prompts)} prompts; using all {len(prompts)}")
     if limit is not None:
         prompts = prompts[:limit]
     if forced is not None:

@@ -481,6 +481,6 @@ def test_binary_stdin_is_one_line_as_a_binary_file_is(monkeypatch, tmp_path):
 def test_sample_larger_than_the_set_says_so(tmp_path, capsys):
     path = write(tmp_path, "two.txt", "a\nb\n")
     assert len(load_prompts(path, sample=50)) == 2
-    assert f"--sample 50: {path} has only 2 prompts; using all 2" in capsys.readouterr().err
+    assert f"sample 50: {path} has only 2 prompts; using all 2" in capsys.readouterr().err
     load_prompts(path, sample=2)
     assert capsys.readouterr().err == ""

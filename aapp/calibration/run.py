@@ -33,7 +33,7 @@ def pack_tokens(tokenizer, texts: Sequence[str], samples: int, seq_len: int) -> 
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False).input_ids
     n = min(samples, len(ids) // seq_len)
     if n == 0:
-        raise InputError(f"calibration text has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}")
+        raise InputError(f"calibration text has {len(ids)} tokens, fewer than one window of seq_len {seq_len}")
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 

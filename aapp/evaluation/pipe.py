@@ -89,6 +89,10 @@ def _models(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
+class ModelMismatch(InputError):
+    """Generations and their reference come from different models; `allow_mismatch` compares them anyway."""
+
+
 def check_same_model(rows, reference_rows, allow_mismatch: bool, source: str, reference_source: str) -> None:
     """Generations and reference come from one model (by fingerprint); InputError in one line if not."""
     mine, ref = _models(rows), _models(reference_rows)
@@ -104,8 +108,8 @@ def check_same_model(rows, reference_rows, allow_mismatch: bool, source: str, re
     what = (f"{source} was made by model {name!r} (fingerprint {fp}), {reference_source} by {ref_name!r} "
             f"(fingerprint {ref_fp})")
     if not allow_mismatch:
-        raise InputError(f"{what}; compare generations of one model, or pass --allow-model-mismatch")
-    warn(f"{what}; compared as asked (--allow-model-mismatch)")
+        raise ModelMismatch(f"{what}; compare generations of one model")
+    warn(f"{what}; compared as asked (allow_mismatch)")
 
 
 def pipe_meta(rows, reference_rows, judge_name: str) -> dict[str, Any]:

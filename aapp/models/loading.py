@@ -44,7 +44,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise AappError("--device cuda was asked for, but no CUDA device is available")
+        raise AappError("device cuda was asked for, but no CUDA device is available")
     return torch.device(device)
 
 

@@ -42,7 +42,7 @@ def prune_to(out: str | None, loaded: LoadedModel, prompts: Sequence, method: Me
     rows an interrupted run kept. An interrupt raises `Interrupted` saying what was kept."""
     to_stdout = out in (None, "-")
     if resume and to_stdout:
-        raise InputError("--resume continues the rows of --out FILE; give --out")
+        raise InputError("resume continues the rows of an out file; give out")
     kept = [] if not resume else resumed_rows(Path(out), run_provenance(loaded, method, options, calib, settings),
                                               prompts)
     if kept and on_batch:
@@ -58,8 +58,7 @@ def prune_to(out: str | None, loaded: LoadedModel, prompts: Sequence, method: Me
     except Interrupted as e:
         if not e.kept:
             raise
-        raise Interrupted(e.signum, f"kept {e.kept} of {len(prompts)} rows in {partial}; to continue, run the same "
-                                    "command with --resume", kept=e.kept) from None
+        raise Interrupted(e.signum, f"kept {e.kept} of {len(prompts)} rows in {partial}", kept=e.kept) from None
     partial.unlink(missing_ok=True)  # the finished file holds its rows
 
 
@@ -69,30 +68,30 @@ def resumed_rows(out: Path, provenance: dict, prompts: Sequence) -> list[dict]:
     partial = partial_path(out)
     source = partial if partial.exists() else out if out.exists() else None
     if source is None:
-        info(f"--resume: no {partial.name} or {out.name} to continue; starting from the first prompt")
+        info(f"resume: no {partial.name} or {out.name} to continue; starting from the first prompt")
         return []
     rows = read_jsonl(source)
     if len(rows) > len(prompts):
-        raise InputError(f"--resume: {source} holds {len(rows)} rows, more than the {len(prompts)} prompts of this run")
+        raise InputError(f"resume: {source} holds {len(rows)} rows, more than the {len(prompts)} prompts of this run")
     want = json.loads(json.dumps(provenance))  # as a row holds it: tuples read back as lists
     for i, (row, prompt) in enumerate(zip(rows, prompts)):
-        where = f"--resume: {source}: row {i + 1}"
+        where = f"resume: {source}: row {i + 1}"
         have = row.get(PROVENANCE)
         if not isinstance(have, dict):
             raise InputError(f"{where} records no provenance (written before aapp kept it), so it cannot be "
-                             "checked against this run; run without --resume")
+                             "checked against this run; run without resume")
         diff = first_difference(have, want)
         if diff is not None:
             path, theirs, ours = diff
             raise InputError(f"{where} was made with {path} = {json.dumps(theirs)}, this run has {json.dumps(ours)}; "
-                             "run with the same settings, or without --resume")
+                             "run with the same settings, or without resume")
         if (row.get("id"), row.get("prompt")) != (prompt.id, prompt.text):
             raise InputError(f"{where} answers another prompt (id {row.get('id')!r}) than this run's prompt {i + 1} "
-                             f"(id {prompt.id!r}); pass the same --input, --limit, --sample and --seed")
+                             f"(id {prompt.id!r}); pass the same input, limit, sample and seed")
     if rows and rows[0][PROVENANCE].get("versions") != want.get("versions"):
-        warn(f"--resume: {source} was written with {rows[0][PROVENANCE].get('versions')}, this run has "
+        warn(f"resume: {source} was written with {rows[0][PROVENANCE].get('versions')}, this run has "
              f"{want.get('versions')}")
-    info(f"--resume: {len(rows)} of {len(prompts)} rows already in {source}")
+    info(f"resume: {len(rows)} of {len(prompts)} rows already in {source}")
     return rows
 
 

@@ -67,10 +67,10 @@ def uvicorn_config(app, **kw) -> uvicorn.Config:
 def serve(config: ServeConfig) -> None:
     """Serve until SIGTERM or SIGINT; on SIGTERM, answer every request in flight, then return."""
     if config.method.carries_state:
-        raise AappError(f"--method {config.method.name} carries state from batch to batch, so one request's "
+        raise AappError(f"method {config.method.name} carries state from batch to batch, so one request's "
                         "output would depend on the requests before it; serve a stateless configuration")
     if not _loopback(config.host) and config.api_key is None:
-        warn(f"serving on {config.host}, beyond this machine, with no --api-key: anyone who reaches the port can use it")
+        warn(f"serving on {config.host}, beyond this machine, with no API key: anyone who reaches the port can use it")
     sock = listen(config.host, config.port)
     try:
         cal = load_calibration(config.calib) if config.calib else None

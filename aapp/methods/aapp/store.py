@@ -133,7 +133,7 @@ def alignment(calib: Calibration) -> Alignment:
     section = calib.sections.get(SECTION)
     if section is None:
         raise CalibrationError("the calibration file has no alignment statistics; run `aapp calibrate` "
-                               "with --harmful and --harmless (the defaults do)")
+                               "with harmful and harmless prompts (its defaults have them)")
     try:
         return _decode(section)
     except KeyError as e:

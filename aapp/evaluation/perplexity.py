@@ -20,6 +20,7 @@ from aapp.errors import AappError, InputError
 from aapp.chat import render_all
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
+from aapp.pruning.run import RowGroup, run_groups
 
 # Logits of a [B, S, V] batch are scored this many positions at a time, so a 150k
 # vocabulary at batch 4 x 256 never holds its full float32 log-softmax at once.
@@ -43,8 +44,9 @@ def perplexity(loaded: LoadedModel, texts: Sequence[str], *, seq_len: int = 256,
                batch_size: int = 4, handle=None) -> PerplexityResult:
     """Perplexity of `loaded` on `texts`; pruned when a `PrunedModel` handle is active on it.
 
-    `handle` (optional, the `PrunedModel` wrapping `loaded`) only adds the FLOPs
-    fraction to the result; the model is pruned by the handle's existence, not by this argument.
+    `handle` (the `PrunedModel` wrapping `loaded`, if any) adds the FLOPs fraction to the result,
+    and lets a method that routes windows apart run each group under its route; the model is
+    pruned by the handle's existence, not by this argument.
     """
     if seq_len < 2:
         raise InputError(f"seq_len must be at least 2 (one token predicts the next), got {seq_len}")
@@ -70,16 +72,33 @@ def window_perplexity(loaded: LoadedModel, windows: torch.Tensor, *, batch_size:
     total_flops = flops.FlopCount()
     for i in range(0, len(windows), batch_size):
         chunk = windows[i : i + batch_size].to(loaded.device)
-        # Per-row position ids, so RoPE tables have a batch dimension the probe can index by sample.
-        pos = torch.arange(chunk.shape[1], device=chunk.device).expand(chunk.shape[0], -1)
-        logits = loaded.model(input_ids=chunk, position_ids=pos, use_cache=False).logits  # [B, S, V]
-        total_nll += _sum_nll(logits, chunk)
+        if handle is None:
+            total_nll += _window_nll(loaded, chunk)
+        else:  # a router may split the batch: each group of windows runs under its own route
+            for group, (nll, spent) in run_groups(handle, len(chunk), lambda g: _scored(loaded, handle, chunk, g)):
+                total_nll += nll
+                total_flops.add(spent)
         count += chunk.shape[0] * (chunk.shape[1] - 1)
-        if handle is not None:
-            total_flops.add(handle.record.flops)  # the record holds this batch only (no cache: a new batch)
     nll = total_nll / count
     return PerplexityResult(ppl=math.exp(nll), nll=nll, tokens=count, windows=len(windows),
                             flops_fraction=total_flops.fraction if handle is not None else None)
+
+
+def _window_nll(loaded: LoadedModel, chunk: torch.Tensor) -> float:
+    # Per-row position ids, so RoPE tables have a batch dimension the probe can index by sample.
+    pos = torch.arange(chunk.shape[1], device=chunk.device).expand(chunk.shape[0], -1)
+    logits = loaded.model(input_ids=chunk, position_ids=pos, use_cache=False).logits  # [B, S, V]
+    return _sum_nll(logits, chunk)
+
+
+def _scored(loaded: LoadedModel, handle, chunk: torch.Tensor, group: RowGroup) -> tuple[float, flops.FlopCount]:
+    """One group's summed NLL, and the FLOPs it cost: its forward (the record holds this batch only, as
+    no cache is kept) and its share of a prefill the router stopped."""
+    nll = _window_nll(loaded, chunk[group.rows])
+    spent = flops.FlopCount()
+    spent.add(handle.record.flops)
+    spent.recompute += group.recompute_flops
+    return nll, spent
 
 
 def _sum_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:

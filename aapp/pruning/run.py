@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
+from typing import TypeVar
 
 from aapp.calibration.store import Calibration
 from aapp.context import prompt_tokens
@@ -14,6 +15,7 @@ from aapp.pruning.engine import PrunedModel, PruneOptions, Reroute, prune_model
 from aapp.provenance import versions
 from aapp.pruning.flops import FlopCount
 
+T = TypeVar("T")
 PROVENANCE = "provenance"  # the row field that says what made the row (see run_provenance)
 
 
@@ -113,18 +115,28 @@ def generate_rows(loaded: LoadedModel, prompts: Sequence, method: Method, option
         handle.remove()
 
 
-def run_batch(handle: PrunedModel, chunk: Sequence, settings: GenerationSettings) -> list[dict]:
-    """One batch's output rows, in its order. With a router, rows the router decides alike run on
-    together; a batch it splits (engine.Reroute) runs again group by group, each group under its
-    decision, each row paying its share of the stopped prefill as `recompute` FLOPs."""
+def run_groups(handle: PrunedModel, n: int, step: Callable[[RowGroup], T]) -> list[tuple[RowGroup, T]]:
+    """`step` on one group of a batch's `n` rows, all of them; where a router splits the batch
+    (engine.Reroute), `step` again on each group of rows it decided alike, under that decision.
+    Each group carries its share of the stopped prefill (`recompute_flops`) for `step` to count."""
     try:
-        return _group_rows(handle, chunk, RowGroup(list(range(len(chunk)))), settings)
+        whole = RowGroup(list(range(n)))
+        return [(whole, step(whole))]
     except Reroute as stopped:
-        rows: dict[int, dict] = {}
+        parts = []
         for group in group_rows(stopped.decided, stopped.spent):
             with handle.running(group.decision):
-                rows.update(zip(group.rows, _group_rows(handle, chunk, group, settings)))
-        return [rows[j] for j in range(len(chunk))]
+                parts.append((group, step(group)))
+        return parts
+
+
+def run_batch(handle: PrunedModel, chunk: Sequence, settings: GenerationSettings) -> list[dict]:
+    """One batch's output rows, in its order. With a router, rows the router decides alike run on
+    together; a batch it splits runs again group by group (run_groups), each row paying its share of
+    the stopped prefill as `recompute` FLOPs."""
+    parts = run_groups(handle, len(chunk), lambda group: _group_rows(handle, chunk, group, settings))
+    rows = {i: row for group, group_rows_out in parts for i, row in zip(group.rows, group_rows_out)}
+    return [rows[j] for j in range(len(chunk))]
 
 
 def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings: GenerationSettings) -> list[dict]:

@@ -5,7 +5,11 @@ import torch
 
 from aapp.calibration.run import TextSettings, calibrate_text, pack_tokens
 from aapp.errors import AappError, InputError
-from aapp.evaluation.perplexity import perplexity
+from aapp.evaluation.perplexity import perplexity, window_perplexity
+from aapp.methods import Router, RowDecisions
+from aapp.methods.base import Route
+from aapp.methods.pp import ProbePruning
+from aapp.pruning import flops
 from aapp.methods import make_method
 from aapp.pruning.engine import PruneOptions, prune_model
 from tests.conftest import FAMILIES, make_loaded
@@ -77,6 +81,37 @@ def test_pruned_is_deterministic_and_counts_flops(tiny_llama):
     assert a == b
     assert a.ppl != dense.ppl
     assert 0 < a.flops_fraction < 1
+
+
+class AlternateRouter(ProbePruning):
+    """Probe Pruning whose router, at layer 1, sends every second row of a batch to run dense."""
+
+    def router(self):
+        return Router(1, self.decide)
+
+    def decide(self, x, token_mask):
+        n = x.shape[0]
+        return RowDecisions([Route(True, 0.0) if i % 2 else Route() for i in range(n)], [{}] * n)
+
+
+def test_a_routed_method_scores_each_group_of_windows_under_its_route(tiny_llama):
+    # Each group's windows score as they do alone (pp's half as a batch of its own, the other half
+    # dense), and the FLOPs are the groups' own plus the prefill the router stopped.
+    cal = calibrate_text(tiny_llama, TEXT, TextSettings(samples=4, seq_len=32, batch_size=2), "test")
+    windows = pack_tokens(tiny_llama.tokenizer, TEXT * 2, 4, 16)
+    opts = PruneOptions(ratio=0.4, dense_layers=1)
+    with prune_model(tiny_llama, AlternateRouter(), opts, cal) as h:
+        routed = window_perplexity(tiny_llama, windows, batch_size=4, handle=h)
+    with prune_model(tiny_llama, make_method("pp"), opts, cal) as h:
+        pruned = window_perplexity(tiny_llama, windows[0::2], batch_size=2, handle=h)
+    with prune_model(tiny_llama, make_method("dense"), PruneOptions(), cal) as h:
+        window_perplexity(tiny_llama, windows, batch_size=4, handle=h)
+        all_dense = h.record.flops.dense
+    dense = window_perplexity(tiny_llama, windows[1::2], batch_size=2)
+    assert routed.nll == pytest.approx((pruned.nll + dense.nll) / 2, rel=1e-9)
+    stopped = flops.dense_block_flops(tiny_llama.geometry, 4 * 16, (16 + 1) / 2)  # layer 0, before the router
+    want = (pruned.flops_fraction + 1.0) / 2 + stopped / all_dense
+    assert routed.flops_fraction == pytest.approx(want, rel=1e-9)
 
 
 def test_pruning_harder_raises_perplexity(trained):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aapp.stats import auroc, mcnemar_exact
@@ -183,6 +183,53 @@ def mix_flops(by_label: Mapping[str, float], mix: Mapping[str, float]) -> float 
     return sum(w * by_label[label] for label, w in mix.items() if w > 0)
 
 
+def interpolate(points: Sequence[tuple[float, float]], x: float, slack: float = 0.0) -> float | None:
+    """y at `x` on the line through `points` (x, y) taken in order of x; None outside their span by
+    more than `slack` (within it, x counts as the nearer end)."""
+    pts = sorted(points)
+    if not pts or not pts[0][0] - slack <= x <= pts[-1][0] + slack:
+        return None
+    x = min(max(x, pts[0][0]), pts[-1][0])
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1]  # a single point, at x
+
+
+# Cells whose cost differs from the end of the baseline's line by less than this are read at that end:
+# aapp's `protect` cells cost pp's FLOPs give or take the gate's few operations.
+COST_SLACK = 0.005
+
+
+@dataclass(frozen=True)
+class AtEqualCost:
+    """A baseline method's harmful refusal at this cell's average FLOPs over the mix, read off the line
+    through the baseline's cells and the dense model's (its ratio 0): what spending the same compute on
+    pruning less would have bought."""
+
+    baseline: str
+    mix_flops: float
+    refusal_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "mix_flops": self.mix_flops, "refusal_rate": self.refusal_rate}
+
+
+def at_equal_cost(baseline: str, dense: str, summaries: Sequence[CellSummary]) -> list[CellSummary]:
+    """Each cell with a mix cost, other than the baseline's and the dense one, with the baseline's
+    refusal at that cost (None where the cost lies outside the baseline's line)."""
+    line = [(s.mix_flops, s.refusal_rate.value) for s in summaries
+            if s.method in (baseline, dense) and s.mix_flops is not None and s.refusal_rate.n]
+    out = []
+    for s in summaries:
+        if s.method not in (baseline, dense) and s.mix_flops is not None and len(line) > 1:
+            y = interpolate(line, s.mix_flops, slack=COST_SLACK)
+            if y is not None:
+                s = replace(s, at_equal_cost=AtEqualCost(baseline, s.mix_flops, y))
+        out.append(s)
+    return out
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """This cell against a baseline cell at the same ratio, on the same harmful prompts: how many
@@ -237,6 +284,7 @@ class CellSummary:
     # Per set (every label): how often the gate fired, i.e. escalated a routed request; benign sets' over-refusal.
     fire_by_set: dict[str, Rate] = field(default_factory=dict)
     over_refusal_by_set: dict[str, Rate] = field(default_factory=dict)
+    at_equal_cost: AtEqualCost | None = None
 
     @property
     def n_harmful(self) -> int:
@@ -267,6 +315,7 @@ class CellSummary:
             "mix": dict(self.mix), "mix_flops": self.mix_flops,
             "fire_by_set": {k: r.to_dict() for k, r in self.fire_by_set.items()},
             "over_refusal_by_set": {k: r.to_dict() for k, r in self.over_refusal_by_set.items()},
+            "at_equal_cost": self.at_equal_cost.to_dict() if self.at_equal_cost else None,
         }
 
 

@@ -31,7 +31,8 @@ from typing import Any
 from aapp.console import warn
 from aapp.errors import InputError
 from aapp.evaluation.judges import Judge, KeywordJudge, Verdict
-from aapp.evaluation.metrics import DEFAULT_MIX, HARMFUL, LABELS, CellSummary, label_gaps, paired_test, summarize
+from aapp.evaluation.metrics import (DEFAULT_MIX, HARMFUL, LABELS, CellSummary, at_equal_cost, label_gaps, paired_test,
+                                     summarize)
 from aapp.provenance import versions
 
 CellKey = tuple[str, float | None]
@@ -143,8 +144,10 @@ def evaluate_generations(
     rows come first when its cell is not already among the generations, and so does its
     summary (without agreement: it would agree with itself). `source` and
     `reference_source` name the inputs in error messages (e.g. the file paths). Summaries
-    are sorted by method, then ratio; each reports its average FLOPs over the traffic `mix`. Every other cell at a ratio where `baseline` (a method
-    name) also ran is tested against it on the harmful prompts both answered (`paired`).
+    are sorted by method, then ratio; each reports its average FLOPs over the traffic `mix`. Every
+    other cell at a ratio where `baseline` (a method name) also ran is tested against it on the
+    harmful prompts both answered (`paired`), and, where its mix cost lies on the baseline's line to
+    the dense cell, carries the baseline's refusal at that cost (`at_equal_cost`).
     """
     judge = judge or KeywordJudge()
     perplexity = perplexity or {}
@@ -196,6 +199,7 @@ def evaluate_generations(
             judged.append(_judged(rows[i], verdicts[i], judge.name) | extra)
     if baseline is not None:
         summaries = _paired_with(baseline, summaries, cells, rows, verdicts)
+        summaries = at_equal_cost(baseline, REFERENCE_METHOD, summaries)
     summaries.sort(key=lambda s: (s.method, -1.0 if s.ratio is None else s.ratio))
     return judged, summaries
 

@@ -33,7 +33,7 @@ CSV_COLUMNS = (
     "far", "far_lo", "far_hi", "frr", "frr_lo", "frr_hi", "far_harmful", "far_harmful_lo", "far_harmful_hi",
     "flops_fraction", "mix_flops", "wall_time_s", "gate_fire_rate", "gate_fire_rate_lo", "gate_fire_rate_hi",
     "gate_fire_harmful", "gate_fire_benign", "gate_auroc", "perplexity",
-    "paired_baseline", "paired_gained", "paired_lost", "paired_p",
+    "paired_baseline", "paired_gained", "paired_lost", "paired_p", "baseline_refusal_at_mix_flops",
 )
 
 
@@ -75,6 +75,7 @@ def flat_row(s: CellSummary) -> dict[str, Any]:
     p = s.paired
     row |= {"paired_baseline": p.baseline if p else None, "paired_gained": p.gained if p else None,
             "paired_lost": p.lost if p else None, "paired_p": p.p if p else None}
+    row["baseline_refusal_at_mix_flops"] = s.at_equal_cost.refusal_rate if s.at_equal_cost else None
     return {c: row[c] for c in CSV_COLUMNS}
 
 
@@ -173,7 +174,8 @@ def _columns(summaries: Sequence[CellSummary]) -> dict[str, list[str]]:
             return "n/a"
         return _num(a.f1, ".2f") if name == "f1" else _pct(getattr(a, name))
 
-    baseline = next((s.paired.baseline for s in summaries if s.paired), "baseline")
+    baseline = next((s.paired.baseline for s in summaries if s.paired), None) or next(
+        (s.at_equal_cost.baseline for s in summaries if s.at_equal_cost), "baseline")
     columns = {
         "method": lambda s: s.method,
         "ratio": lambda s: _num(s.ratio, "g"),
@@ -183,6 +185,8 @@ def _columns(summaries: Sequence[CellSummary]) -> dict[str, list[str]]:
         "over-refusal": lambda s: _pct(s.over_refusal),
         # Average FLOPs per request over the traffic mix (9 benign in 10 by default): what a user pays.
         "FLOPs mix": lambda s: _num(s.mix_flops, ".2f"),
+        # The baseline's refusal at this cell's mix FLOPs, on its line to dense: pruning less for the same cost.
+        f"{baseline} same FLOPs": lambda s: f"{100 * s.at_equal_cost.refusal_rate:.0f}%" if s.at_equal_cost else "n/a",
         **{f"refusal {name}": (lambda s, name=name: _pct(s.refusal_by_set.get(name)))
            for name in dict.fromkeys(n for s in summaries for n in s.refusal_by_set)},
         "acc": lambda s: agree(s, "accuracy"),

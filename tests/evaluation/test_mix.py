@@ -2,7 +2,8 @@
 
 import pytest
 
-from aapp.evaluation.metrics import DEFAULT_MIX, flops_fraction, mix_flops, parse_mix, summarize
+from aapp.evaluation.metrics import (DEFAULT_MIX, at_equal_cost, flops_fraction, interpolate, mix_flops, parse_mix,
+                                     summarize)
 from aapp.evaluation.plot import cost_series, render_cost_png
 
 
@@ -53,3 +54,42 @@ def test_the_cost_plot_draws_each_cell_at_its_mix_cost():
     assert [(p.ratio, round(p.flops, 6)) for p in series["refusal_rate"]["pp"]] == [(0.4, 0.6), (0.3, 0.7)]
     assert render_cost_png(cells).startswith(b"\x89PNG")
     assert render_cost_png([summarize("pp", 0.3, [True], ["harmful"], judge="k")]) is None
+
+
+def test_interpolate_reads_the_line_between_points_and_nothing_beyond():
+    pts = [(1.0, 0.5), (0.6, 0.1), (0.8, 0.2)]
+    assert interpolate(pts, 0.7) == pytest.approx(0.15)
+    assert interpolate(pts, 0.9) == pytest.approx(0.35)
+    assert interpolate(pts, 1.0) == 0.5
+    assert interpolate(pts, 0.5) is None and interpolate(pts, 1.01) is None
+    assert interpolate(pts, 0.598, slack=0.005) == 0.1
+
+
+def _costed(method, ratio, refused_of_10, mix_cost):
+    from dataclasses import replace
+
+    from tests.evaluation.conftest import cell
+    return replace(cell(method, ratio, (refused_of_10, 10), (0, 10)), mix_flops=mix_cost)
+
+
+def test_a_routed_cell_is_compared_with_the_baseline_at_its_own_cost():
+    cells = [_costed("dense", 0.0, 6, 1.0), _costed("pp", 0.3, 1, 0.775), _costed("pp", 0.4, 0, 0.70),
+             _costed("aapp:dense", 0.3, 5, 0.95), _costed("aapp", 0.3, 4, 0.7749), _costed("aapp:dense", 0.2, 6, 0.6)]
+    out = {(s.method, s.ratio): s.at_equal_cost for s in at_equal_cost("pp", "dense", cells)}
+    # pp's line runs 0.70 -> 0.775 -> 1.0 (dense); 0.95 lies 7/9 of the way from 0.775 to dense.
+    assert out[("aapp:dense", 0.3)].refusal_rate == pytest.approx(0.1 + (0.6 - 0.1) * (0.95 - 0.775) / 0.225)
+    assert out[("aapp", 0.3)].refusal_rate == pytest.approx(0.1, abs=1e-3)  # pp's own cost, give or take the gate
+    assert out[("aapp:dense", 0.2)] is None  # cheaper than pp's cheapest cell: nothing to read
+    assert out[("pp", 0.3)] is None and out[("dense", 0.0)] is None
+    d = next(s for s in at_equal_cost("pp", "dense", cells) if s.method == "aapp:dense" and s.ratio == 0.3).to_dict()
+    assert d["at_equal_cost"]["baseline"] == "pp" and d["at_equal_cost"]["mix_flops"] == 0.95
+
+
+def test_the_table_shows_the_baseline_at_the_same_cost():
+    from aapp.evaluation.report import summary_tables
+
+    cells = at_equal_cost("pp", "dense", [_costed("dense", 0.0, 6, 1.0), _costed("pp", 0.3, 1, 0.8),
+                                          _costed("aapp:dense", 0.3, 5, 0.9)])
+    table = summary_tables(cells)[0]
+    col = next(c for c in table.columns if c.header == "pp same FLOPs")
+    assert list(col.cells) == ["n/a", "n/a", "35%"]

@@ -264,7 +264,7 @@ def export(
     from aapp.pruning.options import build_method
 
     meth, options = build_method(method, collect_options(opt or (), opts), ratio)
-    check_export(meth, out)  # before loading anything
+    check_export(meth, out, options)  # before loading anything
     cal = load_calibration(calib)
     dev, device_map = split_device(device)
     if device_map is not None:

@@ -9,6 +9,9 @@ block input, asks the method for this layer's kept heads and channels, and prepa
 the kept-weight linears; the swapped attention/MLP modules then run only those. The
 mask is kept for the decode steps of the same batch (the KV cache holds only kept
 heads); `reprobe_every` re-selects MLP channels, which carry no state, during decode.
+With `dense_tokens` N the selection is made at prefill as always but held back: the prefill
+and the decode steps up to the N-th generated token run the original modules (the KV cache
+then holds every head, and the pruned attention reads its kept heads from it).
 
 A method with a router (Method.router) is asked for each row's `Route` inline, when the prefill
 reaches the router's layer. Rows decided alike run on under their route (its ratio's budgets, or
@@ -50,6 +53,8 @@ class PruneOptions:
     ema_momentum: float | None = option(None, "update history from kept channels: H = m*H + (1-m)*batch "
                                               "(PP: 0.99; none: off)")
     reprobe_every: int = option(0, "decode steps between MLP channel re-selections (0: never)")
+    dense_tokens: int = option(0, "the prefill and the first N generated tokens run unpruned; pruning "
+                                  "starts after them, with the channels chosen at prefill (0: off)")
     backend: str = option("auto", "pruned matmuls: auto | torch | triton")
 
     def __post_init__(self):
@@ -58,7 +63,10 @@ class PruneOptions:
                 raise AappError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.ema_momentum is not None and not 0.0 <= self.ema_momentum < 1.0:
             raise AappError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        for name in ("dense_layers", "reprobe_every"):
+        if self.dense_tokens and self.ema_momentum is not None:
+            raise AappError("ema_momentum learns from the pruned prefill, which dense_tokens runs unpruned; "
+                            "use one of them")
+        for name in ("dense_layers", "reprobe_every", "dense_tokens"):
             if getattr(self, name) < 0:
                 raise AappError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.channel_multiple < 1:
@@ -104,6 +112,7 @@ class PrunedModel:
         self._token_mask: torch.Tensor | None = None
         self._lm_tokens = 0
         self._decode_steps: dict[int, int] = {}
+        self._held: dict[int, tuple] = {}  # dense_tokens: per layer, the selection that waits for its step
         self._last_probe: dict[int, ProbeStats | None] = {}
         self._handles, self._swapped, self._undo = [], [], []
         self.runtimes: dict[int, LayerRuntime] = {}
@@ -245,6 +254,8 @@ class PrunedModel:
         g = self.loaded.geometry
         token_mask = self._token_mask
         plan = self.plan_for(self.decision)
+        rt.cache_kv_heads = None
+        self._held.pop(i, None)
         if plan is None:  # a dense route: the original modules run
             rt.set_mask(None)
             self._last_probe[i] = None
@@ -261,7 +272,11 @@ class PrunedModel:
         ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=plan.budgets[i], probe=probe,
                            history=history, residual=x, token_mask=token_mask, decision=self.decision)
         sel = self.method.select(ctx)
-        rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
+        if self.options.dense_tokens:
+            rt.set_mask(None)
+            self._held[i] = (sel.mask, sel.attn_bias, sel.mlp_bias)
+        else:
+            rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
         self._last_probe[i] = probe
         self._record_kept(i, sel.mask)
 
@@ -295,6 +310,11 @@ class PrunedModel:
     def _decode_step(self, i: int) -> None:
         n = self._decode_steps.get(i, 0) + 1
         self._decode_steps[i] = n
+        if i in self._held and n >= self.options.dense_tokens:  # step n makes generated token n + 1
+            mask, attn_bias, mlp_bias = self._held.pop(i)
+            rt = self.runtimes[i]
+            rt.set_mask(mask, attn_bias, mlp_bias)
+            rt.cache_kv_heads = mask.kv_heads
         every = self.options.reprobe_every
         if every and n % every == 0 and self.runtimes[i].mask is not None:
             self.runtimes[i].reprobe = True

@@ -90,9 +90,11 @@ def check_export_dir(out_dir: str | Path) -> None:
                          f"(no {MARKER}); choose a new or empty directory")
 
 
-def check_export(method: Method, out_dir: str | Path) -> None:
+def check_export(method: Method, out_dir: str | Path, options: PruneOptions = PruneOptions()) -> None:
     """The checks that need no model: run them before loading one."""
     export_compatible(method)
+    if options.dense_tokens:
+        raise AappError("dense_tokens schedules generation with the engine; an export is one static checkpoint")
     check_export_dir(out_dir)
 
 
@@ -158,7 +160,7 @@ def export_static(loaded: LoadedModel, method: Method, options: PruneOptions, ca
     """
     check_ratio(options.ratio)
     out = Path(out_dir)
-    check_export(method, out)
+    check_export(method, out, options)
     if any(isinstance(m, (PrunedAttention, PrunedMLP)) for m in loaded.model.modules()):
         raise AappError("the model is wrapped by the pruning engine; remove its handle before exporting")
     g = loaded.geometry

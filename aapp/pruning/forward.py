@@ -36,6 +36,8 @@ class LayerRuntime:
     observe: object = None  # callable(site, kept_idx, x_kept) for history updates, or None
     reselect: object = None  # callable(mlp_input) that re-picks MLP channels during decode
     reprobe: bool = False    # set by the engine when the next MLP call should re-pick
+    # The kept kv heads, when the KV cache holds every head (an unpruned prefill, PruneOptions.dense_tokens).
+    cache_kv_heads: torch.Tensor | None = None
 
     def set_mask(self, mask: LayerMask | None, attn_bias=None, mlp_bias=None) -> None:
         """Prepare the kept-weight linears once for this batch (reused across decode steps)."""
@@ -81,7 +83,15 @@ class PrunedAttention(nn.Module):
         cos, sin = position_embeddings
         q, k = apply_rope(q, k, cos, sin)
         cache = cache_in(kwargs)
-        if cache is not None:
+        if cache is not None and rt.cache_kv_heads is not None:
+            # The cache holds every kv head: write the kept ones in place (the pruned ones are never read
+            # again, so they get zeros) and read the kept ones back.
+            kept = rt.cache_kv_heads
+            full_k, full_v = (t.new_zeros(B, g.num_kv_heads, S, g.head_dim) for t in (k, v))
+            full_k[:, kept], full_v[:, kept] = k, v
+            k, v = cache.update(full_k, full_v, self.layer_idx)
+            k, v = k[:, kept], v[:, kept]
+        elif cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # k/v: [B, hkv, past + S, hd] (a window on sliding layers)
         if rt.query_slots is not None:
             # Kept query heads are spread unevenly over the kept kv heads: pad each group with zero queries.

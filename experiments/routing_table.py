@@ -33,6 +33,8 @@ def load(arg: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The cells of a sweep directory (summary.json) and its judged rows (results.jsonl), tagged."""
     path, _, tag = arg.partition(":")
     d = Path(path)
+    if not (d / "summary.json").is_file() or not (d / "results.jsonl").is_file():
+        raise SystemExit(f"routing_table: {d} holds no summary.json and results.jsonl (a sweep's out directory)")
     cells = json.loads((d / "summary.json").read_text())["cells"]
     rows = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines() if line.strip()]
     if tag:

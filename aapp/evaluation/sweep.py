@@ -161,15 +161,16 @@ class _Units:
         self.by_set = by_set
         self.model = {"model": cfg.model.model, "fingerprint": loaded.fingerprint, "device": loaded.device.type,
                       "dtype": str(loaded.dtype).removeprefix("torch.")}
-        self.pruning = {"calib": digest(Path(cfg.cells.calib).read_bytes()) if cfg.cells.calib else None,
-                        **cfg.cells.settings()}
+        self.cells = cfg.cells
+        self.calib = digest(Path(cfg.cells.calib).read_bytes()) if cfg.cells.calib else None
         self.generation = asdict(cfg.generation)
         self.perplexity = None if texts is None else {
             **asdict(cfg.perplexity), "text": digest("\n\n".join(texts).encode()),
             "batch_size": cfg.generation.batch_size}
 
     def _method(self, method: str, ratio: float) -> dict[str, Any]:
-        return {**self.model, **(self.pruning if method != DENSE else {}), "method": method, "ratio": ratio}
+        pruning = {} if method == DENSE else {"calib": self.calib, **self.cells.settings(method)}
+        return {**self.model, **pruning, "method": method, "ratio": ratio}
 
     def cell(self, cell: Cell) -> tuple[str, dict[str, Any]]:
         prompts = json.dumps([[p.id, p.label, p.text] for p in self.by_set[cell.set]]).encode()
@@ -299,7 +300,7 @@ def _meta(cfg: SweepConfig, loaded, by_set: dict, dist: Dist) -> dict[str, Any]:
         "text": cfg.perplexity.text if cfg.perplexity else None,
         "ppl_seq_len": cfg.perplexity.seq_len if cfg.perplexity else None,
         "ppl_windows": cfg.perplexity.windows if cfg.perplexity else None,
-        **cfg.cells.settings(), "world_size": dist.world_size,
+        "options": {k: cfg.cells.options[k] for k in sorted(cfg.cells.options)}, "world_size": dist.world_size,
     }
 
 

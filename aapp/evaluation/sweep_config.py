@@ -110,9 +110,11 @@ class CellSettings:
         """The engine options of `name` at `ratio` (the dense reference's: ratio 0, the defaults)."""
         return self._build(name, ratio)[1]
 
-    def settings(self) -> dict[str, Any]:
-        """What every cell's method is built from, bar the ratio: part of each cell's identity."""
-        return {"options": {k: self.options[k] for k in sorted(self.options)}}
+    def settings(self, name: str) -> dict[str, Any]:
+        """What the cells of method `name` are built from, bar the ratio: part of each cell's identity.
+        Only the options `name` takes, so a cell is reused by a sweep that adds another method's options."""
+        mine = options_per_method((*self.methods, DENSE), self.options).get(name, {})
+        return {"options": {k: mine[k] for k in sorted(mine)}}
 
 
 @dataclass(frozen=True)

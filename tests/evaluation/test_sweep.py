@@ -402,3 +402,26 @@ def test_a_set_may_name_its_own_count():
         ("advbench", "harmful", 100), ("my:file.jsonl", "harmful", 7), ("xstest-safe", "benign", 250)]
     with pytest.raises(InputError, match="at least 1"):
         PromptSettings(harmful="advbench:0")
+
+
+def test_a_cell_is_reused_by_a_sweep_that_adds_another_methods_options(inputs, tmp_path, monkeypatch):
+    # A cell's identity holds the options its own method takes: giving aapp an option later reruns
+    # aapp's cells, not pp's (and an option for pp alone, by name, reruns pp's).
+    kw = dict(methods=("pp",), ratios=(0.5,), max_new_tokens=3, limit=2)
+    out = tmp_path / "out"
+    run_sweep(make_config(inputs, out, **kw), progress=False)
+    import aapp.pruning.run as run
+
+    generated = []
+    real = run.generate_rows
+
+    def counting(loaded, prompts, method, *a, **k):
+        generated.extend((method.name, p.id) for p in prompts)
+        return real(loaded, prompts, method, *a, **k)
+
+    monkeypatch.setattr(run, "generate_rows", counting)
+    more = kw | dict(methods=("pp", "aapp"), aapp={"aapp.budget_shift": 0.4}, resume=True)
+    run_sweep(make_config(inputs, out, **more), progress=False)
+    assert {m for m, _ in generated} == {"aapp"}
+    with pytest.raises(InputError, match="other settings"):
+        run_sweep(make_config(inputs, out, **(more | dict(aapp={"pp.probe_samples": 0.5}))), progress=False)

@@ -3,7 +3,8 @@
     python experiments/routing_table.py runs/grid runs/sched8:dense_tokens=8 > table.md
 
 Each argument is a sweep's out directory (summary.json and results.jsonl), optionally with a tag
-that names its cells (`DIR:TAG`: every cell but dense becomes `method (TAG)`). Per cell: refusal
+that names its cells (`DIR:TAG`: every cell but dense becomes `method (TAG)`); the dense reference
+is the first directory's. Per cell: refusal
 on harmful prompts, overall and per set; over-refusal per benign set; how often the router
 escalated each set; average FLOPs on harmful and benign prompts and over the summary's traffic mix;
 pp's refusal at that cost (the line through pp's cells and dense, from the first directory); the
@@ -29,18 +30,22 @@ def pct(rate: dict | None) -> str:
     return "" if not rate or rate.get("value") is None else f"{100 * rate['value']:.0f}"
 
 
-def load(arg: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The cells of a sweep directory (summary.json) and its judged rows (results.jsonl), tagged."""
+def load(arg: str, first: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The cells of a sweep directory (summary.json) and its judged rows (results.jsonl), tagged; the
+    dense cell only from the first directory (the others' is the same reference)."""
     path, _, tag = arg.partition(":")
     d = Path(path)
     if not (d / "summary.json").is_file() or not (d / "results.jsonl").is_file():
         raise SystemExit(f"routing_table: {d} holds no summary.json and results.jsonl (a sweep's out directory)")
     cells = json.loads((d / "summary.json").read_text())["cells"]
     rows = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines() if line.strip()]
-    if tag:
+    if not first:
         cells = [c for c in cells if c["method"] != DENSE]
         rows = [r for r in rows if r["method"] != DENSE]
+    if tag:
         for x in (*cells, *rows):
+            if x["method"] == DENSE:
+                continue
             x["method"] = f"{x['method']} ({tag})"
     return cells, rows
 
@@ -109,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sweeps", nargs="+", metavar="DIR[:TAG]", help="sweep out directories; the first gives pp's line")
     args = ap.parse_args(argv)
     cells, rows = [], []
-    for arg in args.sweeps:
-        c, r = load(arg)
+    for i, arg in enumerate(args.sweeps):
+        c, r = load(arg, first=i == 0)
         cells += c
         rows += r
     print("\n".join(table(cells, rows)))

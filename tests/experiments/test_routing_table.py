@@ -46,10 +46,11 @@ def test_table_reads_cost_escalation_and_refusals_that_run_on(tmp_path, capsys):
                for i in range(4)]
     routed += [row("aapp:dense", 0.3, i, "benign", ANSWER, 5, 1.0 if i == 0 else 0.8, i == 0) for i in range(4)]
     lever = sweep(tmp_path, "lever", routed)
-    assert load_script("routing_table", "experiments").main([str(grid), f"{lever}:tagged"]) == 0
+    assert load_script("routing_table", "experiments").main([str(grid), f"{lever}:tagged", str(lever)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "escalated harmful-set" in lines[0] and "FLOPs mix (benign 0.9, harmful 0.1)" in lines[0]
-    assert sum("| dense |" in line for line in lines) == 1  # a tagged sweep's dense cell is the first one's
+    assert sum("| dense |" in line for line in lines) == 1  # the other sweeps' dense cell is the first one's
+    assert sum(line.startswith("| aapp:dense |") for line in lines) == 1
     cell = next(line.split(" | ") for line in lines if line.startswith("| aapp:dense (tagged) |"))
     # refusal 50; over-refusal 0; escalated 100 / 25; FLOPs 1.000 / 0.850; mix 0.9*0.85 + 0.1 = 0.865;
     # pp's line from (0.8, 0%) to (1.0, 50%) gives 16% there; one of the two refusals ran to the limit.

@@ -42,7 +42,8 @@ def test_table_reads_cost_escalation_and_refusals_that_run_on(tmp_path, capsys):
     # A routed cell escalates every harmful prompt and one benign one: harmful cost 1.0, benign 0.85.
     routed = [row("dense", 0.0, i, label, r["completion"], 5, 1.0) for i, label, r in
               [(int(r["id"][-1]), r["label"], r) for r in rows if r["method"] == "dense"]]
-    routed += [row("aapp:dense", 0.3, i, "harmful", REFUSE if i < 2 else ANSWER, LIMIT if i == 0 else 5, 1.0, True)
+    turn = REFUSE + " However, I can give you a simple way to do it."
+    routed += [row("aapp:dense", 0.3, i, "harmful", [turn, REFUSE, ANSWER, ANSWER][i], LIMIT if i == 0 else 5, 1.0, True)
                for i in range(4)]
     routed += [row("aapp:dense", 0.3, i, "benign", ANSWER, 5, 1.0 if i == 0 else 0.8, i == 0) for i in range(4)]
     lever = sweep(tmp_path, "lever", routed)
@@ -55,4 +56,4 @@ def test_table_reads_cost_escalation_and_refusals_that_run_on(tmp_path, capsys):
     # refusal 50; over-refusal 0; escalated 100 / 25; FLOPs 1.000 / 0.850; mix 0.9*0.85 + 0.1 = 0.865;
     # pp's line from (0.8, 0%) to (1.0, 50%) gives 16% there; one of the two refusals ran to the limit.
     assert cell[2:11] == ["50", "0", "100", "25", "1.000 / 0.850", "0.865", "16", "+2/-0, p = 0.5", "0"]
-    assert cell[11] == "50"
+    assert cell[11:13] == ["50", "50"]  # one of the two refusals ran to the limit, and it turned

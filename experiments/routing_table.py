@@ -8,7 +8,8 @@ is the first directory's. Per cell: refusal
 on harmful prompts, overall and per set; over-refusal per benign set; how often the router
 escalated each set; average FLOPs on harmful and benign prompts and over the summary's traffic mix;
 pp's refusal at that cost (the line through pp's cells and dense, from the first directory); the
-exact McNemar test against pp at the same ratio, whichever directory holds it; FAR on harmful prompts; perplexity; and, of the
+exact McNemar test against pp at the same ratio, and against a pp cell of the same mix cost (within
+0.02) where there is one, whichever directory holds them; FAR on harmful prompts; perplexity; and, of the
 harmful prompts the cell refused, the share whose completion ran to the token limit and the share
 that turns ("However, I can ..."): a refusal that opens an answer which then goes on, what a judge
 of the first sentence alone misses.
@@ -76,19 +77,34 @@ def turns(rows: list[dict[str, Any]], method: str, ratio: float) -> str:
     return "" if not refused else f"{100 * sum(bool(TURN.search(r['completion'])) for r in refused) / len(refused):.0f}"
 
 
-def against_pp(rows: list[dict[str, Any]], method: str, ratio: float) -> str:
-    """The exact McNemar test against pp at the same ratio (from any directory), on the harmful
-    prompts both answered, matched by id."""
-    def refused(m):
-        return {r["id"]: bool(r.get("refused")) for r in rows
-                if r["method"] == m and r["ratio"] == ratio and r.get("label") == "harmful"}
+COST_MATCH = 0.02  # a pp cell this close in mix FLOPs counts as one of equal cost
 
-    mine, base = refused(method), refused(PP)
+
+def against_pp(rows: list[dict[str, Any]], method: str, ratio: float, pp_ratio: float | None = None) -> str:
+    """The exact McNemar test against pp at `pp_ratio` (default: the same ratio; from any directory),
+    on the harmful prompts both answered, matched by id."""
+    def refused(m, r_):
+        return {r["id"]: bool(r.get("refused")) for r in rows
+                if r["method"] == m and r["ratio"] == r_ and r.get("label") == "harmful"}
+
+    mine, base = refused(method, ratio), refused(PP, ratio if pp_ratio is None else pp_ratio)
     shared = [k for k in mine if k in base]
     if method in (PP, DENSE) or not shared:
         return ""
     t = paired_test(PP, [mine[k] for k in shared], [base[k] for k in shared])
     return f"+{t.gained}/-{t.lost}, p = {t.p:.1g}"
+
+
+def against_pp_at_cost(cells: list[dict[str, Any]], rows: list[dict[str, Any]], c: dict[str, Any]) -> str:
+    """The McNemar test against the pp cell whose mix FLOPs are within COST_MATCH of this cell's."""
+    if c["method"] in (PP, DENSE) or c.get("mix_flops") is None:
+        return ""
+    near = [p for p in cells if p["method"] == PP and p.get("mix_flops") is not None
+            and abs(p["mix_flops"] - c["mix_flops"]) <= COST_MATCH]
+    if not near:
+        return ""
+    p = min(near, key=lambda p: abs(p["mix_flops"] - c["mix_flops"]))
+    return f"pp {p['ratio']:g}: {against_pp(rows, c['method'], c['ratio'], p['ratio'])}"
 
 
 def table(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
@@ -102,7 +118,7 @@ def table(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     head = (["method", "ratio", "refusal"] + harmful + [f"over-refusal {s}" for s in benign]
             + [f"escalated {s}" for s in escalated]
             + ["FLOPs harmful / benign", "FLOPs mix (" + ", ".join(f"{k} {v:g}" for k, v in mix.items()) + ")",
-               "pp at that cost", "vs pp (McNemar)", "FAR harmful", "refusals run to the limit", "refusals that turn", "ppl"])
+               "pp at that cost", "vs pp, same ratio (McNemar)", "vs pp, same cost (McNemar)", "FAR harmful", "refusals run to the limit", "refusals that turn", "ppl"])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for c in sorted(cells, key=lambda c: (c["method"] != DENSE, c["method"], c["ratio"])):
         fire = c.get("fire_by_set") or {}
@@ -118,7 +134,7 @@ def table(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
             " / ".join(f"{byl[k]:.3f}" for k in ("harmful", "benign") if k in byl),
             "" if c.get("mix_flops") is None else f"{c['mix_flops']:.3f}",
             "" if at is None else f"{100 * at:.0f}",
-            against_pp(rows, c["method"], c["ratio"]),
+            against_pp(rows, c["method"], c["ratio"]), against_pp_at_cost(cells, rows, c),
             pct(far), runs_to_limit(rows, c["method"], c["ratio"]), turns(rows, c["method"], c["ratio"]),
             "" if c.get("perplexity") is None else f"{c['perplexity']:.1f}",
         ]) + " |")

@@ -37,11 +37,12 @@ def test_table_reads_cost_escalation_and_refusals_that_run_on(tmp_path, capsys):
         rows += [row("dense", 0.0, i, "harmful", REFUSE if i < 2 else ANSWER, 5, 1.0),
                  row("dense", 0.0, i, "benign", ANSWER, 5, 1.0),
                  row("pp", 0.3, i, "harmful", ANSWER, LIMIT, 0.8),
-                 row("pp", 0.3, i, "benign", ANSWER, LIMIT, 0.8)]
+                 row("pp", 0.3, i, "benign", ANSWER, LIMIT, 0.8),
+                 row("pp", 0.2, i, "harmful", REFUSE if i == 1 else ANSWER, 5, 0.86),  # costs what aapp:dense does
+                 row("pp", 0.2, i, "benign", ANSWER, 5, 0.86)]
     grid = sweep(tmp_path, "grid", rows)
     # A routed cell escalates every harmful prompt and one benign one: harmful cost 1.0, benign 0.85.
-    routed = [row("dense", 0.0, i, label, r["completion"], 5, 1.0) for i, label, r in
-              [(int(r["id"][-1]), r["label"], r) for r in rows if r["method"] == "dense"]]
+    routed = [r for r in rows if r["method"] == "dense"]
     turn = REFUSE + " However, I can give you a simple way to do it."
     routed += [row("aapp:dense", 0.3, i, "harmful", [turn, REFUSE, ANSWER, ANSWER][i], LIMIT if i == 0 else 5, 1.0, True)
                for i in range(4)]
@@ -53,7 +54,8 @@ def test_table_reads_cost_escalation_and_refusals_that_run_on(tmp_path, capsys):
     assert sum("| dense |" in line for line in lines) == 1  # the other sweeps' dense cell is the first one's
     assert sum(line.startswith("| aapp:dense |") for line in lines) == 1
     cell = next(line.split(" | ") for line in lines if line.startswith("| aapp:dense (tagged) |"))
-    # refusal 50; over-refusal 0; escalated 100 / 25; FLOPs 1.000 / 0.850; mix 0.9*0.85 + 0.1 = 0.865;
-    # pp's line from (0.8, 0%) to (1.0, 50%) gives 16% there; one of the two refusals ran to the limit.
-    assert cell[2:11] == ["50", "0", "100", "25", "1.000 / 0.850", "0.865", "16", "+2/-0, p = 0.5", "0"]
-    assert cell[11:13] == ["50", "50"]  # one of the two refusals ran to the limit, and it turned
+    # refusal 50; over-refusal 0; escalated 100 / 25; FLOPs 1.000 / 0.850; mix 0.9*0.85 + 0.1 = 0.865.
+    # pp's line (0.8, 0%), (0.86, 25%), (1.0, 50%) gives 26% at 0.865; pp at 0.2 costs 0.86, within 0.02.
+    assert cell[2:11] == ["50", "0", "100", "25", "1.000 / 0.850", "0.865", "26", "+2/-0, p = 0.5",
+                          "pp 0.2: +1/-0, p = 1"]
+    assert cell[11:14] == ["0", "50", "50"]  # one of the two refusals ran to the limit, and it turned

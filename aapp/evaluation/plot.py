@@ -244,12 +244,13 @@ def render_cost_png(summaries: Sequence[CellSummary]) -> bytes | None:
                     ax.annotate(f"{p.ratio:g}", (p.flops, p.rate.value), textcoords="offset points", xytext=(4, 4),
                                 fontsize="x-small")
         ax.set_title(title)
-        ax.set_xlabel("average FLOPs per request, fraction of dense (" +
-                      ", ".join(f"{w:g} {label}" for label, w in mix.items()) + ")")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0].set_ylabel("rate (Wilson 95% CI)")
+    # One label under both panels: per panel, it is wider than the panel.
+    fig.supxlabel("average FLOPs per request, fraction of dense (" +
+                  ", ".join(f"{w:g} {label}" for label, w in mix.items()) + ")")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     return buf.getvalue()

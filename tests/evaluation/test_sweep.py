@@ -31,6 +31,21 @@ def inputs(tiny_model_dir, tmp_path_factory) -> Inputs:
     return make_inputs(tmp_path_factory.mktemp("sweep-inputs"), tiny_model_dir)
 
 
+def count_generated(monkeypatch) -> list[tuple[str, str]]:
+    """The (method, prompt id) of every row generated from now on, as run_sweep asks for them."""
+    import aapp.pruning.run as run
+
+    generated: list[tuple[str, str]] = []
+    real = run.generate_rows
+
+    def counting(loaded, prompts, method, *a, **k):
+        generated.extend((method.name, p.id) for p in prompts)
+        return real(loaded, prompts, method, *a, **k)
+
+    monkeypatch.setattr(run, "generate_rows", counting)
+    return generated
+
+
 def drop_timing(cells: list[dict]) -> list[dict]:
     return [{k: v for k, v in c.items() if k != "wall_time_s"} for c in cells]
 
@@ -203,16 +218,7 @@ def test_a_sweep_killed_and_resumed_gives_the_rows_of_an_uninterrupted_one(input
     with pytest.raises(InputError, match="other settings.*max_new_tokens"):
         run_sweep(make_config(inputs, out, **(kw | dict(max_new_tokens=5, resume=True))), progress=False)
 
-    import aapp.pruning.run as run
-
-    generated = []
-    real = run.generate_rows
-
-    def counting(loaded, prompts, method, *a, **k):
-        generated.extend((method.name, p.id) for p in prompts)
-        return real(loaded, prompts, method, *a, **k)
-
-    monkeypatch.setattr(run, "generate_rows", counting)
+    generated = count_generated(monkeypatch)
     resumed = run_sweep(make_config(inputs, out, **(kw | dict(resume=True))), progress=False)
     monkeypatch.undo()
 
@@ -410,16 +416,7 @@ def test_a_cell_is_reused_by_a_sweep_that_adds_another_methods_options(inputs, t
     kw = dict(methods=("pp",), ratios=(0.5,), max_new_tokens=3, limit=2)
     out = tmp_path / "out"
     run_sweep(make_config(inputs, out, **kw), progress=False)
-    import aapp.pruning.run as run
-
-    generated = []
-    real = run.generate_rows
-
-    def counting(loaded, prompts, method, *a, **k):
-        generated.extend((method.name, p.id) for p in prompts)
-        return real(loaded, prompts, method, *a, **k)
-
-    monkeypatch.setattr(run, "generate_rows", counting)
+    generated = count_generated(monkeypatch)
     more = kw | dict(methods=("pp", "aapp"), aapp={"aapp.budget_shift": 0.4}, resume=True)
     run_sweep(make_config(inputs, out, **more), progress=False)
     assert {m for m, _ in generated} == {"aapp"}

@@ -75,7 +75,7 @@ def window_perplexity(loaded: LoadedModel, windows: torch.Tensor, *, batch_size:
         if handle is None:
             total_nll += _window_nll(loaded, chunk)
         else:  # a router may split the batch: each group of windows runs under its own route
-            for group, (nll, spent) in run_groups(handle, len(chunk), lambda g: _scored(loaded, handle, chunk, g)):
+            for _, (nll, spent) in run_groups(handle, len(chunk), lambda g: _scored(loaded, handle, chunk, g)):
                 total_nll += nll
                 total_flops.add(spent)
         count += chunk.shape[0] * (chunk.shape[1] - 1)

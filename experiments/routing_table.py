@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aapp.evaluation.metrics import interpolate, paired_test
+from aapp.evaluation.metrics import COST_SLACK, interpolate, paired_test
 
 DENSE, PP = "dense", "pp"
 
@@ -123,7 +123,7 @@ def table(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     for c in sorted(cells, key=lambda c: (c["method"] != DENSE, c["method"], c["ratio"])):
         fire = c.get("fire_by_set") or {}
         at = None if c["method"] in (PP, DENSE) or c.get("mix_flops") is None else interpolate(
-            line, c["mix_flops"], slack=0.005)
+            line, c["mix_flops"], slack=COST_SLACK)
         far = (c.get("harmful_agreement") or {}).get("far")
         byl = c.get("flops_by_label") or {}
         out.append("| " + " | ".join([

@@ -20,7 +20,7 @@ from aapp.errors import AappError, InputError
 from aapp.chat import render_all
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
-from aapp.pruning.run import RowGroup, run_groups
+from aapp.pruning.run import RowGroup, group_flops, run_groups
 
 # Logits of a [B, S, V] batch are scored this many positions at a time, so a 150k
 # vocabulary at batch 4 x 256 never holds its full float32 log-softmax at once.
@@ -94,11 +94,7 @@ def _window_nll(loaded: LoadedModel, chunk: torch.Tensor) -> float:
 def _scored(loaded: LoadedModel, handle, chunk: torch.Tensor, group: RowGroup) -> tuple[float, flops.FlopCount]:
     """One group's summed NLL, and the FLOPs it cost: its forward (the record holds this batch only, as
     no cache is kept) and its share of a prefill the router stopped."""
-    nll = _window_nll(loaded, chunk[group.rows])
-    spent = flops.FlopCount()
-    spent.add(handle.record.flops)
-    spent.recompute += group.recompute_flops
-    return nll, spent
+    return _window_nll(loaded, chunk[group.rows]), group_flops(handle, group)
 
 
 def _sum_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:

@@ -130,6 +130,15 @@ def run_groups(handle: PrunedModel, n: int, step: Callable[[RowGroup], T]) -> li
         return parts
 
 
+def group_flops(handle: PrunedModel, group: RowGroup) -> FlopCount:
+    """What a group's rows cost: the forward the handle just recorded (it holds this group's batch
+    only) and the group's share of a prefill the router stopped."""
+    total = FlopCount()
+    total.add(handle.record.flops)
+    total.recompute += group.recompute_flops
+    return total
+
+
 def run_batch(handle: PrunedModel, chunk: Sequence, settings: GenerationSettings) -> list[dict]:
     """One batch's output rows, in its order. With a router, rows the router decides alike run on
     together; a batch it splits runs again group by group (run_groups), each row paying its share of
@@ -145,9 +154,7 @@ def _group_rows(handle: PrunedModel, chunk: Sequence, group: RowGroup, settings:
     prompts = [chunk[i] for i in group.rows]
     out = generate_batch(loaded.model, loaded.tokenizer, [p.input for p in prompts],
                          max_new_tokens=settings.max_new_tokens)
-    total = FlopCount()
-    total.add(handle.record.flops)
-    total.recompute += group.recompute_flops
+    total = group_flops(handle, group)
     n = len(prompts)
     decided = group.info or (handle.decided.info if handle.decided is not None else None)
     share = {k: v / n for k, v in total.to_dict().items() if k != "fraction"}

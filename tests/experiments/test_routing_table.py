@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from aapp.evaluation.pipe import evaluate_generations
 from aapp.evaluation.report import summary_json
 from tests.conftest import load_script
@@ -59,3 +61,9 @@ def test_table_reads_cost_escalation_and_refusals_that_run_on(tmp_path, capsys):
     assert cell[2:11] == ["50", "0", "100", "25", "1.000 / 0.850", "0.865", "26", "+2/-0, p = 0.5",
                           "pp 0.2: +1/-0, p = 1"]
     assert cell[11:14] == ["0", "50", "50"]  # one of the two refusals ran to the limit, and it turned
+
+
+def test_a_directory_that_is_not_a_sweeps_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="holds no summary.json and results.jsonl"):
+        load_script("routing_table", "experiments").main([str(tmp_path / "nowhere")])
+    assert capsys.readouterr().out == ""

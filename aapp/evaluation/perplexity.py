@@ -19,8 +19,8 @@ from aapp.calibration.run import pack_tokens
 from aapp.errors import AappError, InputError
 from aapp.chat import render_all
 from aapp.models.loading import LoadedModel
-from aapp.pruning import flops
-from aapp.pruning.run import RowGroup, group_flops, run_groups
+from aapp.methods.report import FlopCount
+from aapp.pruning.engine import run_routed
 
 # Logits of a [B, S, V] batch are scored this many positions at a time, so a 150k
 # vocabulary at batch 4 x 256 never holds its full float32 log-softmax at once.
@@ -69,15 +69,15 @@ def window_perplexity(loaded: LoadedModel, windows: torch.Tensor, *, batch_size:
     """Perplexity over pre-packed windows [N, S] of token ids."""
     total_nll = 0.0  # python float (double): the sum is exact enough and independent of batch size
     count = 0
-    total_flops = flops.FlopCount()
+    total_flops = FlopCount()
     for i in range(0, len(windows), batch_size):
         chunk = windows[i : i + batch_size].to(loaded.device)
         if handle is None:
             total_nll += _window_nll(loaded, chunk)
         else:  # a router may split the batch: each group of windows runs under its own route
-            for _, (nll, spent) in run_groups(handle, len(chunk), lambda g: _scored(loaded, handle, chunk, g)):
-                total_nll += nll
-                total_flops.add(spent)
+            for run in run_routed(handle, len(chunk), lambda g: _window_nll(loaded, chunk[g.rows])):
+                total_nll += run.result
+                total_flops.add(run.reports[0].flops.total)
         count += chunk.shape[0] * (chunk.shape[1] - 1)
     nll = total_nll / count
     return PerplexityResult(ppl=math.exp(nll), nll=nll, tokens=count, windows=len(windows),
@@ -89,12 +89,6 @@ def _window_nll(loaded: LoadedModel, chunk: torch.Tensor) -> float:
     pos = torch.arange(chunk.shape[1], device=chunk.device).expand(chunk.shape[0], -1)
     logits = loaded.model(input_ids=chunk, position_ids=pos, use_cache=False).logits  # [B, S, V]
     return _sum_nll(logits, chunk)
-
-
-def _scored(loaded: LoadedModel, handle, chunk: torch.Tensor, group: RowGroup) -> tuple[float, flops.FlopCount]:
-    """One group's summed NLL, and the FLOPs it cost: its forward (the record holds this batch only, as
-    no cache is kept) and its share of a prefill the router stopped."""
-    return _window_nll(loaded, chunk[group.rows]), group_flops(handle, group)
 
 
 def _sum_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:

@@ -2,7 +2,8 @@
 
 Input rows are what `aapp prune` writes (or any tool, given `prompt` and `completion`):
 {"id", "prompt", "label": "harmful"|"benign"|null, "completion", "method", "ratio",
- "flops": {"dense", "pruned", "probe", "bias", "recompute"}, "latency_s", "gate": {"fired", "score"}}; only
+ "flops": {"dense", "pruned", "probe", "bias", "recompute"}, "latency_s", and the method's own facts (read
+ through aapp.methods.read_row_report)}; only
 `prompt` and `completion` are required. `aapp prune`'s rows also record what made them
 ("provenance": model name and fingerprint, method, ratio, options, versions), which is how a
 reference from another model is told apart (`evaluate_pipe`). Rows are grouped into cells by
@@ -33,6 +34,7 @@ from aapp.errors import InputError
 from aapp.evaluation.judges import Judge, KeywordJudge, Verdict
 from aapp.evaluation.metrics import (DEFAULT_MIX, HARMFUL, LABELS, CellSummary, at_equal_cost, label_gaps, paired_test,
                                      summarize)
+from aapp.methods import read_row_report
 from aapp.provenance import versions
 
 CellKey = tuple[str, float | None]
@@ -251,19 +253,9 @@ def _check_row(row: Mapping[str, Any], where: str) -> None:
         value = row.get(field)
         if value is not None and not _is_number(value):
             raise InputError(f"{where}: {field!r} must be a number, got {value!r}")
-    flops = row.get("flops")
-    if flops is not None:
-        if not (isinstance(flops, Mapping) and _is_number(flops.get("dense")) and _is_number(flops.get("pruned"))
-                and all(_is_number(flops.get(k, 0.0)) for k in ("probe", "bias", "recompute"))):
-            raise InputError(f"{where}: 'flops' must be an object with numeric 'dense', 'pruned' "
-                             "(and 'probe', 'bias', 'recompute')")
     if not isinstance(row.get("set", ""), (str, type(None))):
         raise InputError(f"{where}: 'set' must be a string (the prompt set's name)")
-    gate = row.get("gate")
-    if gate is not None and not (isinstance(gate, Mapping) and isinstance(gate.get("fired"), bool)):
-        raise InputError(f"{where}: 'gate' must be an object with a boolean 'fired'")
-    if gate is not None and gate.get("sample_score") is not None and not _is_number(gate["sample_score"]):
-        raise InputError(f"{where}: gate 'sample_score' must be a number, got {gate['sample_score']!r}")
+    read_row_report(row, where)  # the run's fields (flops, the method's facts), checked where they are defined
 
 
 def _is_number(value: Any) -> bool:
@@ -295,8 +287,9 @@ def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl, mix) -> 
     cell_rows = [rows[i] for i in idx]
     latencies = [r.get("latency_s") for r in cell_rows]
     flops = [r.get("flops") for r in cell_rows]
-    gates = [r["gate"]["fired"] for r in cell_rows if r.get("gate") is not None]
-    scores = [(r.get("gate") or {}).get("sample_score") for r in cell_rows]
+    facts = [read_row_report(r).facts for r in cell_rows]
+    gates = [f.fired for f in facts if f is not None]
+    scores = [f.score if f is not None else None for f in facts]
     return summarize(
         key[0], key[1],
         [verdicts[i].refused for i in idx],

@@ -6,10 +6,11 @@ Built-in methods register here through the same `register` an extension would ca
 
 from aapp.methods import aapp, dense, hybrid, pp, static
 from aapp.methods.aapp import AAPP, AAPPOptions, add_alignment
-from aapp.methods.base import LayerContext, Method, ProbeStats, Router, RowDecisions, Selection
+from aapp.methods.base import Batch, LayerContext, Method, ProbeStats, Router, RowDecisions, Selection
 from aapp.methods.dense import Dense
 from aapp.methods.pp import PPScoring, ProbePruning
-from aapp.methods.registry import MethodSpec, check_method_spec, make_method, register, registered, registration
+from aapp.methods.registry import (MethodSpec, check_method_spec, facts_types, make_method, read_row_report, register, registered,
+                                   registration)
 from aapp.methods.static import Flap, WandaSP
 
 for _registration in (dense.REGISTRATION, pp.REGISTRATION, static.WANDA_SP, static.FLAP, aapp.REGISTRATION,
@@ -19,6 +20,7 @@ for _registration in (dense.REGISTRATION, pp.REGISTRATION, static.WANDA_SP, stat
 __all__ = [
     "AAPP",
     "AAPPOptions",
+    "Batch",
     "Dense",
     "Flap",
     "LayerContext",
@@ -33,7 +35,9 @@ __all__ = [
     "WandaSP",
     "add_alignment",
     "check_method_spec",
+    "facts_types",
     "make_method",
+    "read_row_report",
     "register",
     "registered",
     "registration",

@@ -2,9 +2,10 @@
 
 A method scores and selects (`select`, per pruned layer and batch), and declares what it must
 see: the layers it watches (`watch_layers`/`observe`) and, if it decides per request, a `Router`.
-Which rows run together and how is the runner's decision (aapp.pruning.run): it asks the router
-for each row's decision and runs each group of rows under its own. No code elsewhere asks a
-method's name. This module imports nothing from aapp.pruning.
+Which rows run together is the engine's decision (aapp.pruning.engine.run_routed): it asks the
+router for each row's decision and runs each group of rows under its own, handing the group's
+decision to the method in its `Batch`. No code elsewhere asks a method's name. This module imports
+nothing from aapp.pruning.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import ClassVar
 import torch
 
 from aapp.calibration.store import Calibration
+from aapp.errors import CalibrationError
 from aapp.methods.masks import LayerMask, top_heads_in_groups, top_k
 from aapp.methods.plan import LayerBudget, PrunePlan
+from aapp.methods.report import MethodFacts
 from aapp.methods.scores import flap_compensation
 from aapp.models.adapters import Geometry, LayerParts
 
@@ -34,6 +37,18 @@ class ProbeStats:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """One batch (or routed group of a batch's rows) as a method sees it while it runs: the router's
+    decision for its rows (None: no router, or the rows were not routed), what the router said of each
+    row, and the method's own per-batch state (`Method.new_state`). The engine creates it at prefill and
+    drops it with the batch, so a method keeps nothing of a batch but what it declares it carries."""
+
+    decision: object = None   # a Route, the same for every row of the group
+    routed: tuple = ()        # per row: the router's facts of it (RowDecisions.facts), or () when not routed
+    state: object = None
+
+
+@dataclass(frozen=True)
 class LayerContext:
     """Everything a method may look at when it picks one layer's structures for a batch."""
 
@@ -45,7 +60,7 @@ class LayerContext:
     history: dict[str, torch.Tensor] | None  # this layer's working history per site, or None
     residual: torch.Tensor                   # block input [B, S, D]
     token_mask: torch.Tensor                 # [B, S] non-pad tokens
-    decision: object = None                  # the router's decision for these rows (None: not routed, or not yet)
+    batch: Batch = Batch()
 
 
 @dataclass(frozen=True)
@@ -66,11 +81,11 @@ class Route:
 
 @dataclass(frozen=True)
 class RowDecisions:
-    """A router's decision for each row of a batch (hashable values; rows with equal ones run
-    together, the value handed to `begin_batch`), and per row what to add to its output row."""
+    """A router's decision for each row of a batch (hashable `Route`s; rows with equal ones run
+    together, under `Batch.decision`), and per row what the router scored of it (`Batch.routed`)."""
 
     decisions: list
-    info: list[dict]
+    facts: list
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,7 @@ class Router:
     mask ([B, S]), `decide` returns each row's decision (a `Route`) without changing the method.
     The engine asks it inline, at prefill, when the batch reaches `layer`; rows decided alike run on,
     and a batch whose rows differ (or whose decision would have run the layers before `layer`
-    otherwise) is stopped there and re-run by the runner, group by group (aapp.pruning.run)."""
+    otherwise) is stopped there and re-run group by group (aapp.pruning.engine.run_routed)."""
 
     layer: int
     decide: Callable[[torch.Tensor, torch.Tensor], RowDecisions]
@@ -88,9 +103,10 @@ class Router:
 class Method(ABC):
     """A pruning method. Subclasses are small: scores in, `select_top` out.
 
-    The engine calls, per model: `bind`; per batch (or group of a batch's rows, when the method
-    routes): `begin_batch` at prefill, `observe` for watched layers and `select` for each pruned
-    layer; the runner reads `row_info` after it.
+    The engine calls, per model: `bind`, `router`, `watch_layers`; per batch (or routed group of a
+    batch's rows): `new_state` at prefill, `observe` for each watched layer and `select` for each pruned
+    layer, all with the batch (`Batch`, or `LayerContext.batch`); the runner reads `facts` after it. Each
+    hook has one signature; a method that wraps others (aapp.methods.hybrid) forwards every one.
     """
 
     name: str = "method"  # the spec it was made from (aapp.methods.registry), used in output rows
@@ -109,6 +125,15 @@ class Method(ABC):
         replay them from the first)."""
         return False
 
+    def settings(self) -> dict[str, object]:
+        """What the method ran with, for provenance: its declared settings dataclasses by name."""
+        return {} if self.options is None else {"options": self.options}
+
+    def check_calibration(self, calib: Calibration | None) -> None:
+        """One line where the method needs a calibration file and has none."""
+        if self.needs_calibration and calib is None:
+            raise CalibrationError(f"method {self.name!r} needs a calibration file; make one with `aapp calibrate`")
+
     def bind(self, model, adapter, geometry: Geometry, plan: PrunePlan, calib: Calibration | None) -> None:
         """Called once when a model is wrapped; static methods precompute here."""
         self.geometry, self.plan, self.calib = geometry, plan, calib
@@ -117,23 +142,23 @@ class Method(ABC):
         """How this method decides per request before a batch runs, or None (it does not)."""
         return None
 
-    def begin_batch(self, decision=None) -> None:
-        """Called at the start of every new batch (prefill), before the first layer, with the
-        router's decision for its rows (None without a router)."""
+    def new_state(self) -> object:
+        """A fresh per-batch state (None: the method keeps none); it lives in `Batch.state`."""
+        return None
 
     def watch_layers(self) -> set[int]:
         """Layers whose block input `observe` should see at prefill (pruned or not)."""
         return set()
 
-    def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor) -> None:
+    def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor, batch: Batch) -> None:
         """See a watched layer's block input [B, S, D] before any selection at that layer."""
 
     @abstractmethod
     def select(self, ctx: LayerContext) -> Selection: ...
 
-    def row_info(self, batch_size: int) -> list[dict]:
-        """Facts about the batch just run for each of its rows' output (e.g. a gate decision)."""
-        return [{} for _ in range(batch_size)]
+    def facts(self, batch: Batch, rows: int) -> list[MethodFacts | None]:
+        """The method's own facts of each of the batch's `rows` rows (e.g. its gate's decision)."""
+        return [None] * rows
 
 
 def select_top(head_scores: torch.Tensor, channel_scores: torch.Tensor, budget: LayerBudget, g: Geometry,

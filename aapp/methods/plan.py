@@ -40,6 +40,12 @@ class PrunePlan:
     budgets: tuple[LayerBudget, ...]
     channel_tile: int  # kept MLP channels of a pruned layer are a multiple of this (see channel_tile)
 
+    @property
+    def first_pruned(self) -> int | None:
+        """The first layer the plan prunes (None: it prunes none); every layer before it runs dense,
+        so its block input is the dense model's."""
+        return next((i for i, r in enumerate(self.layer_ratios) if r > 0), None)
+
     def is_dense(self, layer: int, geometry: Geometry) -> bool:
         b = self.budgets[layer]
         return (b.heads, b.kv_heads, b.channels) == (geometry.num_heads, geometry.num_kv_heads,

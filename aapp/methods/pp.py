@@ -54,6 +54,9 @@ class ProbePruning(Method):
     def uses_probe(self) -> bool:
         return self.scoring.scores_from != "history"
 
+    def settings(self) -> dict[str, object]:
+        return {"scoring": self.scoring}
+
     def bind(self, model, adapter, geometry, plan, calib):
         super().bind(model, adapter, geometry, plan, calib)
         # ||W[:, k]^2||_2 depends only on weights: compute once, not per batch.
@@ -79,18 +82,18 @@ class ProbePruning(Method):
         if self.scoring.head_fluctuation:
             mean = self.calib.attn.mean[ctx.layer].to(c_attn.device)
             c_attn = (c_attn - mean.square()).clamp(min=0)
-        return self.scores(ctx.layer, c_attn, c_mlp)
+        return self.ppsp_scores(ctx.layer, c_attn, c_mlp)
 
-    def scores(self, layer: int, attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def ppsp_scores(self, layer: int, attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """PPsp of per-channel activation statistics: per head at attention, per channel at the MLP."""
         w = self._wnorm[layer]
         return per_head(attn * w["attn"], self.geometry.head_dim, self.scoring.head_score), mlp * w["mlp"]
 
     def select(self, ctx: LayerContext) -> Selection:
         heads, channels = self.channel_scores(ctx)
-        return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
+        return self.compensated(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
 
-    def finish(self, ctx: LayerContext, mask) -> Selection:
+    def compensated(self, ctx: LayerContext, mask) -> Selection:
         if self.scoring.compensate:
             return compensation(self.calib, ctx.layer, ctx.parts, mask, ctx.geometry, self.scoring.compensate)
         return Selection(mask)

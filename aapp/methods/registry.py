@@ -21,6 +21,7 @@ from aapp.calibration.store import Calibration
 from aapp.errors import AappError, did_you_mean
 from aapp.methods.base import Method
 from aapp.methods.options import parse_options
+from aapp.methods.report import MethodFacts, RowReport
 from aapp.models.loading import LoadedModel
 
 COMPENSATE = "+comp"
@@ -85,6 +86,7 @@ class Registration:
     compensation_note: str = ""            # said when `+comp` is refused
     options: type | None = None            # a frozen dataclass of `option(...)` fields (aapp.methods.options)
     calibration: CalibrationStep | None = None  # what it calibrates beyond the general history
+    facts: type[MethodFacts] | None = None  # the facts its rows carry of their run (aapp.methods.report)
 
 
 _REGISTRY: dict[str, Registration] = {}
@@ -120,6 +122,17 @@ def check_method_spec(text: str) -> MethodSpec:
         raise AappError(f"{text!r}: only {' and '.join(r.name for r in _REGISTRY.values() if r.compensable)} "
                         f"take {COMPENSATE}" + (f" ({reg.compensation_note})" if reg.compensation_note else ""))
     return spec
+
+
+def facts_types() -> list[type[MethodFacts]]:
+    """The facts types of the registered methods (the row fields a method of its own may add)."""
+    return [r.facts for r in _REGISTRY.values() if r.facts is not None]
+
+
+def read_row_report(row: Mapping, where: str = "row") -> RowReport:
+    """What a row written by `aapp prune` (or a sweep, or read back from a file) records of its run,
+    with the facts of whichever registered method wrote them; malformed fields are one line naming them."""
+    return RowReport.from_json(row, facts_types(), where)
 
 
 def registration(text: str) -> Registration:

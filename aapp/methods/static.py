@@ -35,18 +35,18 @@ class StaticMethod(Method):
         self._selection: dict[int, Selection] = {}
         for i, budget in enumerate(plan.budgets):
             parts = adapter.layer_parts(model, i)
-            attn = self.scores("attn", i, parts.o_proj.weight)
-            mlp = self.scores("mlp", i, parts.down_proj.weight)
+            attn = self.site_scores("attn", i, parts.o_proj.weight)
+            mlp = self.site_scores("mlp", i, parts.down_proj.weight)
             mask = self.choose(per_head(attn, geometry.head_dim), mlp, budget)
-            self._selection[i] = self.finish(i, mask, parts)
+            self._selection[i] = self.compensated(i, mask, parts)
 
-    def scores(self, site: str, layer: int, weight):
+    def site_scores(self, site: str, layer: int, weight):
         raise NotImplementedError
 
     def choose(self, head_scores, channel_scores, budget) -> LayerMask:
         return self.mask_rule(head_scores, channel_scores, budget, self.geometry)
 
-    def finish(self, layer: int, mask: LayerMask, parts) -> Selection:
+    def compensated(self, layer: int, mask: LayerMask, parts) -> Selection:
         return Selection(mask)
 
     def selection(self, layer: int) -> Selection:
@@ -60,7 +60,7 @@ class StaticMethod(Method):
 class WandaSP(StaticMethod):
     name = "wanda-sp"
 
-    def scores(self, site, layer, weight):
+    def site_scores(self, site, layer, weight):
         return wanda_sp(self.calib.site(site).sq_mean[layer].to(weight.device), weight)
 
 
@@ -76,10 +76,10 @@ class Flap(StaticMethod):
     def __init__(self, compensate: bool = True):
         self.compensate = compensate  # off only as an ablation: FLAP's metric without its compensation
 
-    def scores(self, site, layer, weight):
+    def site_scores(self, site, layer, weight):
         return flap(self.calib.site(site).variance[layer].to(weight.device), weight)
 
-    def finish(self, layer, mask, parts):
+    def compensated(self, layer, mask, parts):
         if not self.compensate:
             return Selection(mask)
         return compensation(self.calib, layer, parts, mask, self.geometry)

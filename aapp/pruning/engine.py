@@ -15,22 +15,27 @@ then holds every head, and the pruned attention reads its kept heads from it).
 
 A method with a router (Method.router) is asked for each row's `Route` inline, when the prefill
 reaches the router's layer. Rows decided alike run on under their route (its ratio's budgets, or
-dense); otherwise the forward stops there with `Reroute`, carrying the decisions and the FLOPs
-spent, and the runner re-runs the batch's rows group by group under `running(route)`.
+dense); otherwise the forward stops there, and `run_routed` runs the batch's rows again, group by
+group, each under its route, each paying its share of the stopped prefill. The stop never leaves
+this module: `run_routed` returns each group's result and row reports as values.
+
+Each forward's per-batch facts (the method's `Batch`, the FLOPs, the kept counts) live in one
+`_BatchRun`, made at prefill and replaced at the next.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 
 from aapp.calibration.store import Calibration
-from aapp.errors import AappError, CalibrationError
-from aapp.methods.base import LayerContext, Method, ProbeStats, Route, RowDecisions
+from aapp.errors import AappError
+from aapp.methods.base import Batch, LayerContext, Method, ProbeStats, Route, RowDecisions
 from aapp.methods.masks import LayerMask
+from aapp.methods.report import FlopCount, KeptCounts, PhaseFlops, RowReport
 from aapp.methods.options import option
 from aapp.methods.plan import PrunePlan, make_plan
 from aapp.models.kv_cache import cache_in
@@ -73,12 +78,61 @@ class PruneOptions:
             raise AappError(f"channel_multiple must be at least 1, got {self.channel_multiple}")
 
 
-@dataclass
-class BatchRecord:
-    """What the engine did for the latest batch."""
+T = TypeVar("T")
 
-    kept: list[dict] = field(default_factory=list)  # per layer: heads, kv_heads, channels
-    flops: flops.FlopCount = field(default_factory=flops.FlopCount)
+
+@dataclass
+class _BatchRun:
+    """One forward of a batch (or routed group): what the method sees of it, and what the engine did."""
+
+    batch: Batch
+    shape: tuple[int, int]                                     # prefill [batch, prompt tokens]
+    token_mask: torch.Tensor                                   # [B, S] of the current chunk
+    kept: list[dict] = field(default_factory=list)             # per layer: heads, kv_heads, channels
+    flops: PhaseFlops = field(default_factory=PhaseFlops)
+    routed: RowDecisions | None = None                         # the router's inline decisions, where it agreed
+    prefix: dict[int, float] = field(default_factory=dict)     # each pruned layer's prefill FLOPs, as it ran
+    decode_steps: dict[int, int] = field(default_factory=dict)
+    held: dict[int, tuple] = field(default_factory=dict)       # dense_tokens: per layer, the selection waiting
+    last_probe: dict[int, ProbeStats | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What the engine did for the latest forward (a batch, or a routed group of its rows)."""
+
+    kept: list[dict]     # per layer: heads, kv_heads, channels ({} where the layer ran whole)
+    flops: FlopCount     # in all
+    phases: PhaseFlops   # by phase
+
+
+class _Stopped(Exception):
+    """The router's rows differ (or need the layers before its own run otherwise): `run_routed` runs
+    them again by group. `spent` is what the stopped prefill cost (its layers before the router's, and
+    its probes). Raised from a layer hook inside the model's forward and caught by `run_routed` alone."""
+
+    def __init__(self, decided: RowDecisions, spent: float):
+        super().__init__("rows routed apart")
+        self.decided, self.spent = decided, spent
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows of a batch that generate together, under one router decision (None: no router)."""
+
+    rows: list[int]
+    decision: object = None
+    recompute_flops: float = 0.0  # this group's share of a stopped prefill that it runs again
+    routed: tuple = ()            # per row: the router's facts of it
+
+
+@dataclass(frozen=True)
+class GroupRun(Generic[T]):
+    """A group's rows run: what the step returned, and each row's report (in the group's order)."""
+
+    group: RowGroup
+    result: T
+    reports: list[RowReport]
 
 
 class PrunedModel:
@@ -91,8 +145,7 @@ class PrunedModel:
         g = loaded.geometry
         self.plan: PrunePlan = make_plan(g, options.ratio, dense_layers=options.dense_layers,
                                          channel_multiple=options.channel_multiple)
-        if method.needs_calibration and calib is None:
-            raise CalibrationError(f"method {method.name!r} needs a calibration file; make one with `aapp calibrate`")
+        method.check_calibration(calib)
         if calib is not None:
             calib.check_model(loaded.fingerprint, loaded.name, loaded.geometry)
         self.history = None
@@ -101,19 +154,10 @@ class PrunedModel:
             self.history = {s: calib.site(s).sq_mean.to(dev).clone() for s in ("attn", "mlp")}
         self.backend = get_backend(options.backend, loaded.device)
         method.bind(loaded.model, loaded.adapter, g, self.plan, calib)
-        self.record = BatchRecord()
         self.router = method.router()
-        self._preset = None   # the decision `running` gives the rows generating now
-        self.decision = None  # the decision the current batch runs under (preset, or the router's inline)
-        self.decided: RowDecisions | None = None  # the router's inline decisions for the current batch
+        self._group: RowGroup | None = None  # the routed group `run_routed` is running now (None: a whole batch)
+        self.run: _BatchRun | None = None   # the current forward's batch
         self._plans: dict[float, PrunePlan] = {}
-        self._prefix: dict[int, float] = {}  # FLOPs of each layer of the current prefill, as it runs
-        self._prefill_shape = (0, 0)
-        self._token_mask: torch.Tensor | None = None
-        self._lm_tokens = 0
-        self._decode_steps: dict[int, int] = {}
-        self._held: dict[int, tuple] = {}  # dense_tokens: per layer, the selection that waits for its step
-        self._last_probe: dict[int, ProbeStats | None] = {}
         self._handles, self._swapped, self._undo = [], [], []
         self.runtimes: dict[int, LayerRuntime] = {}
         model = loaded.model
@@ -157,16 +201,6 @@ class PrunedModel:
     def __enter__(self):
         return self
 
-    @contextmanager
-    def running(self, decision) -> Iterator[None]:
-        """Generate rows under `decision` (a router's, for rows it decided alike; the method sees it
-        at prefill and the router is not asked again)."""
-        self._preset = decision
-        try:
-            yield
-        finally:
-            self._preset = None
-
     def plan_for(self, decision) -> PrunePlan | None:
         """The plan rows run under: a `Route`'s ratio (None: this handle's plan; 0: dense, None returned)."""
         ratio = decision.ratio if isinstance(decision, Route) else None
@@ -192,27 +226,28 @@ class PrunedModel:
         if mask is None or mask.dim() != 2:
             mask = torch.ones(ids.shape[:2], dtype=torch.bool, device=ids.device)
         # The 2-D mask covers cached tokens too; the current chunk is its tail.
-        self._token_mask = mask[:, -ids.shape[1]:].bool()
+        token_mask = mask[:, -ids.shape[1]:].bool()
         cache = cache_in(kwargs)
         past = cache.get_seq_length() if cache is not None else 0
         keep = kwargs.get("logits_to_keep", 0) or ids.shape[1]
         lm = flops.lm_head_flops(self.loaded.geometry, ids.shape[0] * min(keep, ids.shape[1]))
         if past == 0:
-            self.decision, self.decided = self._preset, None
-            self.method.begin_batch(self.decision)
-            self.record = BatchRecord()
-            self._decode_steps.clear()
-            self._prefix = {}
-            self._prefill_shape = (ids.shape[0], ids.shape[1])
-        self.record.flops.add(self._dense_only_flops(ids.shape[0], ids.shape[1], past, lm))
+            group = self._group
+            batch = Batch(decision=group.decision if group else None, routed=group.routed if group else (),
+                          state=self.method.new_state())
+            self.run = _BatchRun(batch, (ids.shape[0], ids.shape[1]), token_mask)
+            if group is not None:
+                self.run.flops.add(FlopCount(recompute=group.recompute_flops), prefill=True)
+        self.run.token_mask = token_mask
+        self.run.flops.add(self._dense_only_flops(ids.shape[0], ids.shape[1], past, lm), prefill=past == 0)
 
-    def _dense_only_flops(self, batch: int, seq: int, past: int, lm: float) -> flops.FlopCount:
+    def _dense_only_flops(self, batch: int, seq: int, past: int, lm: float) -> FlopCount:
         """Dense layers and lm_head cost the same pruned or not; pruned layers are added by their hooks."""
         g = self.loaded.geometry
         ctx = past + (seq + 1) / 2
         per_block = flops.dense_block_flops(g, batch * seq, ctx)
         dense_layers = g.num_layers - len(self.runtimes)
-        return flops.FlopCount(dense=per_block * g.num_layers + lm, pruned=per_block * dense_layers + lm)
+        return FlopCount(dense=per_block * g.num_layers + lm, pruned=per_block * dense_layers + lm)
 
     def _layer_hook(self, i: int, watched: bool):
         def hook(layer, args, kwargs):
@@ -220,8 +255,8 @@ class PrunedModel:
             cache = cache_in(kwargs)
             past = cache.get_seq_length(i) if cache is not None else 0
             if past == 0 and watched:
-                self.method.observe(i, x, self._token_mask)
-                if self.router is not None and i == self.router.layer and self._preset is None:
+                self.method.observe(i, x, self.run.token_mask, self.run.batch)
+                if self.router is not None and i == self.router.layer and self._group is None:
                     self._route(i, x)
             if i not in self.runtimes:
                 return
@@ -234,31 +269,31 @@ class PrunedModel:
 
     def _route(self, layer: int, x: torch.Tensor) -> None:
         """Ask the router for each row's decision; run on if they agree and the layers before `layer`
-        ran as that decision would have run them, else stop the forward (Reroute)."""
-        decided = self.router.decide(x, self._token_mask)
+        ran as that decision would have run them, else stop the forward (run_routed runs the groups)."""
+        run = self.run
+        decided = self.router.decide(x, run.token_mask)
         if len(set(decided.decisions)) == 1:
             decision = decided.decisions[0]
             plan = self.plan_for(decision)
             ran_alike = all(plan is not None and plan.budgets[i] == self.plan.budgets[i]
                             for i in self.runtimes if i < layer)
             if ran_alike:
-                self.decision, self.decided = decision, decided
+                run.batch = Batch(decision, tuple(decided.facts), run.batch.state)
                 return
-        batch, seq = self._prefill_shape
+        batch, seq = run.shape
         dense = flops.dense_block_flops(self.loaded.geometry, batch * seq, (seq + 1) / 2)
-        spent = self.record.flops.probe + sum(self._prefix[i] if i in self.runtimes else dense for i in range(layer))
-        raise Reroute(decided, spent)
+        spent = run.flops.total.probe + sum(run.prefix[i] if i in self.runtimes else dense for i in range(layer))
+        raise _Stopped(decided, spent)
 
     def _select(self, i: int, x: torch.Tensor, position_embeddings) -> None:
-        rt = self.runtimes[i]
+        rt, run = self.runtimes[i], self.run
         g = self.loaded.geometry
-        token_mask = self._token_mask
-        plan = self.plan_for(self.decision)
+        token_mask = run.token_mask
+        plan = self.plan_for(run.batch.decision)
         rt.cache_kv_heads = None
-        self._held.pop(i, None)
         if plan is None:  # a dense route: the original modules run
             rt.set_mask(None)
-            self._last_probe[i] = None
+            run.last_probe[i] = None
             self._record_kept(i, None)
             return
         probe = None
@@ -267,17 +302,18 @@ class PrunedModel:
             cos, sin = position_embeddings
             probe = run_probe(rt.parts, g, i, x, samples, positions, token_mask, cos, sin)
             queries = probe.tokens
-            self.record.flops.probe += flops.probe_flops(g, queries, probe.context, probe.context / max(1, len(samples)) / 2)
+            cost = flops.probe_flops(g, queries, probe.context, probe.context / max(1, len(samples)) / 2)
+            run.flops.add(FlopCount(probe=cost), prefill=True)
         history = self._layer_history(i, x.device)
         ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=plan.budgets[i], probe=probe,
-                           history=history, residual=x, token_mask=token_mask, decision=self.decision)
+                           history=history, residual=x, token_mask=token_mask, batch=run.batch)
         sel = self.method.select(ctx)
         if self.options.dense_tokens:
             rt.set_mask(None)
-            self._held[i] = (sel.mask, sel.attn_bias, sel.mlp_bias)
+            run.held[i] = (sel.mask, sel.attn_bias, sel.mlp_bias)
         else:
             rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
-        self._last_probe[i] = probe
+        run.last_probe[i] = probe
         self._record_kept(i, sel.mask)
 
     def _layer_history(self, i: int, device: torch.device) -> dict | None:
@@ -288,9 +324,10 @@ class PrunedModel:
 
     def _record_kept(self, i: int, mask: LayerMask | None) -> None:
         """Layer i's kept counts for the batch (no mask: the layer runs whole, left as {})."""
-        while len(self.record.kept) <= i:
-            self.record.kept.append({})
-        self.record.kept[i] = {} if mask is None else {"heads": len(mask.heads), "kv_heads": len(mask.kv_heads),
+        kept = self.run.kept
+        while len(kept) <= i:
+            kept.append({})
+        kept[i] = {} if mask is None else {"heads": len(mask.heads), "kv_heads": len(mask.kv_heads),
                                                        "channels": len(mask.channels)}
 
     def _count(self, i: int, batch: int, seq: int, past: int) -> None:
@@ -300,18 +337,20 @@ class PrunedModel:
             cost = flops.dense_block_flops(g, batch * seq, past + (seq + 1) / 2)
         else:
             cost = flops.block_flops(g, batch * seq, past + (seq + 1) / 2, len(m.heads), len(m.kv_heads), len(m.channels))
-        self.record.flops.pruned += cost
+        run = self.run
+        run.flops.add(FlopCount(pruned=cost), prefill=past == 0)
         if past == 0:
-            self._prefix[i] = cost
+            run.prefix[i] = cost
         # A re-probe during decode may change mlp_bias but not whether there is one (same method state).
         biased = (rt.attn_bias is not None) + (rt.mlp_bias is not None)
-        self.record.flops.bias += flops.bias_flops(g, batch * seq, biased)
+        run.flops.add(FlopCount(bias=flops.bias_flops(g, batch * seq, biased)), prefill=past == 0)
 
     def _decode_step(self, i: int) -> None:
-        n = self._decode_steps.get(i, 0) + 1
-        self._decode_steps[i] = n
-        if i in self._held and n >= self.options.dense_tokens:  # step n makes generated token n + 1
-            mask, attn_bias, mlp_bias = self._held.pop(i)
+        run = self.run
+        n = run.decode_steps.get(i, 0) + 1
+        run.decode_steps[i] = n
+        if i in run.held and n >= self.options.dense_tokens:  # step n makes generated token n + 1
+            mask, attn_bias, mlp_bias = run.held.pop(i)
             rt = self.runtimes[i]
             rt.set_mask(mask, attn_bias, mlp_bias)
             rt.cache_kv_heads = mask.kv_heads
@@ -323,11 +362,13 @@ class PrunedModel:
         """Re-pick MLP channels from the current decode tokens; heads stay (the KV cache holds them)."""
         def reselect(x: torch.Tensor) -> None:
             rt, g = self.runtimes[i], self.loaded.geometry
-            probe = mlp_probe(rt.parts, g, x, self.options.probe_samples, attn=self._last_probe[i].attn)
-            self.record.flops.probe += flops.mlp_probe_flops(g, probe.tokens)
+            run = self.run
+            probe = mlp_probe(rt.parts, g, x, self.options.probe_samples, attn=run.last_probe[i].attn)
+            run.flops.add(FlopCount(probe=flops.mlp_probe_flops(g, probe.tokens)), prefill=False)
             ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=self.plan.budgets[i], probe=probe,
                                history=self._layer_history(i, x.device), residual=x,
-                               token_mask=torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
+                               token_mask=torch.ones(x.shape[:2], dtype=torch.bool, device=x.device),
+                               batch=run.batch)
             sel = self.method.select(ctx)
             mask = LayerMask(heads=rt.mask.heads, kv_heads=rt.mask.kv_heads, channels=sel.mask.channels)
             rt.set_mask(mask, rt.attn_bias, sel.mlp_bias)
@@ -339,7 +380,7 @@ class PrunedModel:
         def observe(site: str, kept: torch.Tensor, x: torch.Tensor) -> None:
             if x.shape[1] == 1:  # decode steps: one token is too noisy to move history
                 return
-            valid = self._token_mask
+            valid = self.run.token_mask
             h = self.history[site][i]
             batch_sq = x[valid.to(x.device)].float().square().mean(0).to(h.device)
             kept = kept.to(h.device)
@@ -347,18 +388,57 @@ class PrunedModel:
         return observe
 
     # -- reporting -------------------------------------------------------------------------
-    def layer_ratios(self) -> list[float]:
-        return list(self.plan.layer_ratios)
+    @property
+    def record(self) -> BatchRecord:
+        run = self.run
+        if run is None:
+            return BatchRecord([], FlopCount(), PhaseFlops())
+        return BatchRecord(run.kept, run.flops.total, run.flops)
+
+    def kept_counts(self) -> KeptCounts:
+        """The current batch's kept counts per layer; dense layers show their full size."""
+        g, kept = self.loaded.geometry, self.run.kept if self.run is not None else []
+        full = {"heads": g.num_heads, "kv_heads": g.num_kv_heads, "channels": g.intermediate_size}
+        rows = [kept[i] if i < len(kept) and kept[i] else full for i in range(g.num_layers)]
+        return KeptCounts(*(tuple(r[k] for r in rows) for k in full))
+
+    def row_reports(self, rows: int) -> list[RowReport]:
+        """What each of the current batch's `rows` rows records of its run (aapp.methods.report)."""
+        run = self.run
+        flops_run = PhaseFlops(run.flops.total.copy(), run.flops.prefill.copy())
+        kept = self.kept_counts()
+        return [RowReport(flops_run, rows, kept, facts) for facts in self.method.facts(run.batch, rows)]
 
 
-class Reroute(Exception):
-    """The router's rows differ (or need the layers before its own run otherwise): the runner re-runs
-    them by group. `spent` is what the stopped prefill cost (its layers before the router's, and its
-    probes): every row computes its share again."""
+def run_routed(handle: PrunedModel, n: int, step: Callable[[RowGroup], T]) -> list[GroupRun[T]]:
+    """`step` on a batch's `n` rows (it runs the handle's model on them), and what each row records.
+    Where the method's router splits the batch (or its route needs the layers before the router run
+    otherwise), the forward stops at the router's layer and `step` runs again on each group of rows the
+    router decided alike, under that decision, each group paying its rows' share of the stopped prefill."""
+    whole = RowGroup(list(range(n)))
+    try:
+        result = step(whole)
+    except _Stopped as stopped:
+        return [_run_group(handle, group, step) for group in group_by_decision(stopped.decided, stopped.spent)]
+    return [GroupRun(whole, result, handle.row_reports(n))]
 
-    def __init__(self, decided: RowDecisions, spent: float):
-        super().__init__("rows routed apart")
-        self.decided, self.spent = decided, spent
+
+def _run_group(handle: PrunedModel, group: RowGroup, step: Callable[[RowGroup], T]) -> GroupRun[T]:
+    handle._group = group
+    try:
+        result = step(group)
+    finally:
+        handle._group = None
+    return GroupRun(group, result, handle.row_reports(len(group.rows)))
+
+
+def group_by_decision(decided: RowDecisions, spent: float) -> list[RowGroup]:
+    """A batch's rows grouped by decision, in order of first appearance; each group pays its rows'
+    share of the `spent` FLOPs of the prefill the router stopped."""
+    n = len(decided.decisions)
+    order = list(dict.fromkeys(decided.decisions))
+    return [RowGroup(rows, d, spent * len(rows) / n, tuple(decided.facts[i] for i in rows))
+            for d in order for rows in [[i for i in range(n) if decided.decisions[i] == d]]]
 
 
 def prune_model(loaded: LoadedModel, method: Method, options: PruneOptions = PruneOptions(),

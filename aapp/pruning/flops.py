@@ -9,37 +9,7 @@ kept the matmul FLOPs identical and only added vector adds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aapp.models.adapters import Geometry
-
-
-@dataclass
-class FlopCount:
-    dense: float = 0.0
-    pruned: float = 0.0
-    probe: float = 0.0
-    bias: float = 0.0  # element-wise adds of method-added bias vectors (tokens x hidden per biased site)
-    recompute: float = 0.0  # a prefill stopped by a router and run again (aapp.pruning.engine.Reroute)
-
-    def add(self, other: "FlopCount") -> None:
-        self.dense += other.dense
-        self.pruned += other.pruned
-        self.probe += other.probe
-        self.bias += other.bias
-        self.recompute += other.recompute
-
-    @property
-    def fraction(self) -> float:
-        """Pruned, probe and bias FLOPs as a fraction of dense (1.0 = no saving). The bias adds
-        are compute the pruned model spends and the dense one does not, so they count (one
-        FLOP per output element, against 6 x kept channels for the MLP's matmuls: a rounding
-        error, but recorded)."""
-        return (self.pruned + self.probe + self.bias + self.recompute) / self.dense if self.dense else 1.0
-
-    def to_dict(self) -> dict:
-        return {"dense": self.dense, "pruned": self.pruned, "probe": self.probe, "bias": self.bias,
-                "recompute": self.recompute, "fraction": self.fraction}
 
 
 def block_flops(g: Geometry, tokens: int, context: float, heads: int, kv_heads: int, channels: int) -> float:

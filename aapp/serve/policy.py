@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import torch
 
-from aapp.pruning.engine import PrunedModel, Reroute
-from aapp.pruning.flops import FlopCount
-from aapp.pruning.run import full_kept, method_facts
+from aapp.methods import facts_types
+from aapp.methods.report import RowReport
+from aapp.pruning.engine import PrunedModel, run_routed
 from aapp.serve.generate import Outcome, generate
 from aapp.serve.schemas import Sampling
 
@@ -27,26 +27,28 @@ def run_request(handle: PrunedModel, input_ids: torch.Tensor, sampling: Sampling
                 cancelled: Callable[[], bool] = lambda: False) -> tuple[Outcome, dict]:
     """Generate one request (`input_ids` [1, S]) under the handle's method; returns the outcome and
     the response's `aapp` object: method, ratio, the policy applied, this request's FLOPs fraction,
-    the gate's score and decision, and the kept counts per layer."""
+    the method's own facts (AAPP: its gate's score and decision), and the kept counts per layer.
+    A routed request stopped at the router's layer runs again under its route; nothing was streamed
+    before the stop, which comes at prefill."""
     loaded, method = handle.loaded, handle.method
-    recompute, decided = 0.0, None
-    try:
-        out = generate(loaded.model, loaded.tokenizer, input_ids, sampling, on_text, cancelled)
-        decided = handle.decided
-    except Reroute as stopped:  # nothing was streamed: the stop comes at prefill
-        recompute, decided = stopped.spent, stopped.decided
-        with handle.running(stopped.decided.decisions[0]):
-            out = generate(loaded.model, loaded.tokenizer, input_ids, sampling, on_text, cancelled)
-    row = method_facts(method.row_info(1)[0], decided.info[0] if decided is not None else None)
-    gate = row.get("gate")
-    if not method.prunes:
+    run, = run_routed(handle, 1, lambda group: generate(loaded.model, loaded.tokenizer, input_ids, sampling,
+                                                       on_text, cancelled))
+    report = run.reports[0]
+    return run.result, aapp_object(handle, report)
+
+
+def aapp_object(handle: PrunedModel, report: RowReport) -> dict:
+    """The response's `aapp` object, from the request's row report."""
+    facts = report.facts
+    if not handle.method.prunes:
         policy = "dense"
     else:
-        policy = row.get("policy", "protect" if gate and gate["fired"] else "pruned")
-    total = FlopCount()
-    total.add(handle.record.flops)
-    total.recompute += recompute
-    info = {"method": method.name, "ratio": handle.options.ratio, "policy": policy,
-            "flops_fraction": total.fraction, "gate": gate,
-            "kept": full_kept(loaded, handle.record.kept)}
-    return out, info
+        policy = report.policy or "pruned"
+    out = {"method": handle.method.name, "ratio": handle.options.ratio, "policy": policy,
+           "flops_fraction": report.flops.total.fraction}
+    # Every registered method's facts field is there, null where this method has none: clients read one shape.
+    out |= {kind.key: None for kind in facts_types()}
+    if facts is not None:
+        out[facts.key] = facts.to_json()
+    out["kept"] = report.kept.to_json()
+    return out

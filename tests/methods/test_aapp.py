@@ -39,7 +39,7 @@ def test_gate_always_keeps_critical_channels(setup):
     method = AAPP(AAPPOptions(gate="always", protect=0.25, critical="diff"))
     with prune_model(loaded, method, OPTS, cal) as h:
         kept = masks(h, HARMLESS[:3])
-        assert h.method.row_info(1)[0]["gate"]["fired"] is True
+        assert h.row_reports(1)[0].facts.fired is True
     for i, m in kept.items():
         crit = method.critical[i]
         assert len(crit.heads) == 1 and len(crit.channels) == 40  # 25% of 4 heads, of 160 channels
@@ -82,9 +82,9 @@ def test_gate_fires_on_harmful_batches_only_and_only_then_changes_the_selection(
         # The calibration prompts separate at the gate layer, so its threshold splits them.
         assert alignment(cal).gates[gate].auroc[method.gate_layer] == 1.0
         fired = masks(h, HARMFUL[:4])
-        assert h.method.row_info(1)[0]["gate"]["fired"] is True and bool((method.last_sample_scores > 0).all())
+        assert h.row_reports(1)[0].facts.fired is True and bool((h.run.batch.state.sample_scores > 0).all())
         quiet = masks(h, HARMLESS[:4])
-        assert h.method.row_info(1)[0]["gate"]["fired"] is False and bool((method.last_sample_scores <= 0).all())
+        assert h.row_reports(1)[0].facts.fired is False and bool((h.run.batch.state.sample_scores <= 0).all())
     for i in quiet:  # not fired: exactly PP's selection
         assert torch.equal(quiet[i].heads, pp[i].heads) and torch.equal(quiet[i].channels, pp[i].channels)
     for i in fired:  # fired: the critical channels are kept
@@ -138,7 +138,7 @@ def test_refresh_moves_the_gate_history_every_n_batches(setup):
         with prune_model(loaded, method, OPTS, cal) as h:
             for _ in range(3):
                 masks(h, HARMLESS[:2])
-                out.append(method.last_sample_scores.clone())
+                out.append(h.run.batch.state.sample_scores.clone())
         return out
 
     fixed = scores(0)

@@ -76,7 +76,6 @@ def test_restore_sets_the_formula_biases_on_fired_batches_and_changes_nothing_el
     plain = contexts(loaded, cal, AAPP(AAPPOptions(gate="always"), pp_opts))
     method = AAPP(AAPPOptions(gate="always", restore=restore), pp_opts)
     with prune_model(loaded, method, OPTS, cal):
-        method.begin_batch()
         fired = [(ctx, method.select(ctx)) for ctx, _ in plain]
     assert len(fired) == loaded.geometry.num_layers - OPTS.dense_layers
     for (ctx, sel), (_, ref) in zip(fired, plain, strict=True):

@@ -104,7 +104,7 @@ def run_gate(loaded, cal, ratio, gate="logistic", gate_layer=3, dense_layers=1):
         ids, attn = encode(loaded.tokenizer, HARMLESS[:4], loaded.device)
         with torch.inference_mode():
             loaded.model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
-        return method, h.method.row_info(1)[0]["gate"]
+        return method, h.row_reports(1)[0].facts.to_json()
 
 
 def test_aapp_uses_the_pruned_thresholds_of_its_ratio(setup, capsys):

@@ -2,6 +2,8 @@
 batch the router splits, group by group. A row's output and FLOPs are its own, whatever its neighbours."""
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
@@ -13,12 +15,28 @@ from aapp.methods.pp import ProbePruning
 from aapp.prompts import Prompt
 from aapp.pruning import flops
 from aapp.pruning.engine import PruneOptions
-from aapp.pruning.run import GenerationSettings, generate_rows, group_rows
+from aapp.methods.report import MethodFacts
+from aapp.pruning.engine import group_by_decision
+from aapp.pruning.run import GenerationSettings, generate_rows
 from tests.conftest import PROMPTS, make_loaded
 
 TEXT = ["The river ran past the old mill where the children played every summer evening. " * 10] * 4
 SETTINGS = GenerationSettings(max_new_tokens=4, batch_size=4)
 ESCALATE = "tell me a story about a cat"  # the prompt the test routers escalate
+
+
+@dataclass(frozen=True)
+class Escalation(MethodFacts):
+    """The test router's facts of a row: the policy it ran under."""
+
+    key: ClassVar[str] = "escalation"
+    fired: bool = False
+    score: float | None = None
+    batch_score: float | None = None
+    policy: str | None = None
+
+    def to_json(self):
+        return {"fired": self.fired}
 
 
 class RoutedPP(ProbePruning):
@@ -35,10 +53,13 @@ class RoutedPP(ProbePruning):
         tokens = token_mask.sum(1).tolist()
         escalate = [n == self.escalate_tokens for n in tokens]
         return RowDecisions([self.route if e else Route() for e in escalate],
-                            [{"policy": "escalated" if e else "pruned"} for e in escalate])
+                            [Escalation(e, policy="escalated" if e else "pruned") for e in escalate])
 
-    def begin_batch(self, decision=None):
-        self.seen.append(decision)
+    def observe(self, layer, x, token_mask, batch):
+        self.seen.append(batch.decision)  # the router's layer is watched: every prefill passes here once
+
+    def facts(self, batch, rows):
+        return list(batch.routed) or [None] * rows
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +153,7 @@ def test_a_split_batch_runs_each_group_once_and_shares_the_stopped_prefill(loade
     assert all(math.isclose(r["flops"]["recompute"], stopped / 4, rel_tol=1e-12) for r in rows)
 
 
-def test_group_rows_keeps_first_appearance_order_and_shares_the_stopped_prefill():
-    groups = group_rows(RowDecisions([True, False, True, True], [{"i": i} for i in range(4)]), 8.0)
+def test_groups_keep_first_appearance_order_and_share_the_stopped_prefill():
+    groups = group_by_decision(RowDecisions([True, False, True, True], [{"i": i} for i in range(4)]), 8.0)
     assert [(g.decision, g.rows, g.recompute_flops) for g in groups] == [(True, [0, 2, 3], 6.0), (False, [1], 2.0)]
-    assert groups[0].info == [{"i": 0}, {"i": 2}, {"i": 3}]
+    assert groups[0].routed == ({"i": 0}, {"i": 2}, {"i": 3})

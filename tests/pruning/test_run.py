@@ -62,7 +62,7 @@ class Counting(Dense):
     def carries_state(self):
         return self.stateful
 
-    def begin_batch(self, decision=None):
+    def new_state(self):
         self.batches += 1
 
 

@@ -7,7 +7,7 @@ from aapp.errors import AappError
 from aapp.methods.aapp.calibrate import STEP, AlignmentSettings, add_alignment
 from aapp.methods.aapp.critical import CRITICAL, CriticalSet
 from aapp.methods.aapp.gates import GATES, Gate
-from aapp.methods.aapp.method import AAPP, AAPPOptions
+from aapp.methods.aapp.method import AAPP, AAPPOptions, GateFacts
 from aapp.methods.aapp.restore import RESTORE
 from aapp.methods.pp import scoring_for
 from aapp.methods.registry import MethodSpec, Registration
@@ -42,4 +42,4 @@ def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
 REGISTRATION = Registration(
     "aapp", _build, "Alignment-Aware Probe Pruning: PP that keeps alignment-critical channels when a risk gate fires",
     variants={**{g: f"the {g} risk gate" for g in GATES}, **POLICIES}, compensable=True, options=AAPPOptions,
-    calibration=STEP)
+    calibration=STEP, facts=GateFacts)

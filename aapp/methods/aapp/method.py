@@ -43,7 +43,9 @@ nothing for it, and a fired batch pays one vector add per token and biased site 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
@@ -51,13 +53,14 @@ from aapp.calibration.collect import counted_tokens, token_mean
 from aapp.calibration.store import SiteStats
 from aapp.console import warn
 from aapp.methods.aapp.store import Alignment, alignment, check_shapes
-from aapp.errors import AappError, CalibrationError
+from aapp.errors import AappError, CalibrationError, InputError
 from aapp.methods.aapp.allocation import (LAYER_BUDGET, PROTECT_BY, protect_counts, protected_count,
                                           refusal_direction, refusal_mass, shift_channels)
 from aapp.methods.aapp.critical import CRITICAL, check_setdiff_pools, critical_set
 from aapp.methods.aapp.gates import GATES, ROUTE_RECALL
 from aapp.methods.aapp.restore import RESTORE, restored
-from aapp.methods.base import LayerContext, Route, RowDecisions, Router, Selection, select_top
+from aapp.methods.base import Batch, LayerContext, Route, RowDecisions, Router, Selection, select_top
+from aapp.methods.report import MethodFacts
 from aapp.methods.plan import PrunePlan
 from aapp.methods.options import option
 from aapp.methods.pp import PPScoring, ProbePruning
@@ -146,7 +149,7 @@ def read_layer(fit, plan: PrunePlan, num_layers: int, fire_ratio: float) -> int:
     ties go to the better pair AUROC, then to the earlier layer."""
     if fit.route_fpr is None:
         raise CalibrationError("the calibration file has no routing cuts (it predates routing); run `aapp calibrate` again")
-    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), num_layers - 1)
+    first_pruned = _last_dense_read(plan, num_layers)
     pruned_cost, fired_cost = 1.0 - plan.ratio, 1.0 - fire_ratio
     pairs = fit.pair_auroc if fit.pair_auroc is not None else torch.zeros_like(fit.route_fpr)
 
@@ -156,6 +159,12 @@ def read_layer(fit, plan: PrunePlan, num_layers: int, fire_ratio: float) -> int:
         harmful = ROUTE_RECALL * fired_cost + (1 - ROUTE_RECALL) * pruned_cost
         return (round(BENIGN_SHARE * benign + (1 - BENIGN_SHARE) * harmful, 9), -float(pairs[i]), i)
     return min(range(first_pruned + 1), key=cost)
+
+def _last_dense_read(plan: PrunePlan, num_layers: int) -> int:
+    """The last layer whose block input is the dense model's (the first pruned one; the last layer
+    when the plan prunes none)."""
+    return plan.first_pruned if plan.first_pruned is not None else num_layers - 1
+
 
 def gate_layer(options: AAPPOptions, align: Alignment, g: Geometry, plan: PrunePlan) -> int:
     """The layer whose input the gate reads (see the module docstring), from calibration alone."""
@@ -175,8 +184,7 @@ def gate_layer(options: AAPPOptions, align: Alignment, g: Geometry, plan: PruneP
         # A fitted gate reads harm well only some layers in: the earliest layer within 0.01 of its best
         # cross-validated AUROC. Pruned layers before it run unprotected (the decision is not made yet).
         return int(torch.nonzero(fit.auroc >= fit.auroc.max() - 0.01)[0])
-    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), g.num_layers - 1)
-    return int(torch.argmax(fit.auroc[: first_pruned + 1]))
+    return int(torch.argmax(fit.auroc[: _last_dense_read(plan, g.num_layers) + 1]))
 
 
 def gate_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: PrunePlan) -> tuple[float, str]:
@@ -185,7 +193,7 @@ def gate_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: P
     reads a layer after the first pruned one and the file has them for this ratio and these dense
     layers; else the dense fit's ("dense"), with a warning where pruned features meet it."""
     dense = float(align.gates[gate].threshold[layer])
-    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), None)
+    first_pruned = plan.first_pruned
     if first_pruned is None or layer <= first_pruned:
         return dense, "dense"  # the gate's layer input is the dense model's
     pruned = align.pruned
@@ -204,8 +212,7 @@ def route_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: 
     cut ("route", ROUTE_RECALL of harmful calibration prompts above it) where the layer's input is the
     dense model's; after pruned layers, gate_threshold's (the routing cut was taken on dense features)."""
     fit = align.gates[gate]
-    first_pruned = next((i for i, r in enumerate(plan.layer_ratios) if r > 0), None)
-    if first_pruned is not None and layer > first_pruned:
+    if plan.first_pruned is not None and layer > plan.first_pruned:
         return gate_threshold(gate, layer, align, g, plan)
     if fit.route_threshold is None:
         raise CalibrationError("the calibration file has no routing cuts (it predates routing); run `aapp calibrate` again")
@@ -221,14 +228,13 @@ class AAPP(ProbePruning):
         self.options = options
         self._needs_route = needs_route
         self.gate = GATES[options.gate]
-        self._decided = False  # the router decided this batch's rows: the in-flight gate does not
-        self._fired = False
-        self._score = float("nan")
-        self.last_sample_scores: torch.Tensor | None = None
 
     @property
     def carries_state(self) -> bool:
         return self.options.refresh > 0
+
+    def settings(self) -> dict[str, object]:
+        return {"options": self.options, "scoring": self.scoring}
 
     # -- calibration-time facts -------------------------------------------------------------
     def bind(self, model, adapter, geometry, plan, calib):
@@ -280,7 +286,7 @@ class AAPP(ProbePruning):
 
     def router(self) -> Router | None:
         """Per-request decisions (routing, or per-sample protection): each prompt's own gate score
-        decides how it runs; rows decided alike run together (the engine and runner's job)."""
+        decides how it runs; rows decided alike run together (the engine's job)."""
         if not (self.options.routes or self.options.per_sample) or not self.gate.reads_residual:
             return None
         return Router(self.gate_layer, self._decide)
@@ -288,49 +294,49 @@ class AAPP(ProbePruning):
     def _decide(self, x: torch.Tensor, token_mask: torch.Tensor) -> RowDecisions:
         scores = self.sample_scores(x, token_mask)
         fired = [bool(v > 0) for v in scores]
-        policy = self.options.on_fire
         return RowDecisions([Route(f, self.options.fire_ratio if f else None) for f in fired],
-                            [{"gate": {"fired": f, "score": float(v), "sample_score": float(v), "per_sample": True},
-                              "policy": policy if f else "pruned"} for f, v in zip(fired, scores)])
+                            [RoutedGate(f, float(v), self._policy(f)) for f, v in zip(fired, scores)])
 
-    def begin_batch(self, decision=None) -> None:
-        self._decided = decision is not None
-        self._fired = bool(self.gate.fires) if decision is None else bool(decision.fired)
-        self._score = float("nan")
-        self.last_sample_scores = None
+    def _policy(self, fired: bool) -> str:
+        return self.options.on_fire if fired else "pruned"
+
+    def new_state(self) -> GateRead:
         self._batches += 1
+        return GateRead(fired=bool(self.gate.fires))
 
     def sample_scores(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Gate score per sample from the gate layer's input residual; > 0 means 'closer to harmful'."""
+        return self._scores_and_features(x, token_mask)[0]
+
+    def _scores_and_features(self, x: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = token_mean(x, counted_tokens(token_mask, f"last:{self.n_post}"))[:, None, :]  # [B, 1, D]
         i = self.gate_layer
         at = {k: SiteStats(h.mean[i : i + 1], h.sq_mean[i : i + 1]) for k, h in self._history.items()}
         fit = self.alignment.gates[self.gate.name].at(i)
         raw = self.gate.scores(feats, at["harmful"], at["harmless"], fit)
-        self._last_feats = feats[:, 0]
-        return raw[:, 0] - self.threshold
+        return raw[:, 0] - self.threshold, feats[:, 0]
 
-    def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor) -> None:
+    def observe(self, layer: int, x: torch.Tensor, token_mask: torch.Tensor, batch: Batch) -> None:
         if layer != self.gate_layer or not self.gate.reads_residual:
             return
-        scores = self.sample_scores(x, token_mask)
-        self.last_sample_scores = scores
-        self._score = float(scores.max())
-        if not self._decided:
-            self._fired = bool((scores > 0).any())
+        read: GateRead = batch.state
+        scores, feats = self._scores_and_features(x, token_mask)
+        read.sample_scores, read.score = scores, float(scores.max())
+        # A router's decision stands for its rows; otherwise the batch fires if any prompt scores past the cut.
+        read.fired = bool(batch.decision.fired) if isinstance(batch.decision, Route) else bool((scores > 0).any())
         if self.options.refresh:
-            self._refresh()
+            self._refresh(read.fired, feats)
 
-    def _refresh(self) -> None:
+    def _refresh(self, fired: bool, feats: torch.Tensor) -> None:
         """Every `refresh` batches, move the gate's harmful/harmless history toward batches it classed so."""
-        self._seen["harmful" if self._fired else "harmless"].append(self._last_feats)
+        self._seen["harmful" if fired else "harmless"].append(feats)
         if self._batches % self.options.refresh:
             return
         m = self.options.refresh_momentum
         i = self.gate_layer
-        for kind, feats in self._seen.items():
-            if feats:
-                f = torch.cat(feats)
+        for kind, seen in self._seen.items():
+            if seen:
+                f = torch.cat(seen)
                 h = self._history[kind]
                 h.mean[i] = m * h.mean[i] + (1 - m) * f.mean(0)
                 h.sq_mean[i] = m * h.sq_mean[i] + (1 - m) * f.square().mean(0)
@@ -338,28 +344,91 @@ class AAPP(ProbePruning):
 
     def select(self, ctx: LayerContext) -> Selection:
         heads, channels = self.channel_scores(ctx)
-        route = ctx.decision
-        fired = route.fired if isinstance(route, Route) else self._fired
+        route = ctx.batch.decision
+        fired = route.fired if isinstance(route, Route) else ctx.batch.state.fired
         if not fired:
-            return self.finish(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
+            return self.compensated(ctx, select_top(heads, channels, ctx.budget, ctx.geometry))
         if not (isinstance(route, Route) and route.ratio is not None):  # at the plan's ratio: its fired budgets
             ctx = replace(ctx, budget=self.fired_budgets[ctx.layer])
         crit = self.critical[ctx.layer]
         mask = select_top(heads, channels, ctx.budget, ctx.geometry,
                           protect_heads=crit.heads, protect_channels=crit.channels)
         # harmful-mean replaces PP's compensation, so it need not be computed first.
-        sel = Selection(mask) if self.options.restore == "harmful-mean" else self.finish(ctx, mask)
+        sel = Selection(mask) if self.options.restore == "harmful-mean" else self.compensated(ctx, mask)
         return restored(self.options.restore, self.calib, ctx.layer, ctx.parts, sel, ctx.geometry,
                         self._direction.get(ctx.layer))
 
-    def row_info(self, batch_size: int) -> list[dict]:
+    def facts(self, batch: Batch, rows: int) -> list[GateFacts]:
         """The batch's gate decision, and each prompt's own score (the batch's `score` is their max):
-        held-out AUROC reads it."""
-        batch = {"kind": self.gate.name, "fired": bool(self._fired),
-                 "score": None if math.isnan(self._score) else self._score,
-                 "layer": self.gate_layer, "threshold": self.threshold_source}
-        scores = self.last_sample_scores
-        per_row = [float(v) for v in scores] if scores is not None and len(scores) == batch_size else None
-        policy = self.options.on_fire if self._fired else "pruned"
-        return [{"gate": {**batch, **({"sample_score": per_row[j]} if per_row else {})}, "policy": policy}
-                for j in range(batch_size)]
+        held-out AUROC reads it. A routed row carries the router's decision and score of it."""
+        read: GateRead = batch.state
+        scores = read.sample_scores
+        per_row = [float(v) for v in scores] if scores is not None and len(scores) == rows else [None] * rows
+        common = dict(kind=self.gate.name, layer=self.gate_layer, threshold=self.threshold_source)
+        if batch.routed:
+            return [GateFacts(**common, fired=r.fired, score=r.score, batch_score=r.score, routed=True,
+                              policy=r.ran_as) for r in batch.routed]
+        score = None if math.isnan(read.score) else read.score
+        return [GateFacts(**common, fired=read.fired, score=per_row[j], batch_score=score,
+                          policy=self._policy(read.fired)) for j in range(rows)]
+
+
+@dataclass
+class GateRead:
+    """What AAPP's gate read of one batch (its per-batch state, in `Batch.state`)."""
+
+    fired: bool = False
+    score: float = float("nan")                # the batch's: the max over its prompts
+    sample_scores: torch.Tensor | None = None  # each prompt's own
+
+
+@dataclass(frozen=True)
+class RoutedGate:
+    """What the router decided of one row (`Batch.routed`)."""
+
+    fired: bool
+    score: float
+    ran_as: str
+
+
+@dataclass(frozen=True)
+class GateFacts(MethodFacts):
+    """AAPP's facts of one row: its gate's kind, layer and threshold source, whether it fired and
+    with what score (the row's own, and its batch's), and the policy the row ran under. Rows carry
+    them as the `gate` and `policy` fields; nothing outside AAPP names those fields."""
+
+    key: ClassVar[str] = "gate"
+    fired: bool = False
+    score: float | None = None        # the row's own ("sample_score")
+    batch_score: float | None = None  # its batch's: the max over its prompts, or the row's own where routed
+    policy: str | None = None
+    kind: str | None = None
+    layer: int | None = None
+    threshold: str | None = None      # where the threshold came from: "dense", "route" or "pruned@RATIO"
+    routed: bool = False              # decided per request by the router (on_fire dense or R, or per_sample)
+
+    def to_json(self) -> dict:
+        gate = {"kind": self.kind, "fired": self.fired, "score": self.batch_score, "layer": self.layer,
+                "threshold": self.threshold}
+        if self.score is not None:
+            gate["sample_score"] = self.score
+        if self.routed:
+            gate["per_sample"] = True
+        return gate
+
+    @classmethod
+    def from_json(cls, row: Mapping, where: str) -> "GateFacts":
+        gate = row[cls.key]
+        if not (isinstance(gate, Mapping) and isinstance(gate.get("fired"), bool)):
+            raise InputError(f"{where}: 'gate' must be an object with a boolean 'fired'")
+        for name in ("score", "sample_score"):
+            if gate.get(name) is not None and not _is_number(gate[name]):
+                raise InputError(f"{where}: gate '{name}' must be a number, got {gate[name]!r}")
+        policy = row.get("policy")
+        return cls(fired=gate["fired"], score=gate.get("sample_score"), batch_score=gate.get("score"),
+                   policy=policy if isinstance(policy, str) else None, kind=gate.get("kind"),
+                   layer=gate.get("layer"), threshold=gate.get("threshold"), routed=bool(gate.get("per_sample")))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

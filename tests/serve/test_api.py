@@ -15,7 +15,7 @@ from aapp.prompts import Prompt
 from aapp.pruning.engine import PruneOptions
 from aapp.pruning.run import GenerationSettings, generate_rows
 
-from tests.serve.served import MODEL_ID, serving
+from tests.serve.served import MODEL_ID, serving, whole_characters
 
 USER = [{"role": "user", "content": "tell me a story about a cat"}]
 
@@ -38,7 +38,7 @@ def test_chat_completion_matches_prune_batch_of_one(aapp_server, serve_model_dir
     [row] = generate_rows(loaded, [Prompt("p", USER[0]["content"], None, "test")], make_method("aapp"),
                           PruneOptions(ratio=0.3), load_calibration(tiny_calib),
                           GenerationSettings(max_new_tokens=12, batch_size=1))
-    assert choice.message.content.strip() == row["completion"]
+    assert choice.message.content.strip() == whole_characters(row["completion"])
     extra = r.model_extra["aapp"]
     assert extra["flops_fraction"] == pytest.approx(row["flops"]["fraction"])
     assert extra["gate"]["fired"] == row["gate"]["fired"]

@@ -117,6 +117,7 @@ def generate(model, tokenizer, input_ids: torch.Tensor, sampling: Sampling,
     tokens: list[int] = []
     scored: list[TokenLogprob] = []
     text, sent, told, reason = "", 0, 0, "length"
+    cut = None  # where a stop string cut the text
     for step in range(sampling.max_tokens):
         if cancelled():
             reason = "cancelled"
@@ -145,8 +146,8 @@ def generate(model, tokenizer, input_ids: torch.Tensor, sampling: Sampling,
         attn = torch.cat([attn, attn[:, :1]], dim=1)
         logits = model(input_ids=torch.tensor([[tok]], device=device), attention_mask=attn,
                        position_ids=torch.tensor([[n_prompt + step]], device=device), **cache, use_cache=True).logits
-    # A character whose last bytes were never generated is dropped, not sent broken (U+FFFD).
-    text = text[:_complete(text, len(text))]
+    if cut is None:  # a character whose last bytes were never generated is dropped, not sent broken (U+FFFD)
+        text = text[:_complete(text, len(text))]
     if reason != "cancelled" and on_text and (len(text) > sent or len(scored) > told):
         on_text(Piece(text[sent:], tuple(scored[told:])))
     return Outcome(text, reason, n_prompt, len(tokens), tuple(scored) if sampling.logprobs is not None else None)

@@ -100,6 +100,8 @@ def parse_request(body: bytes, limits: Limits) -> ChatRequest:
         raise ApiError(400, str(e), param=e.param) from None
     _response_format(data)
     max_tokens = _opt(data, "max_completion_tokens", int, None)
+    if _opt(data, "max_tokens", int, max_tokens) != max_tokens and max_tokens is not None:
+        raise ApiError(400, "'max_tokens' and 'max_completion_tokens' disagree; give one", param="max_tokens")
     max_tokens = _opt(data, "max_tokens", int, max_tokens)
     logprobs = _chat_logprobs(data, limits)
     sampling = _sampling(data, limits, max_tokens, logprobs)

@@ -51,6 +51,10 @@ def test_aapp_object_says_what_ran(aapp_server):
     assert a["method"] == "aapp" and a["ratio"] == 0.3
     assert a["policy"] == ("protect" if a["gate"]["fired"] else "pruned")
     assert isinstance(a["gate"]["score"], float) and a["gate"]["kind"] == "direction"
+    # Which fit the threshold came from, named as such: `threshold` would promise a number.
+    assert "threshold" not in a["gate"]
+    assert a["gate"]["threshold_source"] in ("dense", "route") or a["gate"]["threshold_source"].startswith("pruned@")
+    assert isinstance(a["gate"]["layer"], int)
     # Pruned layers plus the probe; on this 8-layer toy, a batch of one's probe (half its prompt) outweighs
     # the saving. The value itself is checked against `aapp prune`'s above.
     assert isinstance(a["flops_fraction"], float) and a["flops_fraction"] > 0

@@ -2,6 +2,8 @@
 
 Every answer other than 200 has OpenAI's error body; no exception text from inside the model
 reaches a client (a failed request is a 500 that says only that), and the server keeps serving.
+`/health` answers without the API key (load balancers probe it, and it tells nothing a request
+could not); everything else, `/metrics` included, needs it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import math
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,9 +29,12 @@ from aapp.errors import InputError
 from aapp.pruning.engine import PrunedModel
 from aapp.serve import schemas
 from aapp.serve.chat import render
+from aapp.serve.generate import Piece
 from aapp.serve.metrics import Metrics
 from aapp.serve.policy import run_request
-from aapp.serve.schemas import ApiError, ChatRequest, Limits
+from aapp.serve.schemas import ApiError, ChatRequest, Limits, TextRequest
+from aapp.serve.tokens import TokenBytes
+from aapp.serve.wire import Answer, ChatAnswer, TextAnswer, aapp_object
 from aapp.serve.worker import Job, Worker
 
 
@@ -59,14 +63,17 @@ class _State:
     def __init__(self, handle: PrunedModel, settings: ServeSettings, log: Callable[[dict], None]):
         self.handle, self.settings, self.log = handle, settings, log
         self.metrics = Metrics()
-        self.worker = Worker(lambda job: run_request(handle, job.input_ids, job.sampling, job.on_text,
-                                                     job.cancelled.is_set),
-                             settings.max_batch, settings.max_queue, settings.window_s,
+        self.tokens = TokenBytes(handle.loaded.tokenizer)
+        self.worker = Worker(self._run, settings.max_batch, settings.max_queue, settings.window_s,
                              on_depth=self.metrics.queue_depth.set)
         self.created = int(time.time())
         self.in_flight = 0
         self.service_s = 1.0  # a running mean of one request's model time, for Retry-After
         self.lock = threading.Lock()
+
+    def _run(self, job: Job) -> tuple:
+        outcome, info = run_request(self.handle, job.input_ids, job.sampling, job.on_text, job.cancelled.is_set)
+        return outcome, aapp_object(info)
 
 
 def make_app(handle: PrunedModel, settings: ServeSettings, log: Callable[[dict], None] = log_json) -> FastAPI:
@@ -114,16 +121,25 @@ def make_app(handle: PrunedModel, settings: ServeSettings, log: Callable[[dict],
                            headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/health")
-    async def health(request: Request):
-        authorize(request)
+    async def health():
         return {"status": "ok", "model": settings.model_id, "method": handle.method.name,
                 "ratio": handle.options.ratio, "waiting": state.worker.waiting, "in_flight": state.in_flight}
 
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
-        return {"object": "list", "data": [{"id": settings.model_id, "object": "model", "created": state.created,
-                                            "owned_by": "aapp"}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str):
+        authorize(request)
+        if model_id != settings.model_id:
+            raise ApiError(404, f"model {model_id!r} is not served here; this server serves {settings.model_id!r}",
+                           type="not_found_error", param="model", code="model_not_found")
+        return model_card()
+
+    def model_card() -> dict:
+        return {"id": settings.model_id, "object": "model", "created": state.created, "owned_by": "aapp"}
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -133,13 +149,25 @@ def make_app(handle: PrunedModel, settings: ServeSettings, log: Callable[[dict],
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
+        req = schemas.parse_request(await _read_body(request, settings.limits.max_body_bytes), settings.limits)
+        served(req)
+        input_ids = await run_in_threadpool(_tokenize, handle, req)
+        return await _answer(state, request, req, input_ids, ChatAnswer.new(req.model, state.tokens))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
         body = await _read_body(request, settings.limits.max_body_bytes)
-        req = schemas.parse_request(body, settings.limits)
+        req = schemas.parse_text_request(body, settings.limits)
+        served(req)
+        input_ids = await run_in_threadpool(_tokenize_text, handle, req)
+        return await _answer(state, request, req, input_ids, TextAnswer.new(req.model, state.tokens))
+
+    def served(req: ChatRequest | TextRequest) -> None:
         if req.model != settings.model_id:
             raise ApiError(404, f"model {req.model!r} is not served here; this server serves {settings.model_id!r}",
                            param="model", code="model_not_found")
-        input_ids = await run_in_threadpool(_tokenize, handle, req)
-        return await _answer(state, request, req, input_ids)
+        schemas.check_token_ids(req.sampling, handle.loaded.geometry.vocab_size)
 
     return app
 
@@ -167,25 +195,37 @@ def _tokenize(handle: PrunedModel, req: ChatRequest):
         raise ApiError(400, str(e), param=getattr(e, "param", "messages")) from None
     # The template holds BOS where the family wants one, so no special tokens are added.
     ids = loaded.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-    context = loaded.geometry.context_length
-    if ids.shape[1] + req.sampling.max_tokens > context:
-        raise ApiError(400, f"the messages ({ids.shape[1]} tokens) plus max_tokens ({req.sampling.max_tokens}) "
-                       f"exceed the model's context of {context} tokens", param="messages",
+    return _fits(handle, ids, req.sampling.max_tokens, "messages")
+
+
+def _tokenize_text(handle: PrunedModel, req: TextRequest):
+    # A plain prompt is continued as it is; the tokenizer adds BOS where the family wants one.
+    ids = handle.loaded.tokenizer(req.prompt, return_tensors="pt").input_ids
+    return _fits(handle, ids, req.sampling.max_tokens, "prompt")
+
+
+def _fits(handle: PrunedModel, ids, max_tokens: int, param: str):
+    """`ids` on the model's device, or a 400 where they and max_tokens exceed the context."""
+    context = handle.loaded.geometry.context_length
+    if ids.shape[1] + max_tokens > context:
+        raise ApiError(400, f"the {param} ({ids.shape[1]} tokens) plus max_tokens ({max_tokens}) "
+                       f"exceed the model's context of {context} tokens", param=param,
                        code="context_length_exceeded")
-    return ids.to(loaded.device)
+    return ids.to(handle.loaded.device)
 
 
-async def _answer(state: _State, request: Request, req: ChatRequest, input_ids):
+async def _answer(state: _State, request: Request, req: ChatRequest | TextRequest, input_ids, answer: Answer):
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def finish(outcome, info, error) -> None:  # worker thread
-        _record(state, rid, req, job, outcome, info, error)
+        _record(state, request.url.path, answer.id, req, job, outcome, info, error)
         loop.call_soon_threadsafe(events.put_nowait, ("done", (outcome, info, error)))
 
-    on_text = (lambda t: loop.call_soon_threadsafe(events.put_nowait, ("text", t))) if req.stream else None
-    job = Job(input_ids, req.sampling, on_text, finish)
+    def send(piece: Piece) -> None:  # worker thread
+        loop.call_soon_threadsafe(events.put_nowait, ("text", piece))
+
+    job = Job(input_ids, req.sampling, send if req.stream else None, finish)
     with state.lock:
         state.in_flight += 1
     state.metrics.in_flight.set(state.in_flight)
@@ -195,7 +235,7 @@ async def _answer(state: _State, request: Request, req: ChatRequest, input_ids):
         raise ApiError(429, f"the queue is full ({state.settings.max_queue} requests waiting); retry later",
                        type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry)})
     if req.stream:
-        return StreamingResponse(_stream(state, req, rid, created, events, job), media_type="text/event-stream",
+        return StreamingResponse(_stream(req, answer, events, job), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     while True:
         try:
@@ -209,29 +249,30 @@ async def _answer(state: _State, request: Request, req: ChatRequest, input_ids):
     outcome, info, error = payload
     if error is not None or outcome is None:
         return _server_error() if error is not None else Response(status_code=499)
-    return schemas.completion(rid, created, req.model, outcome.text, outcome.finish_reason,
-                              schemas.usage(outcome.prompt_tokens, outcome.completion_tokens), info)
+    return answer.whole(outcome, info)
 
 
-async def _stream(state: _State, req: ChatRequest, rid: str, created: int, events: asyncio.Queue,
+async def _stream(req: ChatRequest | TextRequest, answer: Answer, events: asyncio.Queue,
                   job: Job) -> AsyncIterator[str]:
     done = False
+    logprobs = req.sampling.logprobs is not None
     try:
-        yield _sse(schemas.chunk(rid, created, req.model, {"role": "assistant", "content": ""}))
+        opening = answer.opening()
+        if opening is not None:
+            yield _sse(opening)
         while True:
             kind, payload = await events.get()
             if kind == "done":
                 done = True
                 break
-            yield _sse(schemas.chunk(rid, created, req.model, {"content": payload}))
+            yield _sse(answer.piece(payload, logprobs))
         outcome, info, error = payload
         if error is not None or outcome is None:
             yield _sse(schemas.error_body("the server failed to complete this request", "server_error"))
         else:
-            yield _sse(schemas.chunk(rid, created, req.model, {}, outcome.finish_reason, aapp=info))
+            yield _sse(answer.closing(outcome.finish_reason, info))
             if req.include_usage:
-                yield _sse(schemas.chunk(rid, created, req.model, {},
-                                         usage=schemas.usage(outcome.prompt_tokens, outcome.completion_tokens)))
+                yield _sse(answer.usage_chunk(outcome))
         yield "data: [DONE]\n\n"
     finally:
         if not done:  # the client went away mid-stream (the response task was cancelled)
@@ -253,8 +294,8 @@ def _left(state: _State) -> None:
     state.metrics.in_flight.set(state.in_flight)
 
 
-def _record(state: _State, rid: str, req: ChatRequest, job: Job, outcome, info: dict | None,
-            error: BaseException | None) -> None:
+def _record(state: _State, path: str, rid: str, req: ChatRequest | TextRequest, job: Job, outcome,
+            info: dict | None, error: BaseException | None) -> None:
     """Metrics and the request's log line, once per admitted request, from the worker thread."""
     _left(state)
     now = time.monotonic()
@@ -271,12 +312,14 @@ def _record(state: _State, rid: str, req: ChatRequest, job: Job, outcome, info: 
     if job.started is not None and status == 200:
         state.service_s = 0.8 * state.service_s + 0.2 * (now - job.started)
     gate = (info or {}).get("gate") or {}
-    record = {"event": "request", "id": rid, "path": "/v1/chat/completions", "status": status,
+    record = {"event": "request", "id": rid, "path": path, "status": status,
               "stream": req.stream, "latency_s": round(latency, 4),
               "queue_s": round((job.started or now) - job.admitted, 4), "prompt_tokens": prompt,
               "completion_tokens": completion, "finish_reason": outcome.finish_reason if outcome else None,
               "policy": (info or {}).get("policy"), "gate_fired": gate.get("fired"), "gate_score": gate.get("score"),
               "flops_fraction": (info or {}).get("flops_fraction")}
+    if req.user is not None:
+        record["user"] = req.user  # OpenAI's `user`: who the caller answers for, kept where the operator reads
     if error is not None:
         record["error"] = f"{type(error).__name__}: {error}"  # the server's log, never the client's answer
     state.log(record)

@@ -35,8 +35,10 @@ def validate(messages, max_messages: int) -> chat.Conversation:
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
             raise ChatError(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role")
+        content = m.get("content")
         try:
-            content = chat.content_text(m.get("content"), where)
+            # Any string is content, "" too (OpenAI takes it; garak's test.Blank probe sends it).
+            content = content if isinstance(content, str) else chat.content_text(content, where)
         except InputError as e:
             raise ChatError(str(e), f"{where}.content") from None
         out.append(chat.Message("system" if role == "developer" else role, content))

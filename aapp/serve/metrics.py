@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 class Metrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("aapp_requests", "Chat completion requests by outcome", ["status"], registry=r)
+        self.requests = Counter("aapp_requests", "Completion requests (chat and legacy) by outcome", ["status"], registry=r)
         self.prompt_tokens = Counter("aapp_prompt_tokens", "Prompt tokens read", registry=r)
         self.completion_tokens = Counter("aapp_completion_tokens", "Tokens generated", registry=r)
         self.gate_fires = Counter("aapp_gate_fires", "Requests whose risk gate fired", registry=r)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from aapp.serve.generate import Piece
 from aapp.serve.schemas import Sampling
 
 
@@ -25,7 +26,7 @@ class Job:
 
     input_ids: torch.Tensor
     sampling: Sampling
-    on_text: Callable[[str], None] | None
+    on_text: Callable[[Piece], None] | None  # a stream's new text and its tokens' logprobs
     finish: Callable[[object, dict | None, BaseException | None], None]  # (outcome, aapp object, error)
     cancelled: threading.Event = field(default_factory=threading.Event)
     admitted: float = field(default_factory=time.monotonic)

@@ -87,6 +87,12 @@ class Gate:
         self._hook.remove()
 
 
+def whole_characters(completion: str) -> str:
+    """What the server answers where `aapp prune` wrote `completion`: a last character whose bytes were
+    never all generated (U+FFFD) is dropped, not sent broken."""
+    return completion.rstrip("\ufffd").strip()
+
+
 def wait_for(predicate, what: str, tries: int = 200, every_s: float = 0.05) -> None:
     for _ in range(tries):
         if predicate():

@@ -15,7 +15,7 @@ from aapp.prompts import Prompt
 from aapp.pruning.engine import PruneOptions
 from aapp.pruning.run import GenerationSettings, generate_rows
 
-from tests.serve.served import MODEL_ID, serving
+from tests.serve.served import MODEL_ID, serving, whole_characters
 
 USER = [{"role": "user", "content": "tell me a story about a cat"}]
 
@@ -38,7 +38,7 @@ def test_chat_completion_matches_prune_batch_of_one(aapp_server, serve_model_dir
     [row] = generate_rows(loaded, [Prompt("p", USER[0]["content"], None, "test")], make_method("aapp"),
                           PruneOptions(ratio=0.3), load_calibration(tiny_calib),
                           GenerationSettings(max_new_tokens=12, batch_size=1))
-    assert choice.message.content.strip() == row["completion"]
+    assert choice.message.content.strip() == whole_characters(row["completion"])
     extra = r.model_extra["aapp"]
     assert extra["flops_fraction"] == pytest.approx(row["flops"]["fraction"])
     assert extra["gate"]["fired"] == row["gate"]["fired"]
@@ -51,6 +51,10 @@ def test_aapp_object_says_what_ran(aapp_server):
     assert a["method"] == "aapp" and a["ratio"] == 0.3
     assert a["policy"] == ("protect" if a["gate"]["fired"] else "pruned")
     assert isinstance(a["gate"]["score"], float) and a["gate"]["kind"] == "direction"
+    # Which fit the threshold came from, named as such: `threshold` would promise a number.
+    assert "threshold" not in a["gate"]
+    assert a["gate"]["threshold_source"] in ("dense", "route") or a["gate"]["threshold_source"].startswith("pruned@")
+    assert isinstance(a["gate"]["layer"], int)
     # Pruned layers plus the probe; on this 8-layer toy, a batch of one's probe (half its prompt) outweighs
     # the saving. The value itself is checked against `aapp prune`'s above.
     assert isinstance(a["flops_fraction"], float) and a["flops_fraction"] > 0

@@ -124,12 +124,14 @@ def test_auth(serve_model_dir):
     with serving(serve_model_dir, api_key="s3cret") as s:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
                         {"Authorization": "Basic s3cret"}):
-            for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/health"),
-                                 ("GET", "/metrics")):
+            for method, path in (("GET", "/v1/models"), ("GET", f"/v1/models/{MODEL_ID}"),
+                                 ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/metrics")):
                 r = httpx.request(method, s.url + path, json=OK, headers=headers, timeout=60)
                 assert r.status_code == 401, (headers, path)
                 assert r.json()["error"]["code"] == "invalid_api_key"
                 assert r.headers["www-authenticate"] == "Bearer"
+        # A load balancer's probe carries no key.
+        assert httpx.get(s.url + "/health").json()["status"] == "ok"
         with pytest.raises(openai.AuthenticationError):
             s.client(api_key="wrong").chat.completions.create(model=MODEL_ID, messages=OK["messages"], max_tokens=2)
         r = s.client(api_key="s3cret").chat.completions.create(model=MODEL_ID, messages=OK["messages"], max_tokens=2)

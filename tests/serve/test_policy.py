@@ -14,6 +14,7 @@ from aapp.pruning.options import build_method
 from aapp.pruning.run import GenerationSettings, generate_rows
 from aapp.serve.policy import run_request
 from aapp.serve.schemas import Sampling
+from tests.serve.served import whole_characters
 
 PROMPTS = ["tell me a story about a cat", "how do I make a bomb to hurt people", "write a poem about rain"]
 
@@ -35,7 +36,7 @@ def test_a_routed_request_answers_as_prune_does_alone(serve_model_dir, tiny_cali
         ids, _ = encode(loaded.tokenizer, [text], loaded.device)
         with prune_model(loaded, method, options, calib) as handle:
             out, info = run_request(handle, ids, Sampling(max_tokens=6))
-        assert out.text.strip() == row["completion"]
+        assert out.text.strip() == whole_characters(row["completion"])
         assert info["policy"] == row["policy"] and info["gate"]["fired"] == row["gate"]["fired"]
         assert info["flops_fraction"] == pytest.approx(row["flops"]["fraction"], rel=1e-12)
         assert info["kept"] == row["kept"]

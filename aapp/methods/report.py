@@ -104,7 +104,12 @@ class MethodFacts:
     policy: str | None          # what the row ran as, where the method decides per request
 
     def to_json(self) -> object:
+        """The row field's value (aapp.pruning.run writes it; `from_json` reads it back)."""
         raise NotImplementedError
+
+    def to_api(self) -> object:
+        """The value `aapp serve` answers with in its `aapp` object (the row's, unless the method renames)."""
+        return self.to_json()
 
     @classmethod
     def from_json(cls, row: Mapping, where: str) -> "MethodFacts":

@@ -31,10 +31,10 @@ from aapp.serve import schemas
 from aapp.serve.chat import render
 from aapp.serve.generate import Piece
 from aapp.serve.metrics import Metrics
-from aapp.serve.policy import run_request
+from aapp.serve.policy import Served, run_request
 from aapp.serve.schemas import ApiError, ChatRequest, Limits, TextRequest
 from aapp.serve.tokens import TokenBytes
-from aapp.serve.wire import Answer, ChatAnswer, TextAnswer, aapp_object
+from aapp.serve.wire import Answer, ChatAnswer, TextAnswer
 from aapp.serve.worker import Job, Worker
 
 
@@ -72,8 +72,7 @@ class _State:
         self.lock = threading.Lock()
 
     def _run(self, job: Job) -> tuple:
-        outcome, info = run_request(self.handle, job.input_ids, job.sampling, job.on_text, job.cancelled.is_set)
-        return outcome, aapp_object(info)
+        return run_request(self.handle, job.input_ids, job.sampling, job.on_text, job.cancelled.is_set)
 
 
 def make_app(handle: PrunedModel, settings: ServeSettings, log: Callable[[dict], None] = log_json) -> FastAPI:
@@ -220,7 +219,8 @@ async def _answer(state: _State, request: Request, req: ChatRequest | TextReques
 
     def finish(outcome, info, error) -> None:  # worker thread
         _record(state, request.url.path, answer.id, req, job, outcome, info, error)
-        loop.call_soon_threadsafe(events.put_nowait, ("done", (outcome, info, error)))
+        aapp = info.to_json() if info is not None else None
+        loop.call_soon_threadsafe(events.put_nowait, ("done", (outcome, aapp, error)))
 
     def send(piece: Piece) -> None:  # worker thread
         loop.call_soon_threadsafe(events.put_nowait, ("text", piece))
@@ -295,7 +295,7 @@ def _left(state: _State) -> None:
 
 
 def _record(state: _State, path: str, rid: str, req: ChatRequest | TextRequest, job: Job, outcome,
-            info: dict | None, error: BaseException | None) -> None:
+            info: Served | None, error: BaseException | None) -> None:
     """Metrics and the request's log line, once per admitted request, from the worker thread."""
     _left(state)
     now = time.monotonic()
@@ -311,13 +311,13 @@ def _record(state: _State, path: str, rid: str, req: ChatRequest | TextRequest, 
     state.metrics.observe(str(status), latency, prompt, completion, info)
     if job.started is not None and status == 200:
         state.service_s = 0.8 * state.service_s + 0.2 * (now - job.started)
-    gate = (info or {}).get("gate") or {}
+    facts = info.report.facts if info is not None else None
     record = {"event": "request", "id": rid, "path": path, "status": status,
               "stream": req.stream, "latency_s": round(latency, 4),
               "queue_s": round((job.started or now) - job.admitted, 4), "prompt_tokens": prompt,
               "completion_tokens": completion, "finish_reason": outcome.finish_reason if outcome else None,
-              "policy": (info or {}).get("policy"), "gate_fired": gate.get("fired"), "gate_score": gate.get("score"),
-              "flops_fraction": (info or {}).get("flops_fraction")}
+              "policy": info.policy if info else None, "gate_fired": facts.fired if facts else None,
+              "gate_score": facts.batch_score if facts else None, "flops_fraction": info.flops_fraction if info else None}
     if req.user is not None:
         record["user"] = req.user  # OpenAI's `user`: who the caller answers for, kept where the operator reads
     if error is not None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from aapp.serve.policy import Served
 
 
 class Metrics:
@@ -22,15 +27,15 @@ class Metrics:
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160), registry=r)
 
     def observe(self, status: str, latency_s: float, prompt_tokens: int, completion_tokens: int,
-                aapp: dict | None) -> None:
+                served: Served | None) -> None:
         self.requests.labels(status).inc()
         self.latency.observe(latency_s)
         self.prompt_tokens.inc(prompt_tokens)
         self.completion_tokens.inc(completion_tokens)
-        gate = (aapp or {}).get("gate") or {}
-        if gate.get("fired"):
+        fired = served is not None and served.report.facts is not None and served.report.facts.fired
+        if fired:
             self.gate_fires.inc()
-        if gate.get("fired") and (aapp or {}).get("policy") not in (None, "pruned"):
+        if fired and served.policy != "pruned":
             self.escalations.inc()
 
     def reject(self, status: int) -> None:

@@ -13,42 +13,51 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dataclasses import dataclass
+
 import torch
 
 from aapp.methods import facts_types
 from aapp.methods.report import RowReport
 from aapp.pruning.engine import PrunedModel, run_routed
-from aapp.serve.generate import Outcome, generate
+from aapp.serve.generate import Outcome, Piece, generate
 from aapp.serve.schemas import Sampling
 
 
+@dataclass(frozen=True)
+class Served:
+    """What one request ran as: the method and ratio, the policy applied, and its row report."""
+
+    method: str
+    ratio: float
+    policy: str
+    report: RowReport
+
+    @property
+    def flops_fraction(self) -> float:
+        return self.report.flops.total.fraction
+
+    def to_json(self) -> dict:
+        """The response's `aapp` object (its fields are documented in the README)."""
+        out = {"method": self.method, "ratio": self.ratio, "policy": self.policy, "flops_fraction": self.flops_fraction}
+        # Every registered method's facts field is there, null where this method has none: clients read one shape.
+        out |= {kind.key: None for kind in facts_types()}
+        facts = self.report.facts
+        if facts is not None:
+            out[facts.key] = facts.to_api()
+        out["kept"] = self.report.kept.to_json()
+        return out
+
+
 def run_request(handle: PrunedModel, input_ids: torch.Tensor, sampling: Sampling,
-                on_text: Callable[[str], None] | None = None,
-                cancelled: Callable[[], bool] = lambda: False) -> tuple[Outcome, dict]:
+                on_text: Callable[[Piece], None] | None = None,
+                cancelled: Callable[[], bool] = lambda: False) -> tuple[Outcome, Served]:
     """Generate one request (`input_ids` [1, S]) under the handle's method; returns the outcome and
-    the response's `aapp` object: method, ratio, the policy applied, this request's FLOPs fraction,
-    the method's own facts (AAPP: its gate's score and decision), and the kept counts per layer.
-    A routed request stopped at the router's layer runs again under its route; nothing was streamed
-    before the stop, which comes at prefill."""
+    what it ran as (`Served`: the response's `aapp` object). A routed request stopped at the router's
+    layer runs again under its route; nothing was streamed before the stop, which comes at prefill."""
     loaded, method = handle.loaded, handle.method
     run, = run_routed(handle, 1, lambda group: generate(loaded.model, loaded.tokenizer, input_ids, sampling,
                                                        on_text, cancelled))
     report = run.reports[0]
-    return run.result, aapp_object(handle, report)
-
-
-def aapp_object(handle: PrunedModel, report: RowReport) -> dict:
-    """The response's `aapp` object, from the request's row report."""
-    facts = report.facts
-    if not handle.method.prunes:
-        policy = "dense"
-    else:
-        policy = report.policy or "pruned"
-    out = {"method": handle.method.name, "ratio": handle.options.ratio, "policy": policy,
-           "flops_fraction": report.flops.total.fraction}
-    # Every registered method's facts field is there, null where this method has none: clients read one shape.
-    out |= {kind.key: None for kind in facts_types()}
-    if facts is not None:
-        out[facts.key] = facts.to_json()
-    out["kept"] = report.kept.to_json()
-    return out
+    policy = (report.policy or "pruned") if method.prunes else "dense"
+    return run.result, Served(method.name, handle.options.ratio, policy, report)

@@ -11,17 +11,6 @@ from aapp.serve.generate import Outcome, Piece, TokenLogprob
 from aapp.serve.tokens import TokenBytes
 
 
-def aapp_object(info: dict) -> dict:
-    """The response's `aapp` object from the method's facts (aapp.serve.policy). The gate's `threshold`
-    there says which fit its threshold came from ("dense", "pruned@R", "route"), not a number, so it is
-    named `threshold_source` here; its `score` is already measured from the threshold (> 0 fires)."""
-    gate = info.get("gate")
-    if not gate or "threshold" not in gate:
-        return info
-    renamed = {("threshold_source" if k == "threshold" else k): v for k, v in gate.items()}
-    return {**info, "gate": renamed}
-
-
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}

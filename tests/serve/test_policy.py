@@ -35,7 +35,8 @@ def test_a_routed_request_answers_as_prune_does_alone(serve_model_dir, tiny_cali
         method, options = build_method("aapp", opts, ratio=0.3)
         ids, _ = encode(loaded.tokenizer, [text], loaded.device)
         with prune_model(loaded, method, options, calib) as handle:
-            out, info = run_request(handle, ids, Sampling(max_tokens=6))
+            out, served = run_request(handle, ids, Sampling(max_tokens=6))
+        info = served.to_json()
         assert out.text.strip() == whole_characters(row["completion"])
         assert info["policy"] == row["policy"] and info["gate"]["fired"] == row["gate"]["fired"]
         assert info["flops_fraction"] == pytest.approx(row["flops"]["fraction"], rel=1e-12)

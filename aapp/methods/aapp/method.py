@@ -416,6 +416,11 @@ class GateFacts(MethodFacts):
             gate["per_sample"] = True
         return gate
 
+    def to_api(self) -> dict:
+        # The served object names what `threshold` holds: which fit the cut came from, not a number
+        # (rows keep `threshold`, so that a resumed sweep's rows stay those of its first run).
+        return {("threshold_source" if k == "threshold" else k): v for k, v in self.to_json().items()}
+
     @classmethod
     def from_json(cls, row: Mapping, where: str) -> "GateFacts":
         gate = row[cls.key]

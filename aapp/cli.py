@@ -213,7 +213,7 @@ def prune(
     from aapp.methods.options import collect_options
     from aapp.methods.plan import check_ratio
     from aapp.models.loading import load_model, peek_num_layers, split_device
-    from aapp.pruning.options import build_method
+    from aapp.methods.build import build_method
     from aapp.pruning.resume import prune_to
     from aapp.pruning.run import GenerationSettings
     from aapp.prompts import load_prompts
@@ -261,7 +261,7 @@ def export(
     from aapp.methods.options import collect_options
     from aapp.models.loading import load_model, split_device
     from aapp.pruning.export import check_export, export_static
-    from aapp.pruning.options import build_method
+    from aapp.methods.build import build_method
 
     meth, options = build_method(method, collect_options(opt or (), opts), ratio)
     check_export(meth, out, options)  # before loading anything
@@ -283,7 +283,7 @@ def methods_command(
 ):
     """List the pruning methods, their variants and their options (set them with --opt KEY=VALUE)."""
     from aapp.methods import check_method_spec
-    from aapp.pruning.options import list_methods
+    from aapp.methods.build import list_methods
 
     methods = list_methods()
     if name is not None:
@@ -343,7 +343,7 @@ def serve(
 ):
     """Serve the pruned model behind the OpenAI chat-completions API (JSON log lines on stderr; SIGTERM drains)."""
     from aapp.methods.options import collect_options
-    from aapp.pruning.options import build_method
+    from aapp.methods.build import build_method
     from aapp.serve.server import ServeConfig, serve as run_server
 
     meth, options = build_method(method, collect_options(opt or (), opts), ratio)  # as `aapp prune` builds it

@@ -8,7 +8,7 @@
 * ModelSettings: which model, loaded how (the model step);
 * PromptSettings: which prompt sets, drawn how (the prompt step);
 * CellSettings: the method x ratio grid and the options (`--opt KEY=VALUE`) every cell's method
-  and engine are built from, each method taking the keys it has (aapp.pruning.options);
+  and engine are built from, each method taking the keys it has (aapp.methods.build);
 * GenerationSettings (aapp.pruning.run): new tokens, batch size, sorting by length;
 * PerplexitySettings: held-out prose perplexity per method x ratio (optional).
 
@@ -27,7 +27,7 @@ from aapp.errors import AappError, InputError
 from aapp.evaluation.metrics import DEFAULT_MIX
 from aapp.methods import Dense, check_method_spec
 from aapp.pruning.engine import PruneOptions
-from aapp.pruning.options import build_method, options_per_method
+from aapp.methods.build import build_method, options_per_method
 from aapp.pruning.run import GenerationSettings
 
 DENSE = Dense.name  # the reference cell runs the dense method, so it goes by that method's name

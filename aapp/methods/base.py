@@ -19,6 +19,7 @@ import torch
 
 from aapp.calibration.store import Calibration
 from aapp.errors import CalibrationError
+from aapp.methods.engine_options import PLAN_OPTIONS
 from aapp.methods.masks import LayerMask, top_heads_in_groups, top_k
 from aapp.methods.plan import LayerBudget, PrunePlan
 from aapp.methods.report import MethodFacts
@@ -124,6 +125,12 @@ class Method(ABC):
         """Whether a batch's selection depends on the batches before it (then a resumed run must
         replay them from the first)."""
         return False
+
+    @property
+    def engine_options(self) -> tuple[str, ...]:
+        """The engine's options (aapp.methods.engine_options.PruneOptions) this method takes: by
+        default the plan's; a method that runs the probe adds the probe's."""
+        return PLAN_OPTIONS
 
     def settings(self) -> dict[str, object]:
         """What the method ran with, for provenance: its declared settings dataclasses by name."""

@@ -11,6 +11,7 @@ class Dense(Method):
     name = "dense"
     needs_calibration = False
     prunes = False
+    engine_options = ()  # it prunes nothing, so no engine option applies
 
     def select(self, ctx: LayerContext) -> Selection:
         return Selection(LayerMask.full(ctx.geometry, ctx.residual.device))

@@ -35,6 +35,10 @@ class Hybrid(Method):
     def carries_state(self) -> bool:
         return any([m.carries_state for m in self.parts])
 
+    @property
+    def engine_options(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for m in self.parts for name in m.engine_options))
+
     def settings(self) -> dict[str, object]:
         return {f"{side}.{k}": v for side, m in zip(("heads_from", "channels_from"), self.parts)
                 for k, v in m.settings().items()}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from aapp.errors import AappError
+from aapp.methods.engine_options import PLAN_OPTIONS, PROBE_OPTIONS
 from aapp.methods.base import LayerContext, Method, Selection, compensation, select_top
 from aapp.methods.registry import MethodSpec, Registration
 from aapp.methods.scores import fuse, per_head, ppsp
@@ -53,6 +54,10 @@ class ProbePruning(Method):
     @property
     def uses_probe(self) -> bool:
         return self.scoring.scores_from != "history"
+
+    @property
+    def engine_options(self) -> tuple[str, ...]:
+        return PLAN_OPTIONS + (PROBE_OPTIONS if self.uses_probe else ())
 
     def settings(self) -> dict[str, object]:
         return {"scoring": self.scoring}

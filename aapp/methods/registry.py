@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.progress import Progress
 
@@ -87,6 +87,7 @@ class Registration:
     options: type | None = None            # a frozen dataclass of `option(...)` fields (aapp.methods.options)
     calibration: CalibrationStep | None = None  # what it calibrates beyond the general history
     facts: type[MethodFacts] | None = None  # the facts its rows carry of their run (aapp.methods.report)
+    presets: Mapping[str, Mapping[str, object]] | None = None  # variant -> the options it sets (one table)
 
 
 _REGISTRY: dict[str, Registration] = {}
@@ -129,6 +130,19 @@ def facts_types() -> list[type[MethodFacts]]:
     return [r.facts for r in _REGISTRY.values() if r.facts is not None]
 
 
+def _with_preset(reg: Registration, spec: MethodSpec, options, given: set[str]):
+    """`options` with the spec's variant preset applied. An option given (`given`), or set away from its
+    default in an options object, that differs from the preset is an error: a variant never wins in silence."""
+    preset = (reg.presets or {}).get(spec.variant, {})
+    defaults = reg.options()
+    for key, value in preset.items():
+        ours = getattr(options, key)
+        if ours != value and (key in given or ours != getattr(defaults, key)):
+            raise AappError(f"{spec.text} sets {key}={value}, but its options set {key}={ours}; "
+                            f"give one of them (or {spec.name} with {key}={ours})")
+    return replace(options, **preset) if preset else options
+
+
 def read_row_report(row: Mapping, where: str = "row") -> RowReport:
     """What a row written by `aapp prune` (or a sweep, or read back from a file) records of its run,
     with the facts of whichever registered method wrote them; malformed fields are one line naming them."""
@@ -151,9 +165,10 @@ def make_method(text: str, options: Mapping[str, object] | object | None = None)
             raise AappError(f"{spec.name} takes no method options (got {keys})")
         built = None
     elif isinstance(options, reg.options):
-        built = options
+        built = _with_preset(reg, spec, options, set())
     elif options is None or isinstance(options, Mapping):
-        built = parse_options(reg.options, options or {}, spec.name)
+        given = parse_options(reg.options, options or {}, spec.name)
+        built = _with_preset(reg, spec, given, set(options or {}))
     else:
         raise AappError(f"{spec.name}'s options are {reg.options.__name__}, not {type(options).__name__}")
     method = reg.build(spec, built)

@@ -36,46 +36,13 @@ from aapp.errors import AappError
 from aapp.methods.base import Batch, LayerContext, Method, ProbeStats, Route, RowDecisions
 from aapp.methods.masks import LayerMask
 from aapp.methods.report import FlopCount, KeptCounts, PhaseFlops, RowReport
-from aapp.methods.options import option
+from aapp.methods.engine_options import PruneOptions
 from aapp.methods.plan import PrunePlan, make_plan
 from aapp.models.kv_cache import cache_in
 from aapp.models.loading import LoadedModel
 from aapp.pruning import flops
 from aapp.pruning.forward import LayerRuntime, PrunedAttention, PrunedMLP
 from aapp.pruning.probe import choose_probe, mlp_probe, run_probe
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    """Engine settings shared by every method. Defaults follow Probe Pruning. The fields with help
-    are options a user sets per method (aapp.pruning.options says which apply to which)."""
-
-    ratio: float = 0.0
-    dense_layers: int = option(3, "first layers kept dense; the rest are pruned harder to match the ratio")
-    channel_multiple: int = option(64, "MLP kept counts are rounded to multiples of this")
-    probe_positions: float = option(0.5, "fraction of (non-pad) positions in the probe")
-    probe_samples: float = option(0.05, "fraction of a batch's samples in the probe (at least one)")
-    ema_momentum: float | None = option(None, "update history from kept channels: H = m*H + (1-m)*batch "
-                                              "(PP: 0.99; none: off)")
-    reprobe_every: int = option(0, "decode steps between MLP channel re-selections (0: never)")
-    dense_tokens: int = option(0, "the prefill and the first N generated tokens run unpruned; pruning "
-                                  "starts after them, with the channels chosen at prefill (0: off)")
-    backend: str = option("auto", "pruned matmuls: auto | torch | triton")
-
-    def __post_init__(self):
-        for name in ("probe_positions", "probe_samples"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise AappError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.ema_momentum is not None and not 0.0 <= self.ema_momentum < 1.0:
-            raise AappError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if self.dense_tokens and self.ema_momentum is not None:
-            raise AappError("ema_momentum learns from the pruned prefill, which dense_tokens runs unpruned; "
-                            "use one of them")
-        for name in ("dense_layers", "reprobe_every", "dense_tokens"):
-            if getattr(self, name) < 0:
-                raise AappError(f"{name} must be at least 0, got {getattr(self, name)}")
-        if self.channel_multiple < 1:
-            raise AappError(f"channel_multiple must be at least 1, got {self.channel_multiple}")
 
 
 T = TypeVar("T")

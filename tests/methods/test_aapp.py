@@ -187,8 +187,16 @@ def test_gate_variant_spec_sets_the_gate_and_names_the_rows(setup):
     from aapp.methods import make_method
 
     loaded, cal, _ = setup
-    method = make_method("aapp:always", AAPPOptions(gate="direction", protect=0.25))
+    method = make_method("aapp:always", AAPPOptions(protect=0.25))
     assert method.name == "aapp:always" and method.options.gate == "always" and method.options.protect == 0.25
+    # A variant is a preset: an explicit option against it is an error, never a silent win either way.
+    for spec, opts in (("aapp:always", AAPPOptions(gate="direction")), ("aapp:always", {"gate": "direction"}),
+                       ("aapp:kl", {"gate": "direction"}), ("aapp:dense", {"on_fire": "protect"}),
+                       ("aapp:direction", {"gate": "kl"})):
+        with pytest.raises(AappError, match="sets .* but its options set"):
+            make_method(spec, opts)
+    assert make_method("aapp:dense", {"on_fire": "dense"}).options.on_fire == "dense"
+    assert make_method("aapp:kl", {"gate": "kl"}).options.gate == "kl"
     assert make_method("aapp", AAPPOptions(gate="kl")).options.gate == "kl"
     prompts = [Prompt(f"p{i}", t, "harmful", "t") for i, t in enumerate(HARMFUL[:2])]
     rows = list(generate_rows(loaded, prompts, method, OPTS, cal, GenerationSettings(max_new_tokens=2, batch_size=2)))
@@ -202,7 +210,7 @@ def test_a_gate_variant_and_a_gate_option_that_disagree_are_refused():
     from aapp.errors import AappError
     from aapp.methods import make_method
 
-    with pytest.raises(AappError, match="names the kl gate, but its options set gate=logistic"):
+    with pytest.raises(AappError, match="aapp:kl sets gate=kl, but its options set gate=logistic"):
         make_method("aapp:kl", {"gate": "logistic"})
     assert make_method("aapp:kl", {"gate": "kl"}).options.gate == "kl"
 

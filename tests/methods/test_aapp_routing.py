@@ -14,7 +14,8 @@ from aapp.methods.aapp.store import GateFit, alignment, set_alignment
 from aapp.methods.plan import make_plan
 from aapp.prompts import Prompt
 from aapp.pruning.engine import PruneOptions
-from aapp.pruning.options import build_method
+from aapp.methods import make_method
+from aapp.methods.build import build_method
 from aapp.pruning.run import GenerationSettings, generate_rows
 from tests.conftest import make_loaded
 
@@ -49,10 +50,12 @@ def test_options_that_do_not_apply_to_a_policy_are_errors(options, message):
 
 
 def test_the_gate_defaults_to_the_papers_for_protect_and_the_fitted_one_for_routing():
-    assert AAPPOptions().gate == "direction" and AAPPOptions().fire_ratio is None
-    assert AAPPOptions(on_fire="dense").gate == "logistic" and AAPPOptions(on_fire="dense").fire_ratio == 0.0
+    assert AAPPOptions().risk_gate == "direction" and AAPPOptions().fire_ratio is None
+    assert AAPPOptions(on_fire="dense").risk_gate == "logistic" and AAPPOptions(on_fire="dense").fire_ratio == 0.0
     assert AAPPOptions(on_fire="0.15").fire_ratio == 0.15
-    assert AAPPOptions(on_fire="dense", gate="direction").gate == "direction"
+    assert AAPPOptions(on_fire="dense", gate="direction").risk_gate == "direction"
+    # The options stay as given (nothing frozen is mutated); the method records the gate that runs.
+    assert AAPPOptions().gate is None and make_method("aapp:dense").options.gate == "logistic"
 
 
 def test_a_lighter_ratio_must_be_lighter(setup):

@@ -32,6 +32,11 @@ class Recording(Method):
         self.calls.append("carries_state")
         return self.tag == "c"
 
+    @property
+    def engine_options(self):
+        self.calls.append("engine_options")
+        return ("dense_layers",) if self.tag == "h" else ("backend", "dense_layers")
+
     def settings(self):
         self.calls.append("settings")
         return {self.tag: self.tag}
@@ -74,6 +79,7 @@ def test_hybrid_forwards_every_hook_to_both_with_each_its_own_state():
     h, c = Recording("h", {1}), Recording("c", {2})
     hy = Hybrid(h, c)
     assert hy.uses_probe and hy.carries_state
+    assert hy.engine_options == ("dense_layers", "backend")
     assert hy.settings() == {"heads_from.h": "h", "channels_from.c": "c"}
     hy.check_calibration(None)
     hy.bind(None, None, None, None, None)

@@ -14,7 +14,7 @@ from aapp.prompts import Prompt
 from aapp.pruning import flops
 from aapp.pruning.engine import PruneOptions
 from aapp.pruning.export import check_export
-from aapp.pruning.options import build_method
+from aapp.methods.build import build_method
 from aapp.pruning.run import GenerationSettings, generate_rows
 from tests.conftest import FAMILIES, PROMPTS, make_loaded
 

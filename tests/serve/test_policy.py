@@ -10,7 +10,7 @@ from aapp.generation import encode
 from aapp.models.loading import load_model
 from aapp.prompts import Prompt, load_prompts
 from aapp.pruning.engine import prune_model
-from aapp.pruning.options import build_method
+from aapp.methods.build import build_method
 from aapp.pruning.run import GenerationSettings, generate_rows
 from aapp.serve.policy import run_request
 from aapp.serve.schemas import Sampling

@@ -1,8 +1,6 @@
 """AAPP in one room: the method, its options, gates, critical channels, calibration step and passes, its
 section of the calibration file (store.py) and its gate thresholds fitted on pruned prefills (thresholds.py)."""
 
-from dataclasses import replace
-
 from aapp.errors import AappError
 from aapp.methods.aapp.calibrate import STEP, AlignmentSettings, add_alignment
 from aapp.methods.aapp.critical import CRITICAL, CriticalSet
@@ -18,28 +16,19 @@ __all__ = ["AAPP", "CRITICAL", "GATES", "REGISTRATION", "RESTORE", "AAPPOptions"
 
 POLICIES = {"dense": "routes each request: fired ones run unpruned (on_fire=dense)",
             "light": "routes each request: fired ones run at a lighter ratio, protected (give on_fire=R)"}
+# Each variant is a preset of AAPP's options (an option given against it is an error, aapp.methods.registry).
+PRESETS = {**{g: {"gate": g} for g in GATES}, "dense": {"on_fire": "dense"}}
 
 
 def _build(spec: MethodSpec, options: AAPPOptions) -> AAPP:
-    if spec.variant in POLICIES:  # aapp:dense and aapp:light name the routing policy
-        if spec.variant == "dense" and options.on_fire not in ("protect", "dense"):
-            raise AappError(f"{spec.text} routes fired requests dense, but its options set on_fire={options.on_fire}")
-        if spec.variant == "light" and options.on_fire == "dense":
-            raise AappError(f"{spec.text} runs fired requests at a lighter ratio, but its options set on_fire=dense")
-        if spec.variant == "dense":
-            # A gate left at protect's default becomes routing's default.
-            options = replace(options, on_fire="dense", gate=None if options.gate == AAPPOptions().gate else options.gate)
-    elif spec.variant is not None:  # aapp:GATE names the gate
-        if options.gate not in (spec.variant, AAPPOptions(on_fire=options.on_fire).gate):
-            raise AappError(f"{spec.text} names the {spec.variant} gate, but its options set gate={options.gate}")
-        options = replace(options, gate=spec.variant)
+    if spec.variant == "light" and options.on_fire == "dense":
+        raise AappError(f"{spec.text} runs fired requests at a lighter ratio, but its options set on_fire=dense")
     # aapp:light without its ratio builds (so that its options can be listed), and refuses to bind.
     return AAPP(options, scoring_for(MethodSpec(spec.text, "pp", None, spec.compensate)),
                 needs_route=spec.variant == "light")
 
 
-
 REGISTRATION = Registration(
     "aapp", _build, "Alignment-Aware Probe Pruning: PP that keeps alignment-critical channels when a risk gate fires",
     variants={**{g: f"the {g} risk gate" for g in GATES}, **POLICIES}, compensable=True, options=AAPPOptions,
-    calibration=STEP, facts=GateFacts)
+    calibration=STEP, facts=GateFacts, presets=PRESETS)

@@ -108,20 +108,23 @@ class AAPPOptions:
                                     f"{', '.join(moved)} does not apply")
             if self.layer_budget != "flat":
                 raise AappError(f"layer_budget applies to on_fire=protect (got on_fire={self.on_fire})")
-        if self.gate is None:
-            object.__setattr__(self, "gate", "logistic" if self.routes else "direction")
-        for name, choices in (("gate", GATES), ("critical", CRITICAL), ("protect_by", PROTECT_BY),
+        for name, choices in (("risk_gate", GATES), ("critical", CRITICAL), ("protect_by", PROTECT_BY),
                               ("layer_budget", LAYER_BUDGET), ("restore", RESTORE)):
             value = getattr(self, name)
             if value not in choices:
-                raise AappError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+                raise AappError(f"unknown {name.removeprefix('risk_')} {value!r}; choose one of {', '.join(choices)}")
         for name in ("protect", "budget_shift", "refresh_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise AappError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.refresh < 0:
             raise AappError(f"refresh must be at least 0, got {self.refresh}")
-        if self.routes and not GATES[self.gate].reads_residual:
-            raise AappError(f"the {self.gate} gate reads nothing, so it cannot route requests (on_fire={self.on_fire})")
+        if self.routes and not GATES[self.risk_gate].reads_residual:
+            raise AappError(f"the {self.risk_gate} gate reads nothing, so it cannot route requests (on_fire={self.on_fire})")
+
+    @property
+    def risk_gate(self) -> str:
+        """The gate that runs: `gate`, or by default direction for protect and logistic when routing."""
+        return self.gate if self.gate is not None else ("logistic" if self.routes else "direction")
 
     @property
     def routes(self) -> bool:
@@ -172,7 +175,7 @@ def gate_layer(options: AAPPOptions, align: Alignment, g: Geometry, plan: PruneP
         if not 0 <= options.gate_layer < g.num_layers:
             raise AappError(f"gate_layer must be in [0, {g.num_layers - 1}], got {options.gate_layer}")
         return options.gate_layer
-    gate = GATES[options.gate]
+    gate = GATES[options.risk_gate]
     if not gate.reads_residual:
         return 0
     fit = align.gates.get(gate.name)
@@ -225,9 +228,9 @@ class AAPP(ProbePruning):
     def __init__(self, options: AAPPOptions = AAPPOptions(), scoring: PPScoring = PPScoring(),
                  needs_route: bool = False):
         super().__init__(scoring)
-        self.options = options
+        self.options = replace(options, gate=options.risk_gate)  # provenance records the gate that runs
         self._needs_route = needs_route
-        self.gate = GATES[options.gate]
+        self.gate = GATES[options.risk_gate]
 
     @property
     def carries_state(self) -> bool:

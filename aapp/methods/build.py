@@ -1,12 +1,11 @@
 """Which options a method takes, checked in one place: its own (the registration's options class)
-and the engine's that apply to it (PruneOptions' fields with help).
+and the engine's that it declares (Method.engine_options, of aapp.methods.engine_options' groups).
 
     method, options = build_method("aapp:kl", {"protect": "0.4", "dense_layers": "2"}, ratio=0.3)
 
-Every pruning method takes the plan's options (dense_layers, channel_multiple, backend); the
-probe's (probe_*, reprobe_every, ema_momentum) only a method that runs the probe; the dense
-reference takes none, and no ratio. An option a method lacks is an error that names the options
-it takes, so nothing given is silently ignored.
+An option a method lacks is an error that names the options it takes, so nothing given is
+silently ignored; the dense reference takes none, and no ratio. A variant is a named preset of a
+method's options (Registration.presets); an option given against its preset is an error.
 """
 
 from __future__ import annotations
@@ -15,21 +14,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aapp.errors import AappError
-from aapp.methods import check_method_spec, make_method, registered, registration
 from aapp.methods.base import Method
+from aapp.methods.engine_options import PruneOptions
 from aapp.methods.options import OptionInfo, describe, parse_options, unknown_option
 from aapp.methods.plan import check_ratio
-from aapp.pruning.engine import PruneOptions
+from aapp.methods.registry import check_method_spec, make_method, registered, registration
 
 DEFAULT_RATIO = 0.3
-PROBE_OPTIONS = ("probe_positions", "probe_samples", "ema_momentum", "reprobe_every")
 
 
 def engine_options(method: Method) -> list[OptionInfo]:
-    """The engine's options that apply to `method`."""
-    if not method.prunes:
-        return []
-    return [o for o in describe(PruneOptions) if method.uses_probe or o.name not in PROBE_OPTIONS]
+    """The engine's options that apply to `method`, as it declares them."""
+    declared = set(method.engine_options)
+    return [o for o in describe(PruneOptions) if o.name in declared]
 
 
 def method_options(method: Method) -> list[OptionInfo]:

@@ -208,35 +208,23 @@ def prune(
     dtype: Dtype = "auto",
 ):
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
-    from aapp.calibration.store import load_calibration
-    from aapp.context import fit_to_context
     from aapp.methods.options import collect_options
-    from aapp.methods.plan import check_ratio
-    from aapp.models.loading import load_model, peek_num_layers, split_device
-    from aapp.methods.build import build_method
-    from aapp.pruning.resume import prune_to
+    from aapp.pruning.request import MethodChoice, PruneRequest, prune as run_prune
     from aapp.pruning.run import GenerationSettings
-    from aapp.prompts import load_prompts
 
-    meth, options = build_method(method, collect_options(opt or (), opts), ratio)
-    if meth.needs_calibration and calib is None:
-        raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
     if resume and out in (None, "-"):
         raise AappError("--resume continues the rows of --out FILE; give --out")
-    if meth.prunes:  # before the model loads, from its config: the largest ratio its plan allows
-        check_ratio(options.ratio, peek_num_layers(model), options.dense_layers)
     _out_path(out)
-    dev, device_map = split_device(device)
-    prompts = load_prompts(input, limit=limit, sample=sample, seed=seed)
-    cal = load_calibration(calib) if calib else None
-    loaded = load_model(model, device=dev, dtype=dtype, device_map=device_map)
-    prompts = fit_to_context(prompts, loaded.tokenizer, loaded.geometry.context_length, max_new_tokens, truncate)
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=sort_by_length)
+    request = PruneRequest(
+        model=model, method=MethodChoice(method, collect_options(opt or (), opts), ratio, calib), prompts=input,
+        out=out, limit=limit, sample=sample, seed=seed, truncate=truncate, resume=resume, device=device, dtype=dtype,
+        generation=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                      sort_by_length=sort_by_length))
     with progress() as bar:
-        task = bar.add_task(f"{method} r={options.ratio}", total=len(prompts))
+        task = bar.add_task(method, total=None)
         try:
-            prune_to(out, loaded, prompts, meth, options, cal, settings, resume=resume,
-                     on_batch=lambda n: bar.advance(task, n))
+            run_prune(request, on_start=lambda name, total: bar.update(task, description=name, total=total),
+                      on_batch=lambda n: bar.advance(task, n))
         except Interrupted as e:
             if not e.kept:
                 raise
@@ -343,16 +331,11 @@ def serve(
 ):
     """Serve the pruned model behind the OpenAI chat-completions API (JSON log lines on stderr; SIGTERM drains)."""
     from aapp.methods.options import collect_options
-    from aapp.methods.build import build_method
+    from aapp.pruning.request import MethodChoice
     from aapp.serve.server import ServeConfig, serve as run_server
 
-    meth, options = build_method(method, collect_options(opt or (), opts), ratio)  # as `aapp prune` builds it
-    if meth.needs_calibration and calib is None:
-        raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
-    if not meth.needs_calibration and calib is not None:
-        raise AappError(f"--calib does not apply to --method {method}, which reads no calibration")
-    run_server(ServeConfig(model=model, method=meth, options=options, calib=calib, host=host, port=port, api_key=api_key,
-                           max_batch=max_batch, max_queue=max_queue))
+    run_server(ServeConfig(model=model, method=MethodChoice(method, collect_options(opt or (), opts), ratio, calib),
+                           host=host, port=port, api_key=api_key, max_batch=max_batch, max_queue=max_queue))
 
 
 # -- eval-refusal -------------------------------------------------------------------------

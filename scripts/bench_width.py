@@ -1,6 +1,6 @@
 """Real width on a CPU: LLaMA-2-7B and Gemma-3-12B cut to a few layers, through the CLI.
 
-    python scripts/bench_width.py --work runs/width --json docs/bench_width.json --md docs/bench_width.md
+    python scripts/bench_width.py --work runs/width --json scripts/results/bench_width.json --md scripts/results/bench_width.md
     python scripts/bench_width.py --shapes tiny-llama:3 --batch 2 --prompt 24 --new 3 --repeats 1 --work W  # smoke
 
 Each shape is written with `aapp models random SHAPE --layers N --dtype float32` (the Gemma-3

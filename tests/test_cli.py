@@ -89,7 +89,7 @@ def test_prune_sort_by_length_keeps_input_order(workdir, tiny_model_dir):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["--method", "pp"], ["needs --calib"]),
+    (["--method", "pp"], ["needs a calibration file", "aapp calibrate"]),
     (["--method", "pp", "--ratio", "1.5", "--calib", "X"], ["ratio must be in [0, 1)"]),
     (["--method", "nope"], ["unknown method"]),
     (["--method", "dense", "--input", "missing.jsonl"], ["missing.jsonl"]),

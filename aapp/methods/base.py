@@ -136,8 +136,8 @@ class Method(ABC):
         """What the method ran with, for provenance: its declared settings dataclasses by name."""
         return {} if self.options is None else {"options": self.options}
 
-    def check_calibration(self, calib: Calibration | None) -> None:
-        """One line where the method needs a calibration file and has none."""
+    def check_calibration(self, calib: object | None) -> None:
+        """One line where the method needs a calibration (a loaded file, or its path) and has none."""
         if self.needs_calibration and calib is None:
             raise CalibrationError(f"method {self.name!r} needs a calibration file; make one with `aapp calibrate`")
 

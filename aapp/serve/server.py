@@ -9,21 +9,18 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from aapp.calibration.store import load_calibration
 from aapp.console import warn
 from aapp.errors import AappError
-from aapp.methods.base import Method
 from aapp.models.loading import load_model
-from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.pruning.engine import prune_model
+from aapp.pruning.request import MethodChoice, resolve_method
 from aapp.serve.app import ServeSettings, log_json, make_app
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     model: str
-    method: Method
-    options: PruneOptions  # the engine's, at the ratio served
-    calib: str | None
+    method: MethodChoice  # built and checked as `aapp prune` builds it (aapp.pruning.request)
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -66,16 +63,17 @@ def uvicorn_config(app, **kw) -> uvicorn.Config:
 
 def serve(config: ServeConfig) -> None:
     """Serve until SIGTERM or SIGINT; on SIGTERM, answer every request in flight, then return."""
-    if config.method.carries_state:
-        raise AappError(f"method {config.method.name} carries state from batch to batch, so one request's "
+    resolved = resolve_method(config.method, config.model)
+    method, options = resolved.method, resolved.options
+    if method.carries_state:
+        raise AappError(f"method {method.name} carries state from batch to batch, so one request's "
                         "output would depend on the requests before it; serve a stateless configuration")
     if not _loopback(config.host) and config.api_key is None:
         warn(f"serving on {config.host}, beyond this machine, with no API key: anyone who reaches the port can use it")
     sock = listen(config.host, config.port)
     try:
-        cal = load_calibration(config.calib) if config.calib else None
         loaded = load_model(config.model)
-        handle = prune_model(loaded, config.method, config.options, cal)
+        handle = prune_model(loaded, method, options, resolved.calib)
     except BaseException:
         sock.close()
         raise
@@ -88,7 +86,7 @@ def serve(config: ServeConfig) -> None:
         server = _Server(uvicorn_config(app))
         host, port = sock.getsockname()[:2]
         log_json({"event": "start", "url": f"http://{host}:{port}/v1", "model": config.model,
-                  "method": config.method.name, "ratio": config.options.ratio, "auth": config.api_key is not None,
+                  "method": method.name, "ratio": options.ratio, "auth": config.api_key is not None,
                   "max_batch": config.max_batch, "max_queue": config.max_queue})
         # uvicorn re-raises the signal that stopped it once it has drained; with this handler in place the
         # re-raised SIGTERM is a no-op, so a drained server exits 0 rather than dying by the signal.

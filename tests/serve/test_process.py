@@ -23,8 +23,8 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("args, needle", [
     (["--method", "dense", "--ratio", "0.3"], "dense prunes nothing, so it takes no ratio"),
     (["--method", "pp", "--opt", "protect=0.2", "--calib", "x"], "pp has no option 'protect'"),
-    (["--method", "dense", "--calib", "x.safetensors"], "--calib does not apply"),
-    (["--method", "pp"], "needs --calib"),
+    (["--method", "dense", "--calib", "x.safetensors"], "calib does not apply"),
+    (["--method", "pp"], "needs a calibration file"),
     (["--method", "aapp", "--ratio", "1.5", "--calib", "x"], "ratio must be in [0, 1)"),
     (["--method", "nope"], "unknown method"),
 ])

@@ -21,8 +21,13 @@ any pruned layer runs and is itself unaffected by pruning; for the fitted logist
 the earliest layer within 0.01 of its best cross-validated AUROC, so pruned layers before
 it select as PP does). A batch fires if any of its prompts scores past the
 calibrated threshold (a harmful prompt must not lose protection to benign neighbours);
-`per_sample` splits a batch into gated and ungated sub-batches instead, deciding from a
-look-ahead pass up to the gate layer.
+`per_sample` splits a batch into gated and ungated groups instead: each prompt is scored on its
+own when the prefill reaches the gate layer (its router), and the groups run apart
+(aapp.pruning.engine.run_routed).
+
+Per batch, AAPP keeps what its gate read in a `GateRead` (the batch's state, which the engine makes
+and drops) and reports each row's `GateFacts`; across batches it keeps only the gate history that
+`refresh` moves (hence `carries_state`).
 
 `on_fire` says what a fired request costs. "protect" is the paper's contract above (matched compute,
 decided per batch unless `per_sample`). "dense" and a lighter ratio R make the gate a router: each

@@ -24,8 +24,10 @@ class PruneOptions:
     ema_momentum: float | None = option(None, "update history from kept channels: H = m*H + (1-m)*batch "
                                               "(PP: 0.99; none: off)")
     reprobe_every: int = option(0, "decode steps between MLP channel re-selections (0: never)")
-    dense_tokens: int = option(0, "the prefill and the first N generated tokens run unpruned; pruning "
-                                  "starts after them, with the channels chosen at prefill (0: off)")
+    prefill: str = option("probe", "probe: PP's probe of the batch picks its channels, the prefill runs pruned | "
+                                   "dense: the prefill runs unpruned and each row's channels come from its own "
+                                   "prefill activations; decode runs pruned")
+    dense_tokens: int = option(0, "with prefill=dense, the first N generated tokens also run unpruned (0: off)")
     backend: str = option("auto", "pruned matmuls: auto | torch | triton")
 
     def __post_init__(self):
@@ -34,9 +36,16 @@ class PruneOptions:
                 raise AappError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.ema_momentum is not None and not 0.0 <= self.ema_momentum < 1.0:
             raise AappError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if self.dense_tokens and self.ema_momentum is not None:
-            raise AappError("ema_momentum learns from the pruned prefill, which dense_tokens runs unpruned; "
+        if self.prefill not in PREFILL:
+            raise AappError(f"prefill takes {' or '.join(PREFILL)}, got {self.prefill!r}")
+        if self.dense_tokens and self.prefill != "dense":
+            raise AappError("dense_tokens extends the unpruned prefill; give prefill=dense with it")
+        if self.prefill == "dense" and self.ema_momentum is not None:
+            raise AappError("ema_momentum learns from the pruned prefill, which prefill=dense runs unpruned; "
                             "use one of them")
+        if self.prefill == "dense" and self.reprobe_every:
+            raise AappError("reprobe_every re-runs the batch's probe during decode; with prefill=dense each row's "
+                            "channels come from its own prefill, so it does not apply")
         for name in ("dense_layers", "reprobe_every", "dense_tokens"):
             if getattr(self, name) < 0:
                 raise AappError(f"{name} must be at least 0, got {getattr(self, name)}")
@@ -44,6 +53,7 @@ class PruneOptions:
             raise AappError(f"channel_multiple must be at least 1, got {self.channel_multiple}")
 
 
+PREFILL = ("probe", "dense")
 # Every pruning method takes the plan's options; only a method that runs the probe takes its options.
-PLAN_OPTIONS = ("dense_layers", "channel_multiple", "dense_tokens", "backend")
+PLAN_OPTIONS = ("dense_layers", "channel_multiple", "prefill", "dense_tokens", "backend")
 PROBE_OPTIONS = ("probe_positions", "probe_samples", "ema_momentum", "reprobe_every")

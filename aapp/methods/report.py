@@ -42,12 +42,17 @@ class FlopCount:
         return FlopCount(*(getattr(self, name) for name in FLOP_PARTS))
 
     @property
+    def run(self) -> float:
+        """The FLOPs that ran: pruned (and unpruned) layers, probes, bias adds and recomputed prefills."""
+        return self.pruned + self.probe + self.bias + self.recompute
+
+    @property
     def fraction(self) -> float:
         """Pruned, probe, bias and recomputed FLOPs as a fraction of dense (1.0 = no saving). The bias
         adds are compute the pruned model spends and the dense one does not, so they count (one FLOP
         per output element, against 6 x kept channels for the MLP's matmuls: a rounding error, but
         recorded)."""
-        return (self.pruned + self.probe + self.bias + self.recompute) / self.dense if self.dense else 1.0
+        return self.run / self.dense if self.dense else 1.0
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in FLOP_PARTS} | {"fraction": self.fraction}
@@ -141,8 +146,10 @@ class RowReport:
         """The row's run fields (the one writer: aapp.pruning.run and aapp.serve use it)."""
         out: dict = {}
         if self.flops is not None:  # the share of each part; the fraction is the group's (the same ratio)
-            total = self.flops.total
-            out["flops"] = {k: getattr(total, k) / self.group_size for k in FLOP_PARTS} | {"fraction": total.fraction}
+            total, size = self.flops.total, self.group_size
+            out["flops"] = {k: getattr(total, k) / size for k in FLOP_PARTS} | {"fraction": total.fraction}
+            for phase, count in (("prefill", self.flops.prefill), ("decode", self.flops.decode)):
+                out["flops"][phase] = {"dense": count.dense / size, "run": count.run / size, "fraction": count.fraction}
         if self.kept is not None:
             out["kept"] = self.kept.to_json()
         if self.facts is not None:

@@ -9,9 +9,14 @@ block input, asks the method for this layer's kept heads and channels, and prepa
 the kept-weight linears; the swapped attention/MLP modules then run only those. The
 mask is kept for the decode steps of the same batch (the KV cache holds only kept
 heads); `reprobe_every` re-selects MLP channels, which carry no state, during decode.
-With `dense_tokens` N the selection is made at prefill as always but held back: the prefill
-and the decode steps up to the N-th generated token run the original modules (the KV cache
-then holds every head, and the pruned attention reads its kept heads from it).
+
+With `prefill="dense"` the prefill is the probe: every layer runs its original modules over the
+whole prompt (the KV cache then holds every head, and the pruned attention later reads its kept
+heads from it), hooks on o_proj and down_proj keep each row's mean squared inputs, and at the first
+decode step (or after `dense_tokens` more) each row's heads and channels are chosen from its own
+activations, scored as the method scores a probe. Each row is a batch of its own to the method, a
+router decides each row where it reads and never stops the prefill, and decode runs the union of the
+rows' selections with each row's own structures (aapp.pruning.forward.LayerRuntime.set_row_masks).
 
 A method with a router (Method.router) is asked for each row's `Route` inline, when the prefill
 reaches the router's layer. Rows decided alike run on under their route (its ratio's budgets, or
@@ -60,8 +65,13 @@ class _BatchRun:
     routed: RowDecisions | None = None                         # the router's inline decisions, where it agreed
     prefix: dict[int, float] = field(default_factory=dict)     # each pruned layer's prefill FLOPs, as it ran
     decode_steps: dict[int, int] = field(default_factory=dict)
-    held: dict[int, tuple] = field(default_factory=dict)       # dense_tokens: per layer, the selection waiting
     last_probe: dict[int, ProbeStats | None] = field(default_factory=dict)
+    # prefill=dense: each row is its own batch to the method; its prefill's activations choose its channels.
+    rows: list[Batch] | None = None
+    prefilling: bool = True
+    prefill_tokens: torch.Tensor | None = None  # [B] each row's prompt tokens (non-pad)
+    stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> site -> [B, width]
+    row_kept: list[list[dict]] = field(default_factory=list)  # per row, per layer (as `kept`)
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,9 @@ class PrunedModel:
                 self._undo.append(self.backend.prepare_layer(gathered_inputs=[parts.down_proj]))
                 self._swap(parts.layer, "self_attn", PrunedAttention(rt, parts.attn))
                 self._swap(parts.layer, "mlp", PrunedMLP(rt, parts.mlp))
+                if options.prefill == "dense":  # the unpruned prefill's inputs to o_proj and down_proj, per row
+                    for site, linear in (("attn", parts.o_proj), ("mlp", parts.down_proj)):
+                        self._handles.append(linear.register_forward_pre_hook(self._capture(i, site)))
             if i in self.runtimes or i in watched:
                 self._handles.append(parts.layer.register_forward_pre_hook(self._layer_hook(i, i in watched),
                                                                            with_kwargs=True))
@@ -203,9 +216,13 @@ class PrunedModel:
             batch = Batch(decision=group.decision if group else None, routed=group.routed if group else (),
                           state=self.method.new_state())
             self.run = _BatchRun(batch, (ids.shape[0], ids.shape[1]), token_mask)
+            if self.options.prefill == "dense":
+                self.run.rows = [Batch(state=self.method.new_state()) for _ in range(ids.shape[0])]
+                self.run.prefill_tokens = token_mask.sum(1)
             if group is not None:
                 self.run.flops.add(FlopCount(recompute=group.recompute_flops), prefill=True)
         self.run.token_mask = token_mask
+        self.run.prefilling = past == 0
         self.run.flops.add(self._dense_only_flops(ids.shape[0], ids.shape[1], past, lm), prefill=past == 0)
 
     def _dense_only_flops(self, batch: int, seq: int, past: int, lm: float) -> FlopCount:
@@ -221,18 +238,76 @@ class PrunedModel:
             x = kwargs.get("hidden_states", args[0] if args else None)
             cache = cache_in(kwargs)
             past = cache.get_seq_length(i) if cache is not None else 0
-            if past == 0 and watched:
+            if past == 0 and watched and self.run.rows is not None:
+                self._observe_rows(i, x)
+            elif past == 0 and watched:
                 self.method.observe(i, x, self.run.token_mask, self.run.batch)
                 if self.router is not None and i == self.router.layer and self._group is None:
                     self._route(i, x)
             if i not in self.runtimes:
                 return
-            if past == 0:
+            if past == 0 and self.run.rows is not None:
+                self._run_dense(i)
+            elif past == 0:
                 self._select(i, x, kwargs["position_embeddings"])
             else:
-                self._decode_step(i)
+                self._decode_step(i, x)
             self._count(i, x.shape[0], x.shape[1], past)
         return hook
+
+    def _observe_rows(self, i: int, x: torch.Tensor) -> None:
+        """prefill=dense: the method sees each row as a batch of its own; the router decides each row
+        where it reads, and nothing stops (every layer of the prefill runs dense, whatever the route)."""
+        run = self.run
+        for b, batch in enumerate(run.rows):
+            self.method.observe(i, x[b : b + 1], run.token_mask[b : b + 1], batch)
+        if self.router is not None and i == self.router.layer:
+            decided = self.router.decide(x, run.token_mask)
+            run.rows = [Batch(d, (f,), batch.state) for d, f, batch in zip(decided.decisions, decided.facts, run.rows)]
+
+    def _run_dense(self, i: int) -> None:
+        """prefill=dense: layer i's prefill runs its original modules (its KV cache then holds every head),
+        while `_capture` keeps each row's activations for the selection at the first decode step."""
+        rt = self.runtimes[i]
+        rt.set_mask(None)
+        rt.cache_kv_heads = None
+
+    def _capture(self, i: int, site: str):
+        def hook(module, args):
+            run = self.run
+            if run is None or run.rows is None or not run.prefilling:
+                return
+            h = args[0]                                   # [B, S, width]: the input of o_proj or down_proj
+            valid = run.token_mask.to(h.device)[..., None]
+            sq = (h.float().square() * valid).sum(1) / valid.sum(1).clamp(min=1)
+            run.stats.setdefault(i, {})[site] = sq       # [B, width]: each row's mean square per channel
+        return hook
+
+    def _select_rows(self, i: int, x: torch.Tensor) -> None:
+        """prefill=dense: each row's selection at layer i, from its own prefill's activations, scored as
+        the method scores a probe (fused with history for PP); rows routed dense keep every structure."""
+        run, rt, g = self.run, self.runtimes[i], self.loaded.geometry
+        stats = run.stats.pop(i)
+        history = self._layer_history(i, x.device)
+        selections = []
+        for b, batch in enumerate(run.rows):
+            plan = self.plan_for(batch.decision)
+            if plan is None:
+                selections.append(None)
+                continue
+            n = int(run.prefill_tokens[b])
+            probe = ProbeStats(attn=stats["attn"][b], mlp=stats["mlp"][b], tokens=n, context=n)
+            ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=plan.budgets[i], probe=probe,
+                               history=history, residual=x[b : b + 1],
+                               token_mask=torch.ones(1, x.shape[1], dtype=torch.bool, device=x.device), batch=batch)
+            selections.append(self.method.select(ctx))
+        rt.set_row_masks(selections)
+        rt.cache_kv_heads = rt.mask.kv_heads
+        while len(run.row_kept) < len(selections):
+            run.row_kept.append([])
+        for b, sel in enumerate(selections):
+            self._record_kept(i, None if sel is None else sel.mask, run.row_kept[b])
+        self._record_kept(i, rt.mask)
 
     def _route(self, layer: int, x: torch.Tensor) -> None:
         """Ask the router for each row's decision; run on if they agree and the layers before `layer`
@@ -275,11 +350,7 @@ class PrunedModel:
         ctx = LayerContext(layer=i, parts=rt.parts, geometry=g, budget=plan.budgets[i], probe=probe,
                            history=history, residual=x, token_mask=token_mask, batch=run.batch)
         sel = self.method.select(ctx)
-        if self.options.dense_tokens:
-            rt.set_mask(None)
-            run.held[i] = (sel.mask, sel.attn_bias, sel.mlp_bias)
-        else:
-            rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
+        rt.set_mask(sel.mask, sel.attn_bias, sel.mlp_bias)
         run.last_probe[i] = probe
         self._record_kept(i, sel.mask)
 
@@ -289,9 +360,9 @@ class PrunedModel:
             return None
         return {s: self.history[s][i].to(device) for s in ("attn", "mlp")}
 
-    def _record_kept(self, i: int, mask: LayerMask | None) -> None:
-        """Layer i's kept counts for the batch (no mask: the layer runs whole, left as {})."""
-        kept = self.run.kept
+    def _record_kept(self, i: int, mask: LayerMask | None, kept: list[dict] | None = None) -> None:
+        """Layer i's kept counts for the batch, or for one row (no mask: the layer runs whole, left as {})."""
+        kept = self.run.kept if kept is None else kept
         while len(kept) <= i:
             kept.append({})
         kept[i] = {} if mask is None else {"heads": len(mask.heads), "kv_heads": len(mask.kv_heads),
@@ -312,15 +383,14 @@ class PrunedModel:
         biased = (rt.attn_bias is not None) + (rt.mlp_bias is not None)
         run.flops.add(FlopCount(bias=flops.bias_flops(g, batch * seq, biased)), prefill=past == 0)
 
-    def _decode_step(self, i: int) -> None:
+    def _decode_step(self, i: int, x: torch.Tensor) -> None:
         run = self.run
         n = run.decode_steps.get(i, 0) + 1
         run.decode_steps[i] = n
-        if i in run.held and n >= self.options.dense_tokens:  # step n makes generated token n + 1
-            mask, attn_bias, mlp_bias = run.held.pop(i)
-            rt = self.runtimes[i]
-            rt.set_mask(mask, attn_bias, mlp_bias)
-            rt.cache_kv_heads = mask.kv_heads
+        if run.rows is not None:
+            if n >= self.options.dense_tokens and i in run.stats:  # step n makes generated token n + 1
+                self._select_rows(i, x)
+            return
         every = self.options.reprobe_every
         if every and n % every == 0 and self.runtimes[i].mask is not None:
             self.runtimes[i].reprobe = True
@@ -362,17 +432,23 @@ class PrunedModel:
             return BatchRecord([], FlopCount(), PhaseFlops())
         return BatchRecord(run.kept, run.flops.total, run.flops)
 
-    def kept_counts(self) -> KeptCounts:
-        """The current batch's kept counts per layer; dense layers show their full size."""
-        g, kept = self.loaded.geometry, self.run.kept if self.run is not None else []
+    def kept_counts(self, row: int | None = None) -> KeptCounts:
+        """The current batch's kept counts per layer (or one row's, where rows chose their own);
+        dense layers show their full size."""
+        g, run = self.loaded.geometry, self.run
+        kept = [] if run is None else run.kept if row is None or not run.row_kept else run.row_kept[row]
         full = {"heads": g.num_heads, "kv_heads": g.num_kv_heads, "channels": g.intermediate_size}
         rows = [kept[i] if i < len(kept) and kept[i] else full for i in range(g.num_layers)]
         return KeptCounts(*(tuple(r[k] for r in rows) for k in full))
 
     def row_reports(self, rows: int) -> list[RowReport]:
-        """What each of the current batch's `rows` rows records of its run (aapp.methods.report)."""
+        """What each of the current batch's `rows` rows records of its run (aapp.methods.report): its share
+        of the batch's FLOPs (what ran), its kept counts and its method's facts."""
         run = self.run
         flops_run = PhaseFlops(run.flops.total.copy(), run.flops.prefill.copy())
+        if run.rows is not None:  # each row chose its own structures and was its own batch to the method
+            return [RowReport(flops_run, rows, self.kept_counts(b), self.method.facts(batch, 1)[0])
+                    for b, batch in enumerate(run.rows)]
         kept = self.kept_counts()
         return [RowReport(flops_run, rows, kept, facts) for facts in self.method.facts(run.batch, rows)]
 

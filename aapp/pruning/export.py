@@ -93,8 +93,9 @@ def check_export_dir(out_dir: str | Path) -> None:
 def check_export(method: Method, out_dir: str | Path, options: PruneOptions = PruneOptions()) -> None:
     """The checks that need no model: run them before loading one."""
     export_compatible(method)
-    if options.dense_tokens:
-        raise AappError("dense_tokens schedules generation with the engine; an export is one static checkpoint")
+    if options.prefill != "probe":  # dense_tokens needs prefill=dense, so this covers it too
+        raise AappError(f"prefill={options.prefill} schedules generation with the engine; an export is one static "
+                        "checkpoint")
     check_export_dir(out_dir)
 
 

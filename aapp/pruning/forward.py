@@ -36,12 +36,17 @@ class LayerRuntime:
     observe: object = None  # callable(site, kept_idx, x_kept) for history updates, or None
     reselect: object = None  # callable(mlp_input) that re-picks MLP channels during decode
     reprobe: bool = False    # set by the engine when the next MLP call should re-pick
-    # The kept kv heads, when the KV cache holds every head (an unpruned prefill, PruneOptions.dense_tokens).
+    # The kept kv heads, when the KV cache holds every head (an unpruned prefill, PruneOptions.prefill).
     cache_kv_heads: torch.Tensor | None = None
+    # Rows with selections of their own (PruneOptions.prefill="dense"): the batch runs the union of their
+    # kept structures, each row with 1 where it keeps a structure of `mask` and 0 where it does not.
+    row_heads: torch.Tensor | None = None     # [B, kept heads]
+    row_channels: torch.Tensor | None = None  # [B, kept channels]
 
     def set_mask(self, mask: LayerMask | None, attn_bias=None, mlp_bias=None) -> None:
         """Prepare the kept-weight linears once for this batch (reused across decode steps)."""
         self.mask, self.attn_bias, self.mlp_bias = mask, attn_bias, mlp_bias
+        self.row_heads = self.row_channels = None
         self.linears = {}
         if mask is None:
             return
@@ -56,6 +61,29 @@ class LayerRuntime:
             "down": b.input_gather(p.down_proj.weight, mask.channels),
         }
         self.query_slots = mask.query_slots(g)
+
+    def set_row_masks(self, selections: list) -> None:
+        """Each row's own selection (None: the row keeps everything): the batch runs their union, and a
+        row's heads and channels outside its own selection are zeroed, which removes them exactly as its
+        own pruned forward would (only the order of the matmuls' sums can differ)."""
+        g = self.geometry
+        device = self.parts.o_proj.weight.device
+        full = LayerMask.full(g, device)
+        masks = [full if s is None else s.mask for s in selections]
+        union = LayerMask.from_kept(torch.unique(torch.cat([m.heads for m in masks])),
+                                    torch.unique(torch.cat([m.channels for m in masks])), g)
+
+        def rows_bias(site: str):
+            biases = [None if s is None else getattr(s, site) for s in selections]
+            if all(b is None for b in biases):
+                return None
+            zero = torch.zeros(g.hidden_size, device=device)
+            return torch.stack([zero if b is None else b.to(device).float() for b in biases])[:, None, :]  # [B, 1, D]
+
+        self.set_mask(union, rows_bias("attn_bias"), rows_bias("mlp_bias"))
+        if any(len(m.heads) != len(union.heads) or len(m.channels) != len(union.channels) for m in masks):
+            self.row_heads = torch.stack([torch.isin(union.heads, m.heads) for m in masks]).float()
+            self.row_channels = torch.stack([torch.isin(union.channels, m.channels) for m in masks]).float()
 
 
 class PrunedAttention(nn.Module):
@@ -103,6 +131,8 @@ class PrunedAttention(nn.Module):
         if rt.query_slots is not None:
             out = out[:, rt.query_slots[0]]  # [B, hq_padded, S, hd] -> the kept heads
         out = out.transpose(1, 2).reshape(B, S, -1)  # [B, S, hq_kept * hd]
+        if rt.row_heads is not None:  # each row's own heads of the union
+            out = out * rt.row_heads.repeat_interleave(g.head_dim, dim=1)[:, None, :].to(out.dtype)
         if rt.observe is not None:
             rt.observe("attn", rt.mask.q_rows(g.head_dim), out)
         y = lin["o"](out)
@@ -127,6 +157,8 @@ class PrunedMLP(nn.Module):
             rt.reprobe = False
             rt.reselect(x)
         h = rt.linears["up"](x)  # [B, S, kept]
+        if rt.row_channels is not None:  # each row's own channels of the union
+            h = h * rt.row_channels[:, None, :].to(h.dtype)
         if rt.observe is not None:
             rt.observe("mlp", rt.mask.channels, h)
         y = rt.linears["down"](h)

@@ -1,5 +1,6 @@
-"""`dense_tokens`: the prefill and the first N generated tokens run unpruned, then the selection made
-at prefill takes over, reading its kept heads from a KV cache that holds every head."""
+"""`dense_tokens` (with `prefill=dense`): the prefill and the first N generated tokens run unpruned,
+then the selection made from the prefill takes over, reading its kept heads from a KV cache that
+holds every head."""
 
 import math
 
@@ -37,7 +38,7 @@ def rows(loaded, calib, method, options, texts, new=NEW):
 def test_every_token_unpruned_is_the_dense_model(setup):
     loaded, calib = setup
     dense = rows(loaded, calib, Dense(), PruneOptions(), PROMPTS)
-    held = rows(loaded, calib, ProbePruning(), PruneOptions(ratio=0.4, dense_layers=1, dense_tokens=NEW), PROMPTS)
+    held = rows(loaded, calib, ProbePruning(), PruneOptions(ratio=0.4, dense_layers=1, prefill="dense", dense_tokens=NEW), PROMPTS)
     assert [r["completion"] for r in held] == [r["completion"] for r in dense]
     assert all(h["flops"]["pruned"] == d["flops"]["pruned"] for h, d in zip(held, dense))
 
@@ -45,7 +46,7 @@ def test_every_token_unpruned_is_the_dense_model(setup):
 @pytest.mark.parametrize("k", [1, 3])
 def test_the_first_k_tokens_are_the_dense_models_and_the_rest_cost_the_pruned_price(setup, k):
     loaded, calib = setup
-    options = PruneOptions(ratio=0.4, dense_layers=1, dense_tokens=k)
+    options = PruneOptions(ratio=0.4, dense_layers=1, prefill="dense", dense_tokens=k)
     # The first k tokens: what the dense model says (a generation of k tokens runs dense throughout).
     assert rows(loaded, calib, ProbePruning(), options, PROMPTS, new=k)[0]["completion"] == \
         rows(loaded, calib, Dense(), PruneOptions(), PROMPTS, new=k)[0]["completion"]
@@ -64,16 +65,18 @@ def test_the_first_k_tokens_are_the_dense_models_and_the_rest_cost_the_pruned_pr
                 saved += flops.dense_block_flops(g, tokens, context) - flops.block_flops(
                     g, tokens, context, kept["heads"], kept["kv_heads"], kept["channels"])
     assert math.isclose(row["flops"]["pruned"], row["flops"]["dense"] - saved, rel_tol=1e-12)
-    assert row["flops"]["probe"] > 0  # the selection is still made at prefill, by the probe
+    assert row["flops"]["probe"] == 0  # the selection comes from the prefill's own activations
 
 
 def test_options_that_clash_with_dense_tokens_are_errors(tmp_path):
     with pytest.raises(AappError, match="ema_momentum"):
-        PruneOptions(ratio=0.3, dense_tokens=2, ema_momentum=0.99)
+        PruneOptions(ratio=0.3, prefill="dense", dense_tokens=2, ema_momentum=0.99)
     with pytest.raises(AappError, match="dense_tokens must be at least 0"):
-        PruneOptions(ratio=0.3, dense_tokens=-1)
-    method, options = build_method("flap", {"dense_tokens": "4"}, 0.3)
-    with pytest.raises(AappError, match="static checkpoint"):
+        PruneOptions(ratio=0.3, prefill="dense", dense_tokens=-1)
+    with pytest.raises(AappError, match="give prefill=dense"):
+        PruneOptions(ratio=0.3, dense_tokens=2)
+    method, options = build_method("flap", {"prefill": "dense", "dense_tokens": "4"}, 0.3)
+    with pytest.raises(AappError, match="prefill=dense schedules generation .* static checkpoint"):
         check_export(method, tmp_path / "out", options)
     with pytest.raises(AappError, match="takes no ratio|dense_tokens"):
         build_method("dense", {"dense_tokens": "4"})

@@ -40,13 +40,14 @@ from aapp.evaluation.distributed import Dist
 from aapp.evaluation.metrics import CellSummary
 from aapp.evaluation.sweep_checks import check_calibration_given, check_methods, check_out, check_text
 from aapp.evaluation.sweep_config import (DENSE, CellSettings, ModelSettings, PerplexitySettings, PromptSettings,
-                                          SweepConfig, parse_methods, parse_ppl, parse_ratios)
+                                          SweepConfig, parse_methods, parse_ppl, parse_ratios, sweep_config)
 from aapp.evaluation.sweep_plan import Cell, CellKey, batches_of, is_stateful, merge_ranks, plan_batches, sweep_cells
 from aapp.evaluation.sweep_store import CellStore, digest, ppl_name, rows_name
 from aapp.pruning.run import GenerationSettings
 
 __all__ = ["CellSettings", "GenerationSettings", "ModelSettings", "PerplexitySettings", "PromptSettings",
-           "SweepConfig", "load_sweep_prompts", "parse_methods", "parse_ppl", "parse_ratios", "run_sweep"]
+           "SweepConfig", "load_sweep_prompts", "parse_methods", "parse_ppl", "parse_ratios", "run_sweep",
+           "sweep_config"]
 
 
 def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> list[CellSummary]:

@@ -19,6 +19,7 @@ sweep_checks before anything is generated.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,30 @@ class SweepConfig:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(self.generation, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self.generation, name)}")
+
+
+def sweep_config(model: str, out: str | Path, *, methods: str = "dense,pp,aapp", ratios: str = "0.1,0.2,0.3,0.4",
+                 calib: str | None = None, opt: Sequence[str] = (), opts: str | None = None,
+                 harmful: str | None = None, benign: str | None = None, sample: int | None = None, seed: int = 0,
+                 truncate: bool = False, max_new_tokens: int = 128, batch_size: int = 8, ppl: str | None = None,
+                 judge: str = "keyword", mix: Mapping[str, float] = DEFAULT_MIX, device: str = "auto",
+                 dtype: str = "auto") -> SweepConfig:
+    """The sweep `aapp eval-refusal --model` asks for, from its options as given (methods, ratios and
+    ppl as text, `opt` as KEY=VALUE strings, `device` possibly map:STRATEGY). Its batches hold prompts of
+    similar length, and it resumes: cells in `out` made with the same settings are reused."""
+    from aapp.methods.options import collect_options
+    from aapp.models.loading import split_device
+
+    dev, device_map = split_device(device)
+    text, windows, seq_len = parse_ppl(ppl)
+    return SweepConfig(
+        model=ModelSettings(model, device=dev, dtype=dtype, device_map=device_map), out=out,
+        cells=CellSettings(methods=parse_methods(methods), ratios=parse_ratios(ratios), calib=calib,
+                           options=collect_options(opt, opts)),
+        prompts=PromptSettings(harmful=harmful, benign=benign, sample=sample, seed=seed, truncate=truncate),
+        generation=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=True),
+        perplexity=PerplexitySettings(text, seq_len=seq_len, windows=windows) if text else None,
+        judge=judge, resume=True, mix=dict(mix))
 
 
 PPL_SIZE = re.compile(r":(\d+)x(\d+)$")

@@ -174,10 +174,13 @@ def _cannot_write_in(d: Path) -> str | None:
 
 
 def check_writable(path: str | Path, flag: str | None = None) -> Path:
-    """Fail (InputError) before a long run, not after it, when `atomic_write` could not write `path`."""
+    """Fail (InputError) before a long run, not after it, when `atomic_write` could not write `path`, or
+    would first have to make its directory (a file's directory must exist: a typo there is an error)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{_named(path, flag)}: is a directory, expected a file path")
+    if not path.parent.exists():  # a mistyped directory would be made without a word
+        raise InputError(f"{_named(path, flag)}: no directory {path.parent}; create it first")
     problem = _cannot_write_in(path.parent)
     if problem:
         raise InputError(f"{_named(path, flag)}: {problem}")

@@ -190,8 +190,16 @@ def test_atomic_dir_check_runs_again_at_the_swap(tmp_path):
 # -- checks --------------------------------------------------------------------------------------
 
 
-def test_check_writable_accepts_a_new_path_and_creates_nothing(tmp_path):
-    assert check_writable(tmp_path / "a" / "b" / "out.json") == tmp_path / "a" / "b" / "out.json"
+def test_check_writable_accepts_a_new_file_and_creates_nothing(tmp_path):
+    assert check_writable(tmp_path / "out.json") == tmp_path / "out.json"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_refuses_a_file_in_a_missing_directory(tmp_path):
+    """`prune --out /nonexistent/dir/x.jsonl` made the directories without a word: a typo'd directory is an error."""
+    with pytest.raises(InputError) as exc:
+        check_writable(tmp_path / "a" / "b" / "out.json", "--out")
+    assert one_line(exc) == f"--out {tmp_path / 'a' / 'b' / 'out.json'}: no directory {tmp_path / 'a' / 'b'}; create it first"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -213,7 +221,7 @@ def test_check_writable_read_only_dir(tmp_path, read_only):
     ro = read_only(tmp_path / "ro")
     with pytest.raises(InputError, match=re.escape(f"{ro} is not writable")):
         check_writable(ro / "out.json")
-    with pytest.raises(InputError, match=re.escape(f"cannot create directory: {ro} is not writable")):
+    with pytest.raises(InputError, match=re.escape(f"no directory {ro / 'sub'}")):
         check_writable(ro / "sub" / "out.json")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.inprocess import run
 from tests.test_cli_modes import one_line
 
@@ -45,3 +47,14 @@ def test_a_reference_row_with_other_messages_is_refused(capsys, tmp_path):
     mine = _rows(tmp_path / "pp.jsonl", 4, "pp", messages=chat("you are a locksmith"))
     ref = _rows(tmp_path / "dense.jsonl", 4, messages=chat("you are a poet"))
     one_line(*run(["eval-refusal", mine, "--reference", ref], capsys), "id 'q0' has other messages")
+
+
+@pytest.mark.parametrize("opt, needle", [
+    ("protec=0.2", "takes option 'protec' (did you mean 'protect'"),
+    ("pp.dense_layer=1", "(did you mean 'pp.dense_layers'?)"),
+    ("ppp.dense_layers=1", "names method 'ppp', which the sweep does not run (did you mean 'pp'?)"),
+])
+def test_a_typo_in_a_sweep_option_gets_a_did_you_mean(capsys, tmp_path, opt, needle):
+    """`prune` said "did you mean"; a sweep only that no method takes the option."""
+    one_line(*run(["eval-refusal", "--model", tmp_path / "m", "--harmful", "advbench", "--out", tmp_path / "s",
+                   "--opt", opt], capsys), needle)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aapp.errors import AappError, InputError
+from aapp.errors import AappError, InputError, did_you_mean
 from aapp.evaluation.metrics import DEFAULT_MIX
-from aapp.methods import Dense, check_method_spec
+from aapp.methods import Dense, check_method_spec, make_method
 from aapp.pruning.engine import PruneOptions
-from aapp.pruning.options import build_method, options_per_method
+from aapp.pruning.options import build_method, engine_options, method_options, options_per_method
 from aapp.pruning.run import GenerationSettings
 
 DENSE = Dense.name  # the reference cell runs the dense method, so it goes by that method's name
@@ -96,8 +96,26 @@ class CellSettings:
         bad = [r for r in self.ratios if not 0.0 < r < 1.0]
         if bad:
             raise InputError(f"ratios: each must be in (0, 1), got {', '.join(f'{r:g}' for r in bad)}")
+        self._check_names()
         for m in self.methods:  # every option must apply to some method, and parse for each that takes it
             self.prune_options(m, None)
+
+    def _check_names(self) -> None:
+        """A key no method of the sweep takes is an error that says which one was likely meant."""
+        specs = (*self.methods, DENSE)
+        for key in self.options:
+            target, dot, name = key.rpartition(".")
+            mine = [s for s in specs if not dot or target in (s, check_method_spec(s).name)]
+            if dot and not mine:
+                raise InputError(f"option {key!r} names method {target!r}, which the sweep does not run"
+                                 f"{did_you_mean(target, self.methods)}; it runs {', '.join(self.methods)}")
+            known = {o.name for s in mine for m in [make_method(s)] for o in method_options(m) + engine_options(m)}
+            if name not in known:
+                hint = did_you_mean(name, sorted(known))
+                if dot and hint:
+                    hint = hint.replace(" '", f" '{target}.")
+                raise InputError(f"no method of {', '.join(self.methods)} takes option {key!r}{hint}; "
+                                 "`aapp methods` lists them")
 
     def _build(self, name: str, ratio: float | None):
         per_method = options_per_method((*self.methods, DENSE), self.options)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from aapp.errors import InputError
 from tests.inprocess import run
 from tests.test_cli_modes import one_line
 
@@ -58,3 +59,23 @@ def test_a_typo_in_a_sweep_option_gets_a_did_you_mean(capsys, tmp_path, opt, nee
     """`prune` said "did you mean"; a sweep only that no method takes the option."""
     one_line(*run(["eval-refusal", "--model", tmp_path / "m", "--harmful", "advbench", "--out", tmp_path / "s",
                    "--opt", opt], capsys), needle)
+
+
+def test_messages_name_the_flag(capsys, tmp_path, tiny_model_dir):
+    """"out afile: exists and is not a directory" and "(truncate keeps ...)" named no flag a user can find."""
+    from aapp.context import fit_to_context
+    from aapp.prompts import Prompt
+    from tests.conftest import make_loaded
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rows = _rows(tmp_path / "g.jsonl", 4)
+    one_line(*run(["eval-refusal", rows, "--out", afile], capsys), f"--out {afile}: exists and is not a directory")
+    one_line(*run(["models", "random", "tiny-llama", "--out", afile], capsys), f"--out {afile}")
+    tok = make_loaded("tiny-llama").tokenizer
+    long = [Prompt("long", "word " * 40, None, "x")]
+    capsys.readouterr()
+    assert fit_to_context(long + [Prompt("short", "hi", None, "x")], tok, 60, 8) != []
+    assert "left out (--truncate keeps its last tokens instead)" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"\(--truncate cuts them to fit\)"):
+        fit_to_context(long, tok, 60, 8)

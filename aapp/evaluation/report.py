@@ -97,7 +97,7 @@ def write_summary(summaries: Sequence[CellSummary], out_dir: str | Path, meta: M
 
 def check_out_dir(out_dir: str | Path) -> Path:
     """Fail before any work when `out_dir` cannot hold the outputs (InputError). Creates nothing."""
-    return check_dir_writable(out_dir, "out")
+    return check_dir_writable(out_dir, "--out")
 
 
 def write_outputs(
@@ -133,7 +133,7 @@ def write_outputs(
     try:
         write_files(out, files)
     except OSError as e:
-        raise InputError(f"out {out}: cannot write outputs: {e.strerror or e}") from None
+        raise InputError(f"--out {out}: cannot write outputs: {e.strerror or e}") from None
     return {name: out / name for name in files}
 
 

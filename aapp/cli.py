@@ -129,7 +129,7 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", metavar="", help
     """Show the aliases, their architecture, size and whether they are cached, on stdout.
 
     A table on a terminal; in a pipe, one tab-separated line per alias: alias, architecture,
-    parameters, download bytes, bytes on disk (0: not cached), 'default' or '-', description.
+    parameters, download bytes, bytes on disk ('-': not cached, as JSON's null), 'default' or '-', description.
     """
     from aapp.models import registry
 
@@ -150,7 +150,8 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", metavar="", help
         Console().print(table)
     else:
         for r in rows:
-            print("\t".join(map(str, (r.alias, r.architecture, r.params, r.download_size, r.disk_size or 0,
+            print("\t".join(map(str, (r.alias, r.architecture, r.params, r.download_size,
+                                      "-" if r.disk_size is None else r.disk_size,
                                       "default" if r.default else "-", r.description))))
 
 

@@ -72,6 +72,15 @@ MODE_NAMES = {"eval-refusal": {"pipe": ("in pipe mode", "pipe mode"), "sweep": (
               "calibrate": {"alignment": ("", "alignment statistics"), "no-alignment": ("with --no-alignment", "--no-alignment")}}
 
 
+# Options that do something only beside another: given without it, an error (`_check_mode`).
+REQUIRES: dict[str, dict[str, tuple[str, str]]] = {
+    "prune": {"seed": ("sample", "it seeds the draw of --sample"),
+              "resume": ("out", "it continues the rows of --out FILE")},
+    "eval-refusal": {"allow_model_mismatch": ("reference", "it applies to a comparison with --reference"),
+                     "allow_generation_mismatch": ("reference", "it applies to a comparison with --reference")},
+}
+
+
 def _panel(command: str, name: str) -> str:
     """The --help panel of option `name`: the modes of `command` that take it."""
     modes = [m for m, takes in MODES[command].items() if takes is ALL or name in takes]
@@ -82,16 +91,18 @@ def _flag(param) -> str:
     return max(param.opts, key=len) if param.param_type_name == "option" else param.metavar or param.name.upper()
 
 
-def _check_mode(ctx: typer.Context, command: str, mode: str) -> None:
-    """Refuse, in one line, every option given on the command line that `mode` of `command` does not take."""
-    takes = MODES[command][mode]
-    if takes is ALL:
-        return
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command line (or the environment) set `name`: a value equal to the default counts."""
+    source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click: compare names
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _check_mode(ctx: typer.Context, command: str, mode: str = "") -> None:
+    """Refuse, in one line, every option given on the command line that `mode` of `command` does not take,
+    and one given without the option it needs (REQUIRES)."""
+    takes = MODES.get(command, {}).get(mode, ALL)
     for param in ctx.command.params:
-        source = ctx.get_parameter_source(param.name)  # an enum of Typer's own copy of click: compare names
-        if param.name in takes or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
-            continue
-        if param.param_type_name == "argument" and not ctx.params.get(param.name):
+        if takes is ALL or param.name in takes or not _given(ctx, param.name):
             continue
         where, what = MODE_NAMES[command][mode]
         others = [MODE_NAMES[command][m][1] for m, t in MODES[command].items()
@@ -99,6 +110,10 @@ def _check_mode(ctx: typer.Context, command: str, mode: str) -> None:
         flags = ", ".join(_flag(p) for p in ctx.command.params if p.name in takes)
         raise AappError(f"{_flag(param)} does not apply {where}" + (f": it is for {' and '.join(others)}" if others else "")
                         + f"; {what} takes {flags}")
+    params = {p.name: p for p in ctx.command.params}
+    for name, (needed, why) in REQUIRES.get(command, {}).items():
+        if _given(ctx, name) and ctx.params.get(needed) in (None, False, "-"):
+            raise AappError(f"{_flag(params[name])} needs {_flag(params[needed])}: {why}")
 
 
 def _out_path(out: Optional[str]) -> Optional[str]:
@@ -244,6 +259,7 @@ def calibrate(
 # -- prune --------------------------------------------------------------------------------
 @app.command()
 def prune(
+    ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
     method: Method = "pp",
     ratio: Ratio = None,
@@ -264,6 +280,8 @@ def prune(
     dtype: Dtype = "auto",
 ):
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
+    _check_mode(ctx, "prune")
+    _out_path(out)  # before torch is imported, as the checks above
     from aapp.calibration.store import load_calibration
     from aapp.context import fit_to_context
     from aapp.methods.options import collect_options
@@ -277,11 +295,8 @@ def prune(
     meth, options = build_method(method, collect_options(opt or (), opts), ratio)
     if meth.needs_calibration and calib is None:
         raise AappError(f"--method {method} needs --calib (make one with `aapp calibrate`)")
-    if resume and out in (None, "-"):
-        raise AappError("--resume continues the rows of --out FILE; give --out")
     if meth.prunes:  # before the model loads, from its config: the largest ratio its plan allows
         check_ratio(options.ratio, peek_num_layers(model), options.dense_layers)
-    _out_path(out)
     dev, device_map = split_device(device)
     prompts = load_prompts(input, limit=limit, sample=sample, seed=seed)
     cal = load_calibration(calib) if calib else None
@@ -453,10 +468,6 @@ def eval_refusal(
     _check_mode(ctx, "eval-refusal", mode)
     if mode == "sweep" and out is None:
         raise AappError("sweep mode needs --out DIR")
-    if allow_model_mismatch and not reference:
-        raise AappError("--allow-model-mismatch applies to a comparison with --reference")
-    if allow_generation_mismatch and not reference:
-        raise AappError("--allow-generation-mismatch applies to a comparison with --reference")
     from aapp.evaluation.metrics import parse_mix
     from aapp.evaluation.report import print_table
 

@@ -255,3 +255,35 @@ def _pipe_inputs(r: Path, capsys) -> None:
     code, _, err = run(["prune", "--model", r / "model", "--method", "dense", *common[:2], "--max-new-tokens", 3,
                         "--out", r / "dense3.jsonl"], capsys)
     assert code == 0, err
+
+
+def _refused_cases():
+    """(command, mode, option) for each option a mode does not take: given, it must be refused."""
+    table = base_and_changes(Path("/x"))
+    out = []
+    for (command, mode), _ in table.items():
+        takes = MODES.get(command, {}).get(mode)
+        if takes is None:
+            continue
+        for param in commands()[command].params:
+            if param.name in takes or param.name in NOT_WALKED:
+                continue
+            out.append(((command, mode), param.name))
+    return out
+
+
+REFUSED = _refused_cases()
+
+
+@pytest.mark.parametrize("key, option", REFUSED, ids=[f"{k[0]}:{k[1]}:{o}" for k, o in REFUSED])
+def test_an_option_a_mode_does_not_take_is_refused(inputs, tmp_path, capsys, key, option):
+    table = base_and_changes(inputs)
+    base = table[key][0]
+    # The option's change as another mode of the command makes it.
+    both, changed = next(changes[option] for (command, _), (_, changes) in table.items()
+                         if command == key[0] and option in changes)
+    args = [*base, *changed] if both != "instead" else [*base, *changed[len(key[0].split()):]]
+    flag, name = outputs(key, inputs)
+    code, out, err = run([*args, *flag, tmp_path / name] if flag else args, capsys)
+    assert code == 1 and out == "", (args, err)
+    assert err.strip().splitlines()[-1].startswith("aapp: error:") and "does not apply" in err, err

@@ -170,7 +170,7 @@ def test_methods_lists_methods_variants_and_options():
     one_line_error(aapp("methods", "nope"), "unknown method")
 
 
-@pytest.mark.parametrize("command, most", [("prune", 18), ("eval-refusal", 22)])
+@pytest.mark.parametrize("command, most", [("prune", 18), ("eval-refusal", 23)])
 def test_help_option_counts_stay_small(command, most):
     import typer.main
 

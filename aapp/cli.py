@@ -47,6 +47,75 @@ Truncate = Annotated[bool, typer.Option(metavar="", help="Cut prompts too long f
 SortByLength = Annotated[bool, typer.Option(metavar="", help="Batch prompts of similar length (less padding; changes which prompts share a batch). Rows still come out in input order.")]
 
 
+# -- which options each mode of a command takes ---------------------------------------------
+# The one place that decides it: an option given on the command line to a mode that does not list
+# it is refused in one line (`_check_mode`), before anything heavy is imported; ALL takes every
+# option. Each option's --help panel says its modes, from this table (`_panel`).
+ALL = None
+MODES: dict[str, dict[str, frozenset[str] | None]] = {
+    "eval-refusal": {
+        "pipe": frozenset({"generations", "reference", "allow_model_mismatch", "allow_generation_mismatch",
+                           "judge", "mix", "out", "as_json"}),
+        "sweep": frozenset({"model", "calib", "methods", "ratios", "opt", "opts", "harmful", "benign", "ppl",
+                            "mix", "sample", "seed", "max_new_tokens", "batch_size", "truncate", "device",
+                            "dtype", "judge", "out", "as_json"}),
+    },
+    "calibrate": {
+        "alignment": ALL,
+        # Without alignment statistics: the dense passes over general text alone.
+        "no-alignment": frozenset({"out", "model", "text", "samples", "seq_len", "alignment", "batch_size",
+                                   "device", "dtype"}),
+    },
+}
+# Each mode as an error names it: (where it is, "does not apply ..."; what it is).
+MODE_NAMES = {"eval-refusal": {"pipe": ("in pipe mode", "pipe mode"), "sweep": ("in sweep mode (--model)", "sweep mode")},
+              "calibrate": {"alignment": ("", "alignment statistics"), "no-alignment": ("with --no-alignment", "--no-alignment")}}
+
+
+# Options that do something only beside another: given without it, an error (`_check_mode`).
+REQUIRES: dict[str, dict[str, tuple[str, str]]] = {
+    "prune": {"seed": ("sample", "it seeds the draw of --sample"),
+              "resume": ("out", "it continues the rows of --out FILE")},
+    "eval-refusal": {"allow_model_mismatch": ("reference", "it applies to a comparison with --reference"),
+                     "allow_generation_mismatch": ("reference", "it applies to a comparison with --reference")},
+}
+
+
+def _panel(command: str, name: str) -> str:
+    """The --help panel of option `name`: the modes of `command` that take it."""
+    modes = [m for m, takes in MODES[command].items() if takes is ALL or name in takes]
+    return "Both modes" if len(modes) == len(MODES[command]) else f"{modes[0].capitalize()} mode"
+
+
+def _flag(param) -> str:
+    return max(param.opts, key=len) if param.param_type_name == "option" else param.metavar or param.name.upper()
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command line (or the environment) set `name`: a value equal to the default counts."""
+    source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click: compare names
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _check_mode(ctx: typer.Context, command: str, mode: str = "") -> None:
+    """Refuse, in one line, every option given on the command line that `mode` of `command` does not take,
+    and one given without the option it needs (REQUIRES)."""
+    takes = MODES.get(command, {}).get(mode, ALL)
+    for param in ctx.command.params:
+        if takes is ALL or param.name in takes or not _given(ctx, param.name):
+            continue
+        where, what = MODE_NAMES[command][mode]
+        others = [MODE_NAMES[command][m][1] for m, t in MODES[command].items()
+                  if m != mode and (t is ALL or param.name in t)]
+        flags = ", ".join(_flag(p) for p in ctx.command.params if p.name in takes)
+        raise AappError(f"{_flag(param)} does not apply {where}" + (f": it is for {' and '.join(others)}" if others else "")
+                        + f"; {what} takes {flags}")
+    params = {p.name: p for p in ctx.command.params}
+    for name, (needed, why) in REQUIRES.get(command, {}).items():
+        if _given(ctx, name) and ctx.params.get(needed) in (None, False, "-"):
+            raise AappError(f"{_flag(params[name])} needs {_flag(params[needed])}: {why}")
+
+
 def _out_path(out: Optional[str]) -> Optional[str]:
     from aapp.io import check_writable
 
@@ -75,7 +144,7 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", metavar="", help
     """Show the aliases, their architecture, size and whether they are cached, on stdout.
 
     A table on a terminal; in a pipe, one tab-separated line per alias: alias, architecture,
-    parameters, download bytes, bytes on disk (0: not cached), 'default' or '-', description.
+    parameters, download bytes, bytes on disk ('-': not cached, as JSON's null), 'default' or '-', description.
     """
     from aapp.models import registry
 
@@ -96,7 +165,8 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", metavar="", help
         Console().print(table)
     else:
         for r in rows:
-            print("\t".join(map(str, (r.alias, r.architecture, r.params, r.download_size, r.disk_size or 0,
+            print("\t".join(map(str, (r.alias, r.architecture, r.params, r.download_size,
+                                      "-" if r.disk_size is None else r.disk_size,
                                       "default" if r.default else "-", r.description))))
 
 
@@ -147,6 +217,7 @@ def models_random(
 # -- calibrate ----------------------------------------------------------------------------
 @app.command()
 def calibrate(
+    ctx: typer.Context,
     out: Annotated[str, typer.Option("--out", "-o", metavar="FILE", help="Calibration file to write (.safetensors).")],
     model: Model = DEFAULT_MODEL,
     text: Annotated[str, typer.Option(metavar="SOURCE", help="General text: 'builtin' (public-domain novels) or a text file.")] = "builtin",
@@ -168,14 +239,14 @@ def calibrate(
 ):
     """Dense passes over calibration text (and harmful/harmless prompts); writes what `aapp prune` needs.
 
-    With --update, only the pruned gate thresholds are computed and added to --out.
+    With --update, only the pruned gate thresholds are computed and added to --out. With
+    --no-alignment, the options of AAPP's alignment statistics are errors.
     """
+    _check_mode(ctx, "calibrate", "alignment" if alignment else "no-alignment")
     from aapp.calibration.run import TextSettings
     from aapp.pruning.calibrate import CalibrateRequest
     from aapp.pruning.calibrate import calibrate as run_calibration
 
-    if update and not alignment:
-        raise AappError("--update adds AAPP's gate thresholds; it does not go with --no-alignment")
     steps = {}
     if alignment:  # AAPP's calibration step, by its settings' fields
         steps["aapp"] = dict(harmful=harmful, harmless=harmless, limit=limit, sample=sample, seed=seed,
@@ -188,6 +259,7 @@ def calibrate(
 # -- prune --------------------------------------------------------------------------------
 @app.command()
 def prune(
+    ctx: typer.Context,
     model: Model = DEFAULT_MODEL,
     method: Method = "pp",
     ratio: Ratio = None,
@@ -208,13 +280,12 @@ def prune(
     dtype: Dtype = "auto",
 ):
     """Generate with a dynamically pruned model: prompts in, JSONL rows out."""
+    _check_mode(ctx, "prune")
+    _out_path(out)  # before torch is imported, as the checks above
     from aapp.methods.options import collect_options
     from aapp.pruning.request import MethodChoice, PruneRequest, prune as run_prune
     from aapp.pruning.run import GenerationSettings
 
-    if resume and out in (None, "-"):
-        raise AappError("--resume continues the rows of --out FILE; give --out")
-    _out_path(out)
     request = PruneRequest(
         model=model, method=MethodChoice(method, collect_options(opt or (), opts), ratio, calib), prompts=input,
         out=out, limit=limit, sample=sample, seed=seed, truncate=truncate, resume=resume, device=device, dtype=dtype,
@@ -251,8 +322,9 @@ def export(
     from aapp.pruning.export import check_export, export_static
     from aapp.methods.build import build_method
 
-    meth, options = build_method(method, collect_options(opt or (), opts), ratio)
-    check_export(meth, out, options)  # before loading anything
+    given = collect_options(opt or (), opts)
+    meth, options = build_method(method, given, ratio)
+    check_export(meth, out, options, given)  # before loading anything
     cal = load_calibration(calib)
     dev, device_map = split_device(device)
     if device_map is not None:
@@ -339,36 +411,46 @@ def serve(
 
 
 # -- eval-refusal -------------------------------------------------------------------------
+def _er(name: str) -> str:
+    return _panel("eval-refusal", name)
+
+
 @app.command("eval-refusal")
 def eval_refusal(
-    generations: Annotated[Optional[str], typer.Argument(metavar="GENERATIONS", help="Pipe mode: JSONL with prompt and completion (default stdin).")] = None,
-    reference: Annotated[Optional[str], typer.Option(metavar="FILE", help="Pipe mode: dense generations to compare decisions with.")] = None,
-    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", metavar="", help="Pipe mode: compare with a --reference that another model made (refused by default).")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="Sweep mode: generate with this model.")] = None,
-    calib: Annotated[Optional[str], typer.Option(metavar="FILE", help="Sweep mode: calibration file from `aapp calibrate`.")] = None,
-    methods: Annotated[str, typer.Option(metavar="SPECS", help="Sweep mode: comma-separated method specs (dense always runs; `aapp methods` lists them).")] = "dense,pp,aapp",
-    ratios: Annotated[str, typer.Option(metavar="RATIOS", help="Sweep mode: comma-separated ratios.")] = "0.1,0.2,0.3,0.4",
-    opt: Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE", help="Sweep mode: a method option, repeatable; it goes to every method that takes it (METHOD.KEY=VALUE: to that one).")] = None,
-    opts: Opts = None,
-    harmful: Annotated[Optional[str], typer.Option(metavar="SETS", help="Sweep mode: harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.")] = None,
-    benign: Annotated[Optional[str], typer.Option(metavar="SETS", help="Sweep mode: benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.")] = None,
-    ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WxL]", help="Sweep mode: held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.")] = None,
-    mix: Annotated[str, typer.Option(metavar="MIX", help="Traffic whose average FLOPs the summary reports, as LABEL=WEIGHT pairs.")] = "benign=0.9,harmful=0.1",
-    sample: Sample = None,
-    seed: Seed = 0,
-    max_new_tokens: MaxNew = 128,
-    batch_size: BatchSize = 8,
-    truncate: Truncate = False,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    judge: Annotated[str, typer.Option(metavar="JUDGE", help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.")] = "keyword",
-    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Directory for results.jsonl, summary.json/.csv and the plot.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
+    ctx: typer.Context,
+    generations: Annotated[Optional[str], typer.Argument(metavar="GENERATIONS", help="Pipe mode: JSONL with prompt and completion (default stdin).", show_default=False)] = None,
+    reference: Annotated[Optional[str], typer.Option(metavar="FILE", help="Dense generations to compare decisions with.", rich_help_panel=_er("reference"))] = None,
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", metavar="", help="Compare with a --reference that another model made (refused by default).", rich_help_panel=_er("allow_model_mismatch"))] = False,
+    allow_generation_mismatch: Annotated[bool, typer.Option("--allow-generation-mismatch", metavar="", help="Compare with a --reference generated with other settings (--max-new-tokens; refused by default).", rich_help_panel=_er("allow_generation_mismatch"))] = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="Generate with this model: sweep mode.", rich_help_panel=_er("model"))] = None,
+    calib: Annotated[Optional[str], typer.Option(metavar="FILE", help="Calibration file from `aapp calibrate`.", rich_help_panel=_er("calib"))] = None,
+    methods: Annotated[str, typer.Option(metavar="SPECS", help="Comma-separated method specs (dense always runs; `aapp methods` lists them).", rich_help_panel=_er("methods"))] = "dense,pp,aapp",
+    ratios: Annotated[str, typer.Option(metavar="RATIOS", help="Comma-separated ratios.", rich_help_panel=_er("ratios"))] = "0.1,0.2,0.3,0.4",
+    opt: Annotated[Optional[list[str]], typer.Option("--opt", metavar="KEY=VALUE", help="A method option, repeatable; it goes to every method that takes it (METHOD.KEY=VALUE: to that one).", rich_help_panel=_er("opt"))] = None,
+    opts: Annotated[Optional[str], typer.Option("--opts", metavar="FILE", help="Method options from a TOML or JSON file (--opt wins).", rich_help_panel=_er("opts"))] = None,
+    harmful: Annotated[Optional[str], typer.Option(metavar="SETS", help="Harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.", rich_help_panel=_er("harmful"))] = None,
+    benign: Annotated[Optional[str], typer.Option(metavar="SETS", help="Benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.", rich_help_panel=_er("benign"))] = None,
+    ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WxL]", help="Held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.", rich_help_panel=_er("ppl"))] = None,
+    mix: Annotated[str, typer.Option(metavar="MIX", help="Traffic whose average FLOPs the summary reports, as LABEL=WEIGHT pairs.", rich_help_panel=_er("mix"))] = "benign=0.9,harmful=0.1",
+    sample: Annotated[Optional[int], typer.Option(metavar="N", help="Draw N prompts of each set at random (seeded by --seed); all of a smaller set, with a warning.", min=1, rich_help_panel=_er("sample"))] = None,
+    seed: Annotated[int, typer.Option(metavar="INT", help="Seed for --sample and SET:N.", rich_help_panel=_er("seed"))] = 0,
+    max_new_tokens: Annotated[int, typer.Option(metavar="N", help="Greedy tokens to generate per prompt.", min=1, rich_help_panel=_er("max_new_tokens"))] = 128,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Prompts per batch, of similar length (PP picks channels per batch).", min=1, rich_help_panel=_er("batch_size"))] = 8,
+    truncate: Annotated[bool, typer.Option(metavar="", help="Cut prompts too long for the model's context from the front (default: leave them out).", rich_help_panel=_er("truncate"))] = False,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto | cpu | cuda | map:STRATEGY (accelerate spreads a large model over GPUs and CPU, e.g. map:auto).", rich_help_panel=_er("device"))] = "auto",
+    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16", rich_help_panel=_er("dtype"))] = "auto",
+    judge: Annotated[str, typer.Option(metavar="JUDGE", help="'keyword', 'prefixes' (GCG's refusal strings, for comparison with published numbers) or a local HF judge model directory.", rich_help_panel=_er("judge"))] = "keyword",
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Directory for results.jsonl, summary.json/.csv and the plot (sweep mode needs it).", rich_help_panel=_er("out"))] = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON on stdout.", rich_help_panel=_er("as_json"))] = False,
 ):
     """Judge generations (pipe mode), or generate and judge every method x ratio (sweep mode, --model).
 
-    Reports refusal on harmful prompts, over-refusal on benign ones, agreement with the dense model's decisions (F1, accuracy, FAR), FLOPs, wall time and the aapp gate's fire rate and held-out AUROC, with 95% Wilson intervals. Sweep mode also runs under torchrun, sharding batches over ranks.
+    Reports refusal on harmful prompts, over-refusal on benign ones, agreement with the dense model's decisions (accuracy, FAR, FRR), FLOPs, wall time and the aapp gate's fire rate and held-out AUROC, with 95% Wilson intervals. Each mode takes the options under its heading (and those under both); another is an error. Sweep mode also runs under torchrun, sharding batches over ranks.
     """
+    mode = "pipe" if model is None else "sweep"
+    _check_mode(ctx, "eval-refusal", mode)
+    if mode == "sweep" and out is None:
+        raise AappError("sweep mode needs --out DIR")
     from aapp.evaluation.metrics import parse_mix
     from aapp.evaluation.report import print_table
 
@@ -376,52 +458,26 @@ def eval_refusal(
         traffic = parse_mix(mix)
     except ValueError as e:
         raise AappError(f"--mix: {e}") from None
-    if model is not None:
-        from aapp.evaluation import sweep as sw
-        from aapp.methods.options import collect_options
-        from aapp.models.loading import split_device
+    if mode == "sweep":
+        from aapp.evaluation.sweep import run_sweep, sweep_config
 
-        if generations or reference or allow_model_mismatch:
-            raise AappError("sweep mode (--model) takes no generations file, --reference or --allow-model-mismatch")
-        if out is None:
-            raise AappError("sweep mode needs --out DIR")
-        dev, device_map = split_device(device)
-        text, ppl_windows, ppl_seq_len = sw.parse_ppl(ppl)
         # A sweep's unit of resume is the cell: cells in --out made with the same settings are reused, and
         # cells made otherwise are refused in one line. Batches hold prompts of similar length (less padding).
-        summaries = sw.run_sweep(sw.SweepConfig(
-            model=sw.ModelSettings(model, device=dev, dtype=dtype, device_map=device_map), out=out,
-            cells=sw.CellSettings(methods=sw.parse_methods(methods), ratios=sw.parse_ratios(ratios), calib=calib,
-                                  options=collect_options(opt or (), opts)),
-            prompts=sw.PromptSettings(harmful=harmful, benign=benign, sample=sample, seed=seed, truncate=truncate),
-            generation=sw.GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=True),
-            perplexity=sw.PerplexitySettings(text, seq_len=ppl_seq_len, windows=ppl_windows) if text else None,
-            judge=judge, resume=True, mix=traffic))
+        summaries = run_sweep(sweep_config(
+            model, out, methods=methods, ratios=ratios, calib=calib, opt=opt or (), opts=opts, harmful=harmful,
+            benign=benign, sample=sample, seed=seed, truncate=truncate, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, ppl=ppl, judge=judge, mix=traffic, device=device, dtype=dtype))
     else:
-        from aapp.evaluation.judges import get_judge
-        from aapp.evaluation.pipe import ModelMismatch, evaluate_pipe
-        from aapp.evaluation.report import check_out_dir, write_outputs
-        from aapp.io import read_jsonl
+        from aapp.evaluation.pipe import GenerationMismatch, ModelMismatch, judge_files
 
-        for name, value in (("--calib", calib), ("--opt", opt), ("--opts", opts), ("--harmful", harmful),
-                            ("--benign", benign), ("--ppl", ppl),
-                            ("--truncate", truncate or None)):
-            if value is not None:
-                raise AappError(f"{name} is for sweep mode (--model); pipe mode judges the generations it reads")
-        if out is not None:
-            check_out_dir(out)
-        if allow_model_mismatch and not reference:
-            raise AappError("--allow-model-mismatch applies to a comparison with --reference")
-        rows = read_jsonl(generations)
-        ref = read_jsonl(reference) if reference else None
         try:
-            judged, summaries, meta = evaluate_pipe(rows, ref, get_judge(judge), source=generations or "<stdin>",
-                                                    reference_source=reference or "reference",
-                                                    allow_model_mismatch=allow_model_mismatch, mix=traffic)
+            summaries = judge_files(generations, reference, judge, out, mix=traffic,
+                                    allow_model_mismatch=allow_model_mismatch,
+                                    allow_generation_mismatch=allow_generation_mismatch)
         except ModelMismatch as e:
             raise AappError(f"{e}, or pass --allow-model-mismatch") from None
-        if out is not None:
-            write_outputs(Path(out), judged, summaries, meta=meta)
+        except GenerationMismatch as e:
+            raise AappError(f"{e}, or pass --allow-generation-mismatch") from None
     if summaries:  # empty on the non-zero ranks of a torchrun sweep
         print_table(summaries)
         if as_json:

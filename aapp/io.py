@@ -29,6 +29,21 @@ def _plain_mode(bits: int) -> int:
     return bits & ~umask
 
 
+def _plain_modes(root: Path) -> None:
+    """Give `root` and everything under it the modes a plain open() or mkdir() gives (the umask's):
+    some writers (safetensors' save_file) make owner-only files, which another user of a shared
+    cache could not read."""
+    os.chmod(root, _plain_mode(0o777))
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), _plain_mode(0o777))
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                executable = os.stat(path).st_mode & 0o100
+                os.chmod(path, _plain_mode(0o777 if executable else 0o666))
+
+
 class _Staged:
     """An open temp file beside `path` that becomes `path` on `commit`."""
 
@@ -117,7 +132,8 @@ def _must_be_empty(path: Path) -> None:
 def atomic_dir(path: str | Path, check: Callable[[Path], None] | None = _must_be_empty) -> Iterator[Path]:
     """Build a directory under a temp name beside `path`; put it in place only on success.
 
-    The block fills the yielded temp directory. An existing `path` must pass `check` (by
+    The block fills the yielded temp directory; what it holds then gets the modes the umask gives
+    (`_plain_modes`). An existing `path` must pass `check` (by
     default: be empty; None: anything there is replaced), both before and at the swap, and
     is replaced whole; the rename is the commit, so a failure anywhere leaves `path` as it
     was and no temp behind.
@@ -130,7 +146,7 @@ def atomic_dir(path: str | Path, check: Callable[[Path], None] | None = _must_be
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        os.chmod(tmp, _plain_mode(0o777))
+        _plain_modes(tmp)
         if not path.exists():
             os.rename(tmp, path)
             return
@@ -174,10 +190,13 @@ def _cannot_write_in(d: Path) -> str | None:
 
 
 def check_writable(path: str | Path, flag: str | None = None) -> Path:
-    """Fail (InputError) before a long run, not after it, when `atomic_write` could not write `path`."""
+    """Fail (InputError) before a long run, not after it, when `atomic_write` could not write `path`, or
+    would first have to make its directory (a file's directory must exist: a typo there is an error)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{_named(path, flag)}: is a directory, expected a file path")
+    if not path.parent.exists():  # a mistyped directory would be made without a word
+        raise InputError(f"{_named(path, flag)}: no directory {path.parent}; create it first")
     problem = _cannot_write_in(path.parent)
     if problem:
         raise InputError(f"{_named(path, flag)}: {problem}")

@@ -2,9 +2,10 @@
 
 Every reader returns `Prompt`s with stable ids, so evaluation can match rows across runs,
 and raises InputError with the file (and line or item, where there is one) for bad input.
-A JSONL line or JSON array item holds `prompt` (or `text`), or OpenAI-style `messages`
-(aapp.chat checks them), with an optional `label`, `id` and `kind` (what sort of request it is, e.g.
-code or document, for reports broken down by kind).
+A JSONL line or JSON array item holds `prompt` (or `text`, as many datasets name it; both only
+when equal), or OpenAI-style `messages` (aapp.chat checks them), with an optional `label`, `id` and
+`kind` (what sort of request it is, e.g. code or document, for reports broken down by kind).
+README.md, "Prompt sets", says so too.
 """
 
 from __future__ import annotations
@@ -246,6 +247,8 @@ def _prompt_of(obj: object, where: str, default_id: str, name: str) -> Prompt:
         raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     messages = parse_messages(obj["messages"], where) if "messages" in obj else None
     field = "prompt" if "prompt" in obj else "text" if "text" in obj else None
+    if "prompt" in obj and "text" in obj and obj["prompt"] != obj["text"]:
+        raise InputError(f"{where}: has both 'prompt' and 'text' (its other name), and they differ; keep one")
     if field is None and messages is None:
         raise InputError(f"{where}: no 'prompt' (or 'text', or 'messages') field")
     if field is not None:

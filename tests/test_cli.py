@@ -171,7 +171,7 @@ def test_methods_lists_methods_variants_and_options():
     one_line_error(aapp("methods", "nope"), "unknown method")
 
 
-@pytest.mark.parametrize("command, most", [("prune", 18), ("eval-refusal", 22)])
+@pytest.mark.parametrize("command, most", [("prune", 18), ("eval-refusal", 23)])
 def test_help_option_counts_stay_small(command, most):
     import typer.main
 
@@ -309,8 +309,10 @@ def test_random_multimodal_gemma3_through_every_command(tmp_path):
     r = aapp("calibrate", "--model", mm, "--samples", 4, "--seq-len", 32, "--limit", 6, "--out", calib)
     assert r.returncode == 0, r.stderr
     rows = tmp_path / "rows.jsonl"
-    r = aapp("prune", "--model", mm, "--calib", calib, "--method", "aapp", "--ratio", 0.3, "--input", "advbench",
-             "--limit", 3, "--batch-size", 2, "--max-new-tokens", 4, "--out", rows)
+    one_line_error(aapp("prune", "--model", mm, "--calib", calib, "--method", "aapp", "--ratio", 0.3, "--input",
+                        "advbench", "--limit", 1), "dense_layers=3 keeps every layer", "dense_layers 1 or fewer")
+    r = aapp("prune", "--model", mm, "--calib", calib, "--method", "aapp", "--ratio", 0.3, "--opt", "dense_layers=1",
+             "--input", "advbench", "--limit", 3, "--batch-size", 2, "--max-new-tokens", 4, "--out", rows)
     assert r.returncode == 0, r.stderr
     got = [json.loads(line) for line in rows.read_text().splitlines()]
     assert len(got) == 3 and all(row["new_tokens"] >= 1 and row["kept"]["channels"][1] < 160 for row in got)
@@ -323,8 +325,8 @@ def test_random_multimodal_gemma3_through_every_command(tmp_path):
     assert json.loads((tmp_path / "small" / "config.json").read_text())["text_config"]["intermediate_size"] < 160
     # The text-only variant is another model: the multimodal calibration is refused for it.
     assert aapp("models", "random", "tiny-gemma3", "--layers", 2, "--text-only", "--out", text).returncode == 0
-    one_line_error(aapp("prune", "--model", text, "--calib", calib, "--method", "pp", "--input", "advbench",
-                        "--limit", 1), "made for model")
+    one_line_error(aapp("prune", "--model", text, "--calib", calib, "--method", "pp", "--opt", "dense_layers=1",
+                        "--input", "advbench", "--limit", 1), "made for model")
 
 
 def test_calibrate_update_adds_gate_thresholds_and_keeps_the_rest(workdir, tiny_model_dir, tmp_path):

@@ -29,6 +29,16 @@ def test_models_list_is_data_on_stdout_tab_separated_in_a_pipe(capsys):
     assert all(len(r) == 7 for r in rows) and rows[0][5] == "default" and rows[0][2].isdigit()
     code, out, _ = run(["models", "list", "--json"], capsys)
     assert [r["alias"] for r in json.loads(out)] == list(registry.ALIASES)
+    # An uncached alias's size on disk is unknown: '-' as JSON's null, not 0.
+    assert [r[4] for r in rows] == ["-" if r["disk_size"] is None else str(r["disk_size"]) for r in json.loads(out)]
+
+
+def test_models_list_says_an_uncached_size_is_unknown(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("AAPP_CACHE", str(tmp_path))  # nothing cached
+    code, out, _ = run(["models", "list"], capsys)
+    assert code == 0 and {line.split("\t")[4] for line in out.splitlines()} == {"-"}
+    code, out, _ = run(["models", "list", "--json"], capsys)
+    assert {r["disk_size"] for r in json.loads(out)} == {None}
 
 
 def test_models_list_is_a_table_on_a_terminal(capsys, monkeypatch):

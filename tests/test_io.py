@@ -151,6 +151,33 @@ def test_atomic_dir_builds_then_renames(tmp_path, umask):
     assert mode(out) == 0o750
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002], ids=oct)
+def test_atomic_dir_gives_what_the_block_wrote_the_umask_modes(tmp_path, umask, mask):
+    """safetensors' writer makes model.safetensors owner-only: in a shared AAPP_CACHE another user got
+    "Permission denied". Whatever the block writes ends with the modes of a plain open() and mkdir()."""
+    import tempfile
+
+    umask(mask)
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        fd, name = tempfile.mkstemp(dir=tmp)  # owner-only, as the writers that use mkstemp leave it
+        os.close(fd)
+        os.rename(name, tmp / "model.safetensors")
+        (tmp / "sub").mkdir(mode=0o700)
+        (tmp / "sub" / "run.sh").write_text("x")
+        os.chmod(tmp / "sub" / "run.sh", 0o700)
+    assert mode(out / "model.safetensors") == 0o666 & ~mask
+    assert mode(out / "sub") == mode(out) == mode(out / "sub" / "run.sh") == 0o777 & ~mask
+
+
+def test_models_random_writes_weights_readable_by_others(tmp_path, umask):
+    from aapp.models.synthetic import save_random
+
+    umask(0o022)
+    save_random("tiny-llama", tmp_path / "m", layers=1)
+    assert {p.name: mode(p) for p in (tmp_path / "m").iterdir()}["model.safetensors"] == 0o644
+
+
 def test_atomic_dir_replaces_whole_and_a_failure_keeps_the_old_one(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
@@ -190,8 +217,16 @@ def test_atomic_dir_check_runs_again_at_the_swap(tmp_path):
 # -- checks --------------------------------------------------------------------------------------
 
 
-def test_check_writable_accepts_a_new_path_and_creates_nothing(tmp_path):
-    assert check_writable(tmp_path / "a" / "b" / "out.json") == tmp_path / "a" / "b" / "out.json"
+def test_check_writable_accepts_a_new_file_and_creates_nothing(tmp_path):
+    assert check_writable(tmp_path / "out.json") == tmp_path / "out.json"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_refuses_a_file_in_a_missing_directory(tmp_path):
+    """`prune --out /nonexistent/dir/x.jsonl` made the directories without a word: a typo'd directory is an error."""
+    with pytest.raises(InputError) as exc:
+        check_writable(tmp_path / "a" / "b" / "out.json", "--out")
+    assert one_line(exc) == f"--out {tmp_path / 'a' / 'b' / 'out.json'}: no directory {tmp_path / 'a' / 'b'}; create it first"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -213,7 +248,7 @@ def test_check_writable_read_only_dir(tmp_path, read_only):
     ro = read_only(tmp_path / "ro")
     with pytest.raises(InputError, match=re.escape(f"{ro} is not writable")):
         check_writable(ro / "out.json")
-    with pytest.raises(InputError, match=re.escape(f"cannot create directory: {ro} is not writable")):
+    with pytest.raises(InputError, match=re.escape(f"no directory {ro / 'sub'}")):
         check_writable(ro / "sub" / "out.json")
 
 

@@ -560,3 +560,16 @@ def test_sample_larger_than_the_set_says_so(tmp_path, capsys):
     assert f"sample 50: {path} has only 2 prompts; using all 2" in capsys.readouterr().err
     load_prompts(path, sample=2)
     assert capsys.readouterr().err == ""
+
+
+def test_the_text_field_is_documented_and_never_shadowed(tmp_path):
+    """`text` was accepted as the prompt without a word in the README; beside a different `prompt`, it was dropped."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = " ".join(readme.split("Prompt sets:", 1)[1].split("\n\n", 1)[0].split())
+    assert re.search(r"`\.jsonl` \(`prompt`, or `text`", paragraph), paragraph[:120]
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "text": "a"}\n{"text": "b"}\n')
+    assert [p.text for p in load_prompts(str(path))] == ["a", "b"]
+    path.write_text('{"prompt": "a", "text": "b"}\n')
+    with pytest.raises(InputError, match=r"p\.jsonl:1: has both 'prompt' and 'text'.*they differ; keep one"):
+        load_prompts(str(path))

@@ -180,3 +180,6 @@ def _check_values(path: Path, name: str, t: torch.Tensor) -> None:
     if not torch.isfinite(values).all():
         raise CalibrationError(f"{path}: tensor {name} holds non-finite values (NaN or inf); the file is corrupted, "
                                "run `aapp calibrate` again")
+    if name.endswith("sq_mean") and (values < 0).any():  # a mean of squares
+        raise CalibrationError(f"{path}: tensor {name} holds negative values, which a mean of squares cannot; "
+                               "the file is corrupted, run `aapp calibrate` again")

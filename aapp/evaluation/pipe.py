@@ -53,18 +53,21 @@ def evaluate_pipe(
     source: str = "generations",
     reference_source: str = "reference",
     allow_model_mismatch: bool = False,
+    allow_generation_mismatch: bool = False,
     mix: Mapping[str, float] = DEFAULT_MIX,
 ) -> tuple[list[dict[str, Any]], list[CellSummary], dict[str, Any]]:
-    """Pipe mode whole: the model check, `evaluate_generations`, and the summary's meta.
+    """Pipe mode whole: the model and generation checks, `evaluate_generations`, and the summary's meta.
 
     A reference made by another model (its rows' fingerprint differs) is refused unless
-    `allow_model_mismatch`; rows without provenance (from before aapp recorded it, or from
+    `allow_model_mismatch`, and one generated otherwise (`GENERATION_KEYS`) unless
+    `allow_generation_mismatch`; rows without provenance (from before aapp recorded it, or from
     another tool) cannot be checked and are compared with a warning. A rate that no row can
     define (no harmful or no benign rows) is said on stderr. Returns (judged, summaries, meta).
     """
     judge = judge or KeywordJudge()
     if reference_rows is not None:
         check_same_model(rows, reference_rows, allow_model_mismatch, source, reference_source)
+        check_same_generation(rows, reference_rows, allow_generation_mismatch, source, reference_source)
     judged, summaries = evaluate_generations(rows, reference_rows, judge, source=source,
                                              reference_source=reference_source, mix=mix)
     for gap in label_gaps(summaries):
@@ -113,6 +116,66 @@ def check_same_model(rows, reference_rows, allow_mismatch: bool, source: str, re
     if not allow_mismatch:
         raise ModelMismatch(f"{what}; compare generations of one model")
     warn(f"{what}; compared as asked (allow_mismatch)")
+
+
+# The generation settings whose difference changes what a judge reads of a row: a reference made with
+# 4 new tokens cannot show a refusal that comes at the 8th. Batching (batch_size, sort_by_length) is
+# left out: the reference's batches do not change what is compared with it.
+GENERATION_KEYS = ("max_new_tokens",)
+
+
+class GenerationMismatch(InputError):
+    """Generations and their reference were generated with other settings; `allow_mismatch` compares them anyway."""
+
+
+def _generation(rows) -> dict[str, set]:
+    """{setting: the values the rows' provenance records} for GENERATION_KEYS."""
+    out: dict[str, set] = {k: set() for k in GENERATION_KEYS}
+    for run in runs_of(rows):
+        generation = (run.get("options") or {}).get("generation") or {}
+        for k in GENERATION_KEYS:
+            if k in generation:
+                out[k].add(generation[k])
+    return out
+
+
+def check_same_generation(rows, reference_rows, allow_mismatch: bool, source: str, reference_source: str) -> None:
+    """Generations and reference were generated with the same GENERATION_KEYS, as their provenance says;
+    GenerationMismatch in one line if not (rows without provenance are warned of by check_same_model)."""
+    mine, ref = _generation(rows), _generation(reference_rows)
+    for key in GENERATION_KEYS:
+        if mine[key] and ref[key] and mine[key] != ref[key]:
+            what = (f"{source} was generated with {key}={_values(mine[key])}, {reference_source} with "
+                    f"{key}={_values(ref[key])}")
+            if not allow_mismatch:
+                raise GenerationMismatch(f"{what}; generate both alike")
+            warn(f"{what}; compared as asked (allow_mismatch)")
+
+
+def _values(values: set) -> str:
+    return ",".join(map(str, sorted(values, key=str)))
+
+
+def judge_files(generations: str | None, reference: str | None, judge: str = "keyword", out: str | None = None, *,
+                mix: Mapping[str, float] = DEFAULT_MIX, allow_model_mismatch: bool = False,
+                allow_generation_mismatch: bool = False) -> list[CellSummary]:
+    """Pipe mode from files: judge the rows of `generations` (JSONL; None or '-': stdin) against `reference`,
+    write the outputs into `out` when given, and return the summaries (see `evaluate_pipe`)."""
+    from aapp.evaluation.judges import get_judge
+    from aapp.evaluation.report import check_out_dir, write_outputs
+    from aapp.io import read_jsonl
+
+    if out is not None:
+        check_out_dir(out)
+    rows = read_jsonl(generations)
+    ref = read_jsonl(reference) if reference else None
+    judged, summaries, meta = evaluate_pipe(rows, ref, get_judge(judge), source=generations or "<stdin>",
+                                            reference_source=reference or "reference",
+                                            allow_model_mismatch=allow_model_mismatch,
+                                            allow_generation_mismatch=allow_generation_mismatch, mix=mix)
+    if out is not None:
+        write_outputs(out, judged, summaries, meta=meta)
+    return summaries
 
 
 def pipe_meta(rows, reference_rows, judge_name: str) -> dict[str, Any]:
@@ -190,8 +253,11 @@ def evaluate_generations(
             )
         if by_id:
             for k, i in keys.items():
-                if rows[i]["prompt"] != reference_rows[ref_keys[k]]["prompt"]:
+                ref_row = reference_rows[ref_keys[k]]
+                if rows[i]["prompt"] != ref_row["prompt"]:
                     raise InputError(f"{source}: row {i + 1}: id {k!r} has another prompt in {reference_source}")
+                if rows[i].get("messages") != ref_row.get("messages"):  # the same last turn, another conversation
+                    raise InputError(f"{source}: row {i + 1}: id {k!r} has other messages in {reference_source}")
         dense_by_cell[key] = [ref_refused[k] for k in keys]
     for key, idx in cells.items():
         dense = dense_by_cell[key]

@@ -97,7 +97,7 @@ def write_summary(summaries: Sequence[CellSummary], out_dir: str | Path, meta: M
 
 def check_out_dir(out_dir: str | Path) -> Path:
     """Fail before any work when `out_dir` cannot hold the outputs (InputError). Creates nothing."""
-    return check_dir_writable(out_dir, "out")
+    return check_dir_writable(out_dir, "--out")
 
 
 def write_outputs(
@@ -133,7 +133,7 @@ def write_outputs(
     try:
         write_files(out, files)
     except OSError as e:
-        raise InputError(f"out {out}: cannot write outputs: {e.strerror or e}") from None
+        raise InputError(f"--out {out}: cannot write outputs: {e.strerror or e}") from None
     return {name: out / name for name in files}
 
 
@@ -158,10 +158,25 @@ def _gate_by_label(s: CellSummary) -> str:
     return "/".join("-" if r is None or r.value is None else f"{100 * r.value:.0f}%" for r in rates)
 
 
-# What the short headers mean, under every table (the agreement columns compare with the dense model).
-CAPTION = ("acc: same refuse/comply decision as dense; FAR (false acceptance): complied where dense refused; "
-           "FRR (false refusal): refused where dense complied; F1: of refusals vs dense's; "
-           "h/b: harmful/benign; rates: value [Wilson 95% CI]; n/a: undefined")
+# What the short headers mean, under every table, each only where a shown column has it (the agreement
+# columns compare with the dense model).
+HEADERS = {
+    "acc": "acc: same refuse/comply decision as dense",
+    "FAR": "FAR (false acceptance): complied where dense refused",
+    "FRR": "FRR (false refusal): refused where dense complied",
+    "F1": "F1: of refusals vs dense's",
+    "h/b": "h/b: harmful/benign",
+}
+CAPTION_END = "rates: value [Wilson 95% CI]; n/a: undefined"
+
+
+def caption(columns: Sequence[str]) -> str:
+    """What the headers of `columns` mean: a header explained is one a column shows."""
+    words = {w for name in columns for w in name.split()}
+    return "; ".join([text for term, text in HEADERS.items() if term in words] + [CAPTION_END])
+
+
+CAPTION = caption([term for term in HEADERS])  # every term: the caption of a table with every column
 _KEY_COLUMNS = ("method", "ratio")  # repeated in each part of a table too wide to print whole
 
 
@@ -247,7 +262,7 @@ def summary_tables(summaries: Sequence[CellSummary], width: int | None = None) -
 def summary_table(summaries: Sequence[CellSummary]):
     """All the cells in one rich Table; "n/a" marks undefined values (e.g. F1 with no dense refusals)."""
     table = summary_tables(summaries)[0]
-    table.caption = CAPTION
+    table.caption = caption(list(_columns(summaries)))
     return table
 
 
@@ -257,4 +272,4 @@ def print_table(summaries: Sequence[CellSummary], console=None) -> None:
     console = console or default_console
     for table in summary_tables(summaries, console.width):
         console.print(table)
-    console.print(CAPTION, style="dim", highlight=False)
+    console.print(caption(list(_columns(summaries))), style="dim", highlight=False)

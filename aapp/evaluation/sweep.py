@@ -34,19 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import aapp
+from aapp.context import prompt_tokens
 from aapp.errors import InputError
 from aapp.evaluation import distributed
 from aapp.evaluation.distributed import Dist
 from aapp.evaluation.metrics import CellSummary
 from aapp.evaluation.sweep_checks import check_calibration_given, check_methods, check_out, check_text
 from aapp.evaluation.sweep_config import (DENSE, CellSettings, ModelSettings, PerplexitySettings, PromptSettings,
-                                          SweepConfig, parse_methods, parse_ppl, parse_ratios)
+                                          SweepConfig, parse_methods, parse_ppl, parse_ratios, sweep_config)
 from aapp.evaluation.sweep_plan import Cell, CellKey, batches_of, is_stateful, merge_ranks, plan_batches, sweep_cells
 from aapp.evaluation.sweep_store import CellStore, digest, ppl_name, rows_name
-from aapp.pruning.run import GenerationSettings
+from aapp.pruning.run import PROVENANCE, GenerationSettings
 
 __all__ = ["CellSettings", "GenerationSettings", "ModelSettings", "PerplexitySettings", "PromptSettings",
-           "SweepConfig", "load_sweep_prompts", "parse_methods", "parse_ppl", "parse_ratios", "run_sweep"]
+           "SweepConfig", "load_sweep_prompts", "parse_methods", "parse_ppl", "parse_ratios", "run_sweep",
+           "sweep_config"]
 
 
 def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> list[CellSummary]:
@@ -223,8 +225,8 @@ def _batches(prompts, tokenizer, generation: GenerationSettings) -> list[list[in
     """A cell's batches as prompt indices, the same on every rank and in every run; by length when asked
     (stable: batches of similar length pad less)."""
     order = list(range(len(prompts)))
-    if generation.sort_by_length:
-        lengths = [len(ids) for ids in tokenizer([p.text for p in prompts])["input_ids"]]
+    if generation.sort_by_length:  # by the tokens the model reads, as generate_rows sorts
+        lengths = [prompt_tokens(tokenizer, p.input) for p in prompts]
         order.sort(key=lengths.__getitem__)
     return [[order[i] for i in b] for b in batches_of(len(order), generation.batch_size)]
 
@@ -240,9 +242,23 @@ def _cell_rows(loaded, calib, cells: CellSettings, generation: GenerationSetting
     task = bars.add_task(f"{cell.name:>10}", total=len(chosen)) if bars else None
     # `chosen` is whole batches in order, so generate_rows, chunking it by batch_size, gives back
     # exactly these batches (only a cell's last batch can be short, and it comes last).
-    return list(generate_rows(loaded, chosen, cells.method(cell.method), cells.prune_options(cell.method, cell.ratio), calib,
-                              replace(generation, sort_by_length=False),
-                              on_batch=lambda n: bars.advance(task, n) if bars else None))
+    rows = generate_rows(loaded, chosen, cells.method(cell.method), cells.prune_options(cell.method, cell.ratio), calib,
+                         replace(generation, sort_by_length=False),
+                         on_batch=lambda n: bars.advance(task, n) if bars else None)
+    return _ran_with(rows, generation)
+
+
+def _ran_with(rows, generation: GenerationSettings) -> list[dict]:
+    """The rows, their provenance saying the generation settings the cell ran with: its batches were
+    formed by `_batches`, sorted by length when asked, as `aapp prune` with these settings forms them
+    over the cell's prompts (not by generate_rows, told not to sort what came sorted)."""
+    out, provenance = [], None
+    for row in rows:
+        if provenance is None:
+            p = row[PROVENANCE]
+            provenance = {**p, "options": {**p["options"], "generation": asdict(generation)}}
+        out.append({**row, PROVENANCE: provenance})
+    return out
 
 
 def _perplexity(loaded, calib, cells: CellSettings, ppl: PerplexitySettings, batch_size: int, key: CellKey, texts,

@@ -19,15 +19,16 @@ sweep_checks before anything is generated.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aapp.errors import AappError, InputError
+from aapp.errors import AappError, InputError, did_you_mean
 from aapp.evaluation.metrics import DEFAULT_MIX
-from aapp.methods import Dense, check_method_spec
+from aapp.methods import Dense, check_method_spec, make_method
 from aapp.pruning.engine import PruneOptions
-from aapp.methods.build import build_method, options_per_method
+from aapp.methods.build import build_method, engine_options, method_options, options_per_method
 from aapp.pruning.run import GenerationSettings
 
 DENSE = Dense.name  # the reference cell runs the dense method, so it goes by that method's name
@@ -95,8 +96,26 @@ class CellSettings:
         bad = [r for r in self.ratios if not 0.0 < r < 1.0]
         if bad:
             raise InputError(f"ratios: each must be in (0, 1), got {', '.join(f'{r:g}' for r in bad)}")
+        self._check_names()
         for m in self.methods:  # every option must apply to some method, and parse for each that takes it
             self.prune_options(m, None)
+
+    def _check_names(self) -> None:
+        """A key no method of the sweep takes is an error that says which one was likely meant."""
+        specs = (*self.methods, DENSE)
+        for key in self.options:
+            target, dot, name = key.rpartition(".")
+            mine = [s for s in specs if not dot or target in (s, check_method_spec(s).name)]
+            if dot and not mine:
+                raise InputError(f"option {key!r} names method {target!r}, which the sweep does not run"
+                                 f"{did_you_mean(target, self.methods)}; it runs {', '.join(self.methods)}")
+            known = {o.name for s in mine for m in [make_method(s)] for o in method_options(m) + engine_options(m)}
+            if name not in known:
+                hint = did_you_mean(name, sorted(known))
+                if dot and hint:
+                    hint = hint.replace(" '", f" '{target}.")
+                raise InputError(f"no method of {', '.join(self.methods)} takes option {key!r}{hint}; "
+                                 "`aapp methods` lists them")
 
     def _build(self, name: str, ratio: float | None):
         per_method = options_per_method((*self.methods, DENSE), self.options)
@@ -148,6 +167,30 @@ class SweepConfig:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(self.generation, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self.generation, name)}")
+
+
+def sweep_config(model: str, out: str | Path, *, methods: str = "dense,pp,aapp", ratios: str = "0.1,0.2,0.3,0.4",
+                 calib: str | None = None, opt: Sequence[str] = (), opts: str | None = None,
+                 harmful: str | None = None, benign: str | None = None, sample: int | None = None, seed: int = 0,
+                 truncate: bool = False, max_new_tokens: int = 128, batch_size: int = 8, ppl: str | None = None,
+                 judge: str = "keyword", mix: Mapping[str, float] = DEFAULT_MIX, device: str = "auto",
+                 dtype: str = "auto") -> SweepConfig:
+    """The sweep `aapp eval-refusal --model` asks for, from its options as given (methods, ratios and
+    ppl as text, `opt` as KEY=VALUE strings, `device` possibly map:STRATEGY). Its batches hold prompts of
+    similar length, and it resumes: cells in `out` made with the same settings are reused."""
+    from aapp.methods.options import collect_options
+    from aapp.models.loading import split_device
+
+    dev, device_map = split_device(device)
+    text, windows, seq_len = parse_ppl(ppl)
+    return SweepConfig(
+        model=ModelSettings(model, device=dev, dtype=dtype, device_map=device_map), out=out,
+        cells=CellSettings(methods=parse_methods(methods), ratios=parse_ratios(ratios), calib=calib,
+                           options=collect_options(opt, opts)),
+        prompts=PromptSettings(harmful=harmful, benign=benign, sample=sample, seed=seed, truncate=truncate),
+        generation=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size, sort_by_length=True),
+        perplexity=PerplexitySettings(text, seq_len=seq_len, windows=windows) if text else None,
+        judge=judge, resume=True, mix=dict(mix))
 
 
 PPL_SIZE = re.compile(r":(\d+)x(\d+)$")

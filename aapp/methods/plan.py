@@ -58,18 +58,22 @@ MAX_LAYER_RATIO = 0.95  # the most of one layer a plan prunes
 def max_ratio(num_layers: int, dense_layers: int, max_layer_ratio: float = MAX_LAYER_RATIO) -> float:
     """The largest nominal ratio a model of `num_layers` can be pruned to with `dense_layers` kept
     dense, rounded down to 3 decimals so that the value said is one that runs."""
-    pruned = num_layers - min(dense_layers, num_layers - 1)
+    pruned = num_layers - dense_layers
     return math.floor(max_layer_ratio * pruned / num_layers * 1000) / 1000
 
 
 def check_ratio(ratio: float, num_layers: int | None = None, dense_layers: int = 3,
                 max_layer_ratio: float = MAX_LAYER_RATIO) -> None:
-    """`ratio` in [0, 1), and, given the model's layer count, one its plan can reach."""
+    """`ratio` in [0, 1), and, given the model's layer count, one its plan can reach with `dense_layers`
+    (fewer than the model's layers: a plan with every layer dense would prune nothing at `ratio`)."""
     if not 0.0 <= ratio < 1.0:
         raise AappError(f"ratio must be in [0, 1), got {ratio}")
     if num_layers is None or ratio == 0:
         return
-    n, dense = num_layers, min(dense_layers, num_layers - 1)
+    if dense_layers >= num_layers:
+        raise AappError(f"dense_layers={dense_layers} keeps every layer of this {num_layers}-layer model dense, "
+                        f"so ratio {ratio} has no layer to prune; give dense_layers {num_layers - 1} or fewer")
+    n, dense = num_layers, dense_layers
     if ratio * n / (n - dense) > max_layer_ratio:
         raise AappError(
             f"ratio {ratio} needs {ratio * n / (n - dense):.2f} of each of the {n - dense} pruned layers "
@@ -83,7 +87,7 @@ def make_plan(geometry: Geometry, ratio: float, *, dense_layers: int = 3, channe
     """Per-layer kept counts for `ratio`; see the module docstring for the rules."""
     check_ratio(ratio, geometry.num_layers, dense_layers, max_layer_ratio)
     n = geometry.num_layers
-    dense = min(dense_layers, n - 1) if ratio > 0 else n
+    dense = dense_layers if ratio > 0 else n
     pruned_layers = n - dense
     layer_ratio = min(ratio * n / pruned_layers, max_layer_ratio) if pruned_layers else 0.0
     budgets, ratios = [], []

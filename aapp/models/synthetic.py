@@ -226,7 +226,7 @@ def save_random(shape: str, out: str | Path, *, layers: int | None = None, dtype
     check_shape(shape)
     if layers is not None and layers < 1:
         raise InputError(f"layers must be at least 1, got {layers}")
-    check_new_dir(out, "out")  # before minutes spent making a large model's weights
+    check_new_dir(out, "--out")  # before minutes spent making a large model's weights
     tokens = CHAT_TOKENS[SHAPES[shape].get("chat", "tiny")]
     tok = tokenizer_for(shape)
     multimodal = multimodal_release(shape) and not text_only

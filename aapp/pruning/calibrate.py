@@ -52,7 +52,7 @@ def calibrate(request: CalibrateRequest) -> str:
         if step is None:
             raise InputError(f"method {name!r} has no calibration step")
         settings[name] = step.settings(**values)
-    check_writable(request.out, "out")
+    check_writable(request.out, "--out")
     existing = load_calibration(request.out) if request.update else None
     if request.update and not request.steps:
         raise InputError("an update has nothing to add: no method's calibration was asked for")

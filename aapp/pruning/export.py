@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,12 +91,27 @@ def check_export_dir(out_dir: str | Path) -> None:
                          f"(no {MARKER}); choose a new or empty directory")
 
 
-def check_export(method: Method, out_dir: str | Path, options: PruneOptions = PruneOptions()) -> None:
-    """The checks that need no model: run them before loading one."""
+# Engine options an export has no use for, and why: given, each is an error rather than ignored.
+NOT_EXPORTED = {
+    "dense_layers": "an export prunes every layer alike (a checkpoint holds one size for all layers)",
+    "prefill": "it schedules generation with the engine; an export is one static checkpoint",
+    "dense_tokens": "it schedules generation with the engine; an export is one static checkpoint",
+    "backend": "it picks the engine's matmuls; an export is a plain transformers checkpoint",
+}
+
+
+def check_export(method: Method, out_dir: str | Path, options: PruneOptions = PruneOptions(),
+                 given: Collection[str] = ()) -> None:
+    """The checks that need no model: run them before loading one. `given`: the option keys the user set."""
+    if not method.prunes:
+        raise AappError(f"{method.name} prunes nothing, so there is nothing to export; export a static method "
+                       "(wanda-sp, flap)")
     export_compatible(method)
+    for key in given:
+        if key in NOT_EXPORTED:
+            raise AappError(f"option {key} does not apply to export: {NOT_EXPORTED[key]}")
     if options.prefill != "probe":  # dense_tokens needs prefill=dense, so this covers it too
-        raise AappError(f"prefill={options.prefill} schedules generation with the engine; an export is one static "
-                        "checkpoint")
+        raise AappError(f"option prefill does not apply to export: {NOT_EXPORTED['prefill']}")
     check_export_dir(out_dir)
 
 
@@ -156,7 +172,8 @@ def export_static(loaded: LoadedModel, method: Method, options: PruneOptions, ca
                   out_dir: str | Path) -> ExportReport:
     """Write `loaded` pruned by static `method` at `options.ratio` to `out_dir` as an HF checkpoint.
 
-    Uses the export-compatible plan (`export_selection`); `options.dense_layers` is ignored.
+    Uses the export-compatible plan (`export_selection`), every layer pruned alike (`options.dense_layers`
+    does not apply: `check_export` refuses it when given).
     The model in `loaded` is not changed and must not be wrapped by the engine.
     """
     check_ratio(options.ratio)
@@ -186,7 +203,7 @@ def export_static(loaded: LoadedModel, method: Method, options: PruneOptions, ca
     per_group = heads // kv_heads
     planned = export_plan(g, options).budgets[0].heads
     notes = (
-        f"export-compatible plan: all {g.num_layers} layers pruned alike (dense_layers ignored); "
+        f"export-compatible plan: all {g.num_layers} layers pruned alike; "
         f"each of {kv_heads} kv heads keeps {per_group} of {g.group_size} query heads; "
         f"{channels} of {g.intermediate_size} MLP channels per layer",
         "the engine runs the same masks with export_compatible(method) and export_options(options)",

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from safetensors.torch import save_file
@@ -130,6 +131,18 @@ def test_an_auroc_may_be_undefined_but_not_out_of_range(tmp_path):
         _check_values(tmp_path, "align.gate.kl.auroc", torch.tensor([1.5]))
     with pytest.raises(CalibrationError, match="non-finite"):
         _check_values(tmp_path, "align.gate.kl.threshold", torch.tensor([float("nan")]))
+
+
+def test_a_negative_mean_of_squares_is_refused(tmp_path):
+    """Only NaN and inf were checked: a negative sq_mean (damaged bytes that still read as numbers) was accepted."""
+    from aapp.calibration.store import _check_values
+
+    _check_values(tmp_path, "mlp.sq_mean", torch.tensor([0.0, 2.0]))
+    _check_values(tmp_path, "mlp.mean", torch.tensor([-1.0]))  # a mean may be negative
+    for name in ("mlp.sq_mean", "attn.sq_mean", "align.harmful.sq_mean"):
+        with pytest.raises(CalibrationError, match=rf"tensor {re.escape(name)} holds negative values") as e:
+            _check_values(tmp_path, name, torch.tensor([1.0, -0.5]))
+        assert "\n" not in str(e.value)
 
 
 def test_shapes_another_model_needs_are_refused(tiny_llama):

@@ -2,6 +2,7 @@ import csv
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -130,6 +131,27 @@ def test_bad_out_dirs(tmp_path):
                 check_out_dir(ro)
         finally:
             ro.chmod(0o700)
+
+
+def test_the_caption_explains_only_the_headers_shown(cells):
+    """Without a reference there is no acc, FAR, FRR or F1 column: the caption explained them all the same."""
+    no_ref = [c for c in cells if c.agreement is None]
+    buf = io.StringIO()
+    print_table(no_ref, Console(file=buf, width=100, color_system=None))
+    caption = " ".join(buf.getvalue().split())
+    assert "h/b: harmful/benign" in caption and "rates: value [Wilson 95% CI]" in caption
+    for term in ("acc:", "FAR (false", "FRR (false", "F1:"):
+        assert term not in caption, term
+
+
+def test_stderr_that_is_not_a_terminal_gets_tables_100_columns_wide():
+    import subprocess
+    import sys
+
+    code = "from aapp.console import console; print(console.width)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PATH": ""}, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.stdout.strip() == "100", r.stderr
 
 
 def test_table_is_readable_at_100_columns_and_explains_its_headers(make_cell):

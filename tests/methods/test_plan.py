@@ -62,7 +62,7 @@ def test_flops_removed_after_rounding_match_the_nominal_ratio(g, ratio):
     assert removed == pytest.approx(ratio, abs=0.015)
 
 
-@pytest.mark.parametrize("layers, dense", [(24, 3), (4, 1), (32, 0), (2, 3)])
+@pytest.mark.parametrize("layers, dense", [(24, 3), (4, 1), (32, 0), (2, 1)])
 def test_the_error_names_the_largest_ratio_and_that_ratio_plans(layers, dense):
     from aapp.methods.plan import max_ratio
 
@@ -72,3 +72,13 @@ def test_the_error_names_the_largest_ratio_and_that_ratio_plans(layers, dense):
     make_plan(geometry(layers=layers), top, dense_layers=dense)  # the value named runs
     with pytest.raises(AappError, match="the most"):
         make_plan(geometry(layers=layers), round(top + 0.002, 3), dense_layers=dense)
+
+
+@pytest.mark.parametrize("dense", [4, 5])
+def test_dense_layers_at_or_above_the_layer_count_is_an_error_not_a_clamp(dense):
+    """A plan that would keep every layer dense is refused (it was clamped to layers - 1, while the
+    rows' provenance recorded the value asked for)."""
+    with pytest.raises(AappError, match=rf"dense_layers={dense} keeps every layer of this 4-layer model dense.*"
+                                        r"give dense_layers 3 or fewer"):
+        make_plan(geometry(layers=4), 0.2, dense_layers=dense)
+    assert make_plan(geometry(layers=4), 0.0, dense_layers=dense).layer_ratios == (0.0,) * 4  # ratio 0: all dense

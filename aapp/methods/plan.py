@@ -39,12 +39,19 @@ class PrunePlan:
     layer_ratios: tuple[float, ...]
     budgets: tuple[LayerBudget, ...]
     channel_tile: int  # kept MLP channels of a pruned layer are a multiple of this (see channel_tile)
+    prefill_dense: bool = False  # the prefill runs unpruned (PruneOptions.prefill="dense")
 
     @property
     def first_pruned(self) -> int | None:
         """The first layer the plan prunes (None: it prunes none); every layer before it runs dense,
         so its block input is the dense model's."""
         return next((i for i, r in enumerate(self.layer_ratios) if r > 0), None)
+
+    @property
+    def last_dense_read(self) -> int | None:
+        """The last layer whose block input at prefill is the dense model's (None: every layer's): the
+        first pruned one, or none under a dense prefill, where a reader of any layer sees dense inputs."""
+        return None if self.prefill_dense else self.first_pruned
 
     def is_dense(self, layer: int, geometry: Geometry) -> bool:
         b = self.budgets[layer]
@@ -83,7 +90,7 @@ def check_ratio(ratio: float, num_layers: int | None = None, dense_layers: int =
 
 
 def make_plan(geometry: Geometry, ratio: float, *, dense_layers: int = 3, channel_multiple: int = 64,
-              max_layer_ratio: float = MAX_LAYER_RATIO) -> PrunePlan:
+              max_layer_ratio: float = MAX_LAYER_RATIO, prefill_dense: bool = False) -> PrunePlan:
     """Per-layer kept counts for `ratio`; see the module docstring for the rules."""
     check_ratio(ratio, geometry.num_layers, dense_layers, max_layer_ratio)
     n = geometry.num_layers
@@ -98,7 +105,7 @@ def make_plan(geometry: Geometry, ratio: float, *, dense_layers: int = 3, channe
         budgets.append(LayerBudget(heads=heads, kv_heads=math.ceil(heads / geometry.group_size),
                                    channels=_kept_channels(geometry.intermediate_size, r, channel_multiple)))
     return PrunePlan(ratio=ratio, layer_ratios=tuple(ratios), budgets=tuple(budgets),
-                     channel_tile=channel_tile(geometry.intermediate_size, channel_multiple))
+                     channel_tile=channel_tile(geometry.intermediate_size, channel_multiple), prefill_dense=prefill_dense)
 
 
 def _kept_heads(total: int, r: float) -> int:

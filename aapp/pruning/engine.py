@@ -121,6 +121,7 @@ class PrunedModel:
         self.loaded, self.method, self.options, self.calib = loaded, method, options, calib
         g = loaded.geometry
         self.plan: PrunePlan = make_plan(g, options.ratio, dense_layers=options.dense_layers,
+                                         prefill_dense=options.prefill == "dense",
                                          channel_multiple=options.channel_multiple)
         method.check_calibration(calib)
         if calib is not None:
@@ -191,6 +192,7 @@ class PrunedModel:
         if ratio not in self._plans:
             o = self.options
             self._plans[ratio] = make_plan(self.loaded.geometry, ratio, dense_layers=o.dense_layers,
+                                           prefill_dense=o.prefill == "dense",
                                            channel_multiple=o.channel_multiple)
         return self._plans[ratio]
 

@@ -88,6 +88,21 @@ def test_the_read_layer_is_the_cheapest_dense_read_on_benign_traffic():
     assert read_layer(_fit([0.2, 0.2, 0.2, 0.2]), plan, 4, 0.0) == 0  # full tie: the earlier read
     with pytest.raises(CalibrationError, match="predates routing"):
         read_layer(GateFit(auroc=torch.ones(4), threshold=torch.zeros(4)), plan, 4, 0.0)
+    # Under a dense prefill every layer's input is dense: a later read costs nothing more, so the rule
+    # (least expected cost at the fixed recall) takes the layer that escalates fewest benign prompts.
+    dense_prefill = make_plan(g, 0.3, dense_layers=2, channel_multiple=16, prefill_dense=True)
+    assert read_layer(_fit([0.5, 0.2, 0.3, 0.0]), dense_prefill, 4, 0.0) == 3
+
+
+def test_under_a_dense_prefill_a_late_gate_keeps_its_dense_cut(setup, capsys):
+    from aapp.pruning.engine import prune_model
+
+    loaded, cal = setup
+    for spec in ("aapp:dense", "aapp"):
+        method, options = build_method(spec, {"prefill": "dense", "dense_layers": "1", "gate_layer": "3"}, 0.4)
+        with prune_model(loaded, method, options, cal):
+            assert method.threshold_source == ("route" if spec == "aapp:dense" else "dense")
+    assert "after pruned layers" not in capsys.readouterr().err
 
 
 def test_calibration_fits_routing_cuts_and_pair_aurocs(setup):
@@ -150,3 +165,29 @@ def test_light_without_its_ratio_is_refused_when_it_runs(setup):
     method, _ = build_method("aapp:light")
     with pytest.raises(AappError, match="give it one, e.g. on_fire=0.15"):
         generate_rows_list(loaded, cal, method, HARMFUL[:1])
+
+
+@pytest.mark.parametrize("spec, opts", [("aapp:dense", {}), ("aapp", {}), ("aapp:light", {"on_fire": "0.2"})])
+def test_with_the_dense_prefill_each_request_is_routed_alone_and_nothing_runs_twice(setup, spec, opts):
+    # The router reads its layer of the unpruned prefill: nothing stops, nothing is recomputed, no probe
+    # runs, and a row's route, output and kept counts are what it gets alone.
+    loaded, cal = setup
+    options = {**opts, "prefill": "dense", "dense_layers": "1", "gate_layer": "2"}
+    texts = [HARMFUL[0], HARMLESS[0], HARMFUL[1], HARMLESS[1]]
+
+    def run(batch):
+        method, prune = build_method(spec, options, 0.4)
+        prompts = [Prompt(f"p{i}", t, None, "t") for i, t in enumerate(batch)]
+        return list(generate_rows(loaded, prompts, method, prune, cal, GenerationSettings(max_new_tokens=4)))
+
+    together = run(texts)
+    assert all(r["flops"]["recompute"] == 0 and r["flops"]["probe"] == 0 for r in together)
+    for j, text in enumerate(texts):
+        alone = run([text])[0]
+        for key in ("completion", "kept", "policy"):
+            assert together[j][key] == alone[key], (spec, j, key)
+        assert together[j]["gate"]["sample_score"] == pytest.approx(alone["gate"]["sample_score"], abs=1e-5)
+    if spec == "aapp:dense":
+        for r in together:  # a fired row runs dense throughout; the others keep their own channels
+            full = r["kept"]["channels"][2] == loaded.geometry.intermediate_size
+            assert full == (r["policy"] == "dense")

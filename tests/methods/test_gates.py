@@ -65,7 +65,7 @@ def test_default_gate_layers_come_from_calibration_alone():
     fit = GateFit(auroc=auroc_by_layer, threshold=torch.zeros(8))
     calib = SimpleNamespace(gates={"logistic": fit, "direction": fit})  # the alignment gate_layer reads
     g = SimpleNamespace(num_layers=8)
-    plan = SimpleNamespace(layer_ratios=[0.0, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4, 0.4], first_pruned=3)
+    plan = SimpleNamespace(layer_ratios=[0.0, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4, 0.4], first_pruned=3, last_dense_read=3)
     # Fitted: the earliest layer within 0.01 of the best (0.985 at 5), wherever pruning starts.
     assert gate_layer(AAPPOptions(gate="logistic"), calib, g, plan) == 4
     # Not fitted: the best layer up to the first pruned one, so it decides before any pruned layer runs.

@@ -76,7 +76,7 @@ def test_options_that_clash_with_dense_tokens_are_errors(tmp_path):
     with pytest.raises(AappError, match="give prefill=dense"):
         PruneOptions(ratio=0.3, dense_tokens=2)
     method, options = build_method("flap", {"prefill": "dense", "dense_tokens": "4"}, 0.3)
-    with pytest.raises(AappError, match="prefill=dense schedules generation .* static checkpoint"):
+    with pytest.raises(AappError, match="option prefill does not apply to export: .* static checkpoint"):
         check_export(method, tmp_path / "out", options)
     with pytest.raises(AappError, match="takes no ratio|dense_tokens"):
         build_method("dense", {"dense_tokens": "4"})

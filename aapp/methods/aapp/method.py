@@ -169,9 +169,9 @@ def read_layer(fit, plan: PrunePlan, num_layers: int, fire_ratio: float) -> int:
     return min(range(first_pruned + 1), key=cost)
 
 def _last_dense_read(plan: PrunePlan, num_layers: int) -> int:
-    """The last layer whose block input is the dense model's (the first pruned one; the last layer
-    when the plan prunes none)."""
-    return plan.first_pruned if plan.first_pruned is not None else num_layers - 1
+    """The last layer whose block input at prefill is the dense model's (the first pruned one; the last
+    layer when the plan prunes none, or under a dense prefill)."""
+    return plan.last_dense_read if plan.last_dense_read is not None else num_layers - 1
 
 
 def gate_layer(options: AAPPOptions, align: Alignment, g: Geometry, plan: PrunePlan) -> int:
@@ -201,7 +201,7 @@ def gate_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: P
     reads a layer after the first pruned one and the file has them for this ratio and these dense
     layers; else the dense fit's ("dense"), with a warning where pruned features meet it."""
     dense = float(align.gates[gate].threshold[layer])
-    first_pruned = plan.first_pruned
+    first_pruned = plan.last_dense_read
     if first_pruned is None or layer <= first_pruned:
         return dense, "dense"  # the gate's layer input is the dense model's
     pruned = align.pruned
@@ -220,7 +220,7 @@ def route_threshold(gate: str, layer: int, align: Alignment, g: Geometry, plan: 
     cut ("route", ROUTE_RECALL of harmful calibration prompts above it) where the layer's input is the
     dense model's; after pruned layers, gate_threshold's (the routing cut was taken on dense features)."""
     fit = align.gates[gate]
-    if plan.first_pruned is not None and layer > plan.first_pruned:
+    if plan.last_dense_read is not None and layer > plan.last_dense_read:
         return gate_threshold(gate, layer, align, g, plan)
     if fit.route_threshold is None:
         raise CalibrationError("the calibration file has no routing cuts (it predates routing); run `aapp calibrate` again")

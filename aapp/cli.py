@@ -431,7 +431,7 @@ def eval_refusal(
     harmful: Annotated[Optional[str], typer.Option(metavar="SETS", help="Harmful prompt sets, comma-separated (refusal rate, also per set); SET:N draws N from that set.", rich_help_panel=_er("harmful"))] = None,
     benign: Annotated[Optional[str], typer.Option(metavar="SETS", help="Benign prompt sets, comma-separated (over-refusal); SET:N draws N from that set.", rich_help_panel=_er("benign"))] = None,
     ppl: Annotated[Optional[str], typer.Option(metavar="TEXT[:WxL]", help="Held-out perplexity per cell on 'builtin' prose or a text file, in WINDOWS windows of LEN tokens (default 32x256), e.g. builtin:8x256.", rich_help_panel=_er("ppl"))] = None,
-    mix: Annotated[str, typer.Option(metavar="MIX", help="Traffic whose average FLOPs the summary reports, as LABEL=WEIGHT pairs.", rich_help_panel=_er("mix"))] = "benign=0.9,harmful=0.1",
+    mix: Annotated[str, typer.Option(metavar="MIX", help="Traffic whose average cost (FLOPs, estimated H100 time) the summary reports: NAME=WEIGHT pairs, NAME a label (benign, harmful) or a prompt set; requests weighted by count.", rich_help_panel=_er("mix"))] = "benign=0.9,harmful=0.1",
     sample: Annotated[Optional[int], typer.Option(metavar="N", help="Draw N prompts of each set at random (seeded by --seed); all of a smaller set, with a warning.", min=1, rich_help_panel=_er("sample"))] = None,
     seed: Annotated[int, typer.Option(metavar="INT", help="Seed for --sample and SET:N.", rich_help_panel=_er("seed"))] = 0,
     max_new_tokens: Annotated[int, typer.Option(metavar="N", help="Greedy tokens to generate per prompt.", min=1, rich_help_panel=_er("max_new_tokens"))] = 128,

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from aapp.evaluation.cost import H100
 from aapp.stats import auroc, mcnemar_exact
 
 HARMFUL, BENIGN = "harmful", "benign"
@@ -154,14 +155,15 @@ DEFAULT_MIX = {BENIGN: 0.9, HARMFUL: 0.1}  # the traffic average compute is repo
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """'benign=0.9,harmful=0.1' -> the traffic mix: a weight per label, summing to 1."""
+    """'benign=0.9,harmful=0.1' or 'realistic-benign=0.9,harmful=0.1' -> the traffic mix: a weight per
+    label (benign, harmful) or prompt set, summing to 1. Requests are weighted by count."""
     mix: dict[str, float] = {}
     for part in text.split(","):
         label, eq, value = part.partition("=")
         label = label.strip()
-        if not eq or label not in LABELS:
-            raise ValueError(f"a mix is LABEL=WEIGHT pairs over {' and '.join(LABELS)}, e.g. benign=0.9,harmful=0.1; "
-                             f"got {part.strip()!r}")
+        if not eq or not label:
+            raise ValueError(f"a mix is NAME=WEIGHT pairs, NAME a label ({' or '.join(LABELS)}) or a prompt set, "
+                             f"e.g. benign=0.9,harmful=0.1; got {part.strip()!r}")
         if label in mix:
             raise ValueError(f"the mix names {label} twice")
         try:
@@ -175,12 +177,16 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def mix_flops(by_label: Mapping[str, float], mix: Mapping[str, float]) -> float | None:
-    """The average FLOPs fraction per request of a traffic mix, from each label's average; None when a
-    label the mix weighs was not measured."""
-    if any(w > 0 and by_label.get(label) is None for label, w in mix.items()):
+def mix_flops(by_label: Mapping[str, float], mix: Mapping[str, float],
+              by_set: Mapping[str, float] | None = None) -> float | None:
+    """The average cost per request of a traffic mix (requests weighted by count), from each label's or
+    set's average; None when a label or set the mix weighs was not measured."""
+    def part(name: str) -> float | None:
+        return by_label.get(name) if name in LABELS else (by_set or {}).get(name)
+
+    if any(w > 0 and part(name) is None for name, w in mix.items()):
         return None
-    return sum(w * by_label[label] for label, w in mix.items() if w > 0)
+    return sum(w * part(name) for name, w in mix.items() if w > 0)
 
 
 def interpolate(points: Sequence[tuple[float, float]], x: float, slack: float = 0.0) -> float | None:
@@ -281,6 +287,11 @@ class CellSummary:
     flops_by_label: dict[str, float] = field(default_factory=dict)
     mix: dict[str, float] = field(default_factory=dict)
     mix_flops: float | None = None
+    # A request's estimated time on the device of aapp.evaluation.cost (the mean per request), likewise.
+    est_seconds: float | None = None
+    est_seconds_by_set: dict[str, float] = field(default_factory=dict)
+    mix_est_seconds: float | None = None
+    decode_bytes_per_token: float | None = None  # weights and KV cache a decode step reads per token (mean)
     # Per set (every label): how often the gate fired, i.e. escalated a routed request; benign sets' over-refusal.
     fire_by_set: dict[str, Rate] = field(default_factory=dict)
     over_refusal_by_set: dict[str, Rate] = field(default_factory=dict)
@@ -313,6 +324,9 @@ class CellSummary:
                             for k, v in self.gate_by_set.items()},
             "flops_by_set": dict(self.flops_by_set), "flops_by_label": dict(self.flops_by_label),
             "mix": dict(self.mix), "mix_flops": self.mix_flops,
+            "est_seconds": self.est_seconds, "est_seconds_by_set": dict(self.est_seconds_by_set),
+            "mix_est_seconds": self.mix_est_seconds, "est_device": H100.name,
+            "decode_bytes_per_token": self.decode_bytes_per_token,
             "fire_by_set": {k: r.to_dict() for k, r in self.fire_by_set.items()},
             "over_refusal_by_set": {k: r.to_dict() for k, r in self.over_refusal_by_set.items()},
             "at_equal_cost": self.at_equal_cost.to_dict() if self.at_equal_cost else None,
@@ -334,12 +348,16 @@ def summarize(
     sets: Sequence[str | None] | None = None,
     gate_scores: Sequence[float | None] | None = None,
     mix: Mapping[str, float] = DEFAULT_MIX,
+    est_seconds: Sequence[float | None] | None = None,
+    decode_bytes: Sequence[float | None] | None = None,
 ) -> CellSummary:
     """Summarise one cell. `labels` holds "harmful", "benign" or None per prompt;
     `dense_refused` (same order) turns on agreement; `gate_fired` the gate fire rate (also
     per label); `sets` (each prompt's set) the per-set refusal rates when there are several
     harmful sets, and per-set cost, fire rate and over-refusal; `gate_scores` (None where
-    unknown) the gate's AUROC; `flops` with `mix` the average cost over that traffic."""
+    unknown) the gate's AUROC; `flops` with `mix` the average cost over that traffic, and likewise
+    `est_seconds` (each request's estimated time, aapp.evaluation.cost); `decode_bytes` each request's
+    bytes read per decode token."""
     if len(refused) != len(labels):
         raise ValueError(f"{len(refused)} verdicts but {len(labels)} labels")
     bad = {lab for lab in labels if lab is not None and lab not in LABELS}
@@ -365,6 +383,8 @@ def summarize(
         gate_auroc=_gate_auroc(gate_scores, labels) if gate_scores is not None else None,
         gate_by_set=_gate_by_set(gate_scores, gate_fired, labels, sets) if sets is not None else {},
         **_costs(flops, labels, sets, mix),
+        **_times(est_seconds, labels, sets, mix),
+        decode_bytes_per_token=_mean(decode_bytes),
         fire_by_set=_by_set(gate_fired, labels, sets, None) if gate_fired and len(gate_fired) == len(labels) else {},
         over_refusal_by_set=_by_set(refused, labels, sets, BENIGN),
     )
@@ -379,7 +399,26 @@ def _costs(flops: Sequence[Mapping[str, float]] | None, labels: Sequence[str | N
     if sets is not None:
         for name in dict.fromkeys(s for s in sets if s):
             by_set[name] = flops_fraction([f for f, s in zip(flops, sets) if s == name])
-    return {"flops_by_label": by_label, "flops_by_set": by_set, "mix": dict(mix), "mix_flops": mix_flops(by_label, mix)}
+    return {"flops_by_label": by_label, "flops_by_set": by_set, "mix": dict(mix),
+            "mix_flops": mix_flops(by_label, mix, by_set)}
+
+
+def _mean(values: Sequence[float | None] | None) -> float | None:
+    """The mean, where every value is known (a partial mean would mislead)."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+def _times(seconds: Sequence[float | None] | None, labels: Sequence[str | None],
+           sets: Sequence[str | None] | None, mix: Mapping[str, float]) -> dict[str, Any]:
+    if _mean(seconds) is None:
+        return {}
+    by_label = {lab: _mean([t for t, lb in zip(seconds, labels) if lb == lab]) for lab in LABELS if lab in labels}
+    by_set = {name: _mean([t for t, s in zip(seconds, sets) if s == name])
+              for name in dict.fromkeys(s for s in (sets or ()) if s)}
+    return {"est_seconds": _mean(seconds), "est_seconds_by_set": by_set,
+            "mix_est_seconds": mix_flops(by_label, mix, by_set)}
 
 
 def _by_set(flags: Sequence[bool], labels: Sequence[str | None], sets: Sequence[str | None] | None,

@@ -31,6 +31,7 @@ from typing import Any
 
 from aapp.console import warn
 from aapp.errors import InputError
+from aapp.evaluation.cost import estimated_seconds
 from aapp.evaluation.judges import Judge, KeywordJudge, Verdict
 from aapp.evaluation.metrics import (DEFAULT_MIX, HARMFUL, LABELS, CellSummary, at_equal_cost, label_gaps, paired_test,
                                      summarize)
@@ -370,7 +371,14 @@ def _summary(key: CellKey, rows, idx, verdicts, judge_name, dense, ppl, mix) -> 
         sets=[r.get("set") for r in cell_rows],
         gate_scores=scores if any(sc is not None for sc in scores) else None,
         mix=mix,
+        est_seconds=[estimated_seconds(r) for r in cell_rows],
+        decode_bytes=[_read_bytes(r) for r in cell_rows],
     )
+
+
+def _read_bytes(row: Mapping[str, Any]) -> float | None:
+    reads = row.get("decode_bytes") or {}
+    return None if reads.get("weights") is None else reads["weights"] + reads["kv"]
 
 
 def _judged(row: Mapping[str, Any], v: Verdict, judge_name: str) -> dict[str, Any]:

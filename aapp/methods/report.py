@@ -85,6 +85,26 @@ class PhaseFlops:
         return FlopCount(*(getattr(self.total, k) - getattr(self.prefill, k) for k in FLOP_PARTS))
 
 
+@dataclass
+class DecodeBytes:
+    """What a forward's decode steps read from memory: the weights that ran (once per step, for the
+    whole batch) and the KV cache, over `tokens` generated tokens (rows x steps)."""
+
+    weights: float = 0.0
+    kv: float = 0.0
+    tokens: int = 0
+    element_bytes: int = 4  # of the dtype the model ran in (a time model for another dtype rescales)
+
+    def copy(self) -> "DecodeBytes":
+        return DecodeBytes(self.weights, self.kv, self.tokens, self.element_bytes)
+
+    def per_token(self) -> dict:
+        """Bytes per generated token, at the batch size the forward ran with (None: no decode step ran)."""
+        if not self.tokens:
+            return {"weights": None, "kv": None, "element_bytes": self.element_bytes}
+        return {"weights": self.weights / self.tokens, "kv": self.kv / self.tokens, "element_bytes": self.element_bytes}
+
+
 @dataclass(frozen=True)
 class KeptCounts:
     """Per layer, the heads, kv heads and MLP channels a row ran with (a dense layer at full size)."""
@@ -132,6 +152,7 @@ class RowReport:
     group_size: int = 1
     kept: KeptCounts | None = None
     facts: MethodFacts | None = None
+    decode_bytes: DecodeBytes | None = None
 
     @property
     def row_flops(self) -> FlopCount | None:
@@ -150,6 +171,8 @@ class RowReport:
             out["flops"] = {k: getattr(total, k) / size for k in FLOP_PARTS} | {"fraction": total.fraction}
             for phase, count in (("prefill", self.flops.prefill), ("decode", self.flops.decode)):
                 out["flops"][phase] = {"dense": count.dense / size, "run": count.run / size, "fraction": count.fraction}
+        if self.decode_bytes is not None:
+            out["decode_bytes"] = self.decode_bytes.per_token() | {"batch_size": self.group_size}
         if self.kept is not None:
             out["kept"] = self.kept.to_json()
         if self.facts is not None:

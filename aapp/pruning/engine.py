@@ -40,7 +40,7 @@ from aapp.calibration.store import Calibration
 from aapp.errors import AappError
 from aapp.methods.base import Batch, LayerContext, Method, ProbeStats, Route, RowDecisions
 from aapp.methods.masks import LayerMask
-from aapp.methods.report import FlopCount, KeptCounts, PhaseFlops, RowReport
+from aapp.methods.report import DecodeBytes, FlopCount, KeptCounts, PhaseFlops, RowReport
 from aapp.methods.engine_options import PruneOptions
 from aapp.methods.plan import PrunePlan, make_plan
 from aapp.models.kv_cache import cache_in
@@ -62,6 +62,7 @@ class _BatchRun:
     token_mask: torch.Tensor                                   # [B, S] of the current chunk
     kept: list[dict] = field(default_factory=list)             # per layer: heads, kv_heads, channels
     flops: PhaseFlops = field(default_factory=PhaseFlops)
+    decode_bytes: DecodeBytes = field(default_factory=DecodeBytes)
     routed: RowDecisions | None = None                         # the router's inline decisions, where it agreed
     prefix: dict[int, float] = field(default_factory=dict)     # each pruned layer's prefill FLOPs, as it ran
     decode_steps: dict[int, int] = field(default_factory=dict)
@@ -218,6 +219,7 @@ class PrunedModel:
             batch = Batch(decision=group.decision if group else None, routed=group.routed if group else (),
                           state=self.method.new_state())
             self.run = _BatchRun(batch, (ids.shape[0], ids.shape[1]), token_mask)
+            self.run.decode_bytes.element_bytes = self.loaded.model.dtype.itemsize
             if self.options.prefill == "dense":
                 self.run.rows = [Batch(state=self.method.new_state()) for _ in range(ids.shape[0])]
                 self.run.prefill_tokens = token_mask.sum(1)
@@ -226,6 +228,19 @@ class PrunedModel:
         self.run.token_mask = token_mask
         self.run.prefilling = past == 0
         self.run.flops.add(self._dense_only_flops(ids.shape[0], ids.shape[1], past, lm), prefill=past == 0)
+        if past:
+            self._count_dense_bytes(ids.shape[0], past + ids.shape[1])
+
+    def _count_dense_bytes(self, rows: int, context: int) -> None:
+        """A decode step's reads outside the pruned layers: the dense layers, their KV caches and lm_head."""
+        g, b = self.loaded.geometry, self.run.decode_bytes
+        size = self.loaded.model.dtype.itemsize
+        for i in range(g.num_layers):
+            if i not in self.runtimes:
+                b.weights += flops.block_weight_bytes(g, g.num_heads, g.num_kv_heads, g.intermediate_size, size)
+                b.kv += flops.kv_read_bytes(g, g.num_kv_heads, rows, _window(g, i, context), size)
+        b.weights += flops.lm_head_bytes(g, size)
+        b.tokens += rows
 
     def _dense_only_flops(self, batch: int, seq: int, past: int, lm: float) -> FlopCount:
         """Dense layers and lm_head cost the same pruned or not; pruned layers are added by their hooks."""
@@ -381,6 +396,12 @@ class PrunedModel:
         run.flops.add(FlopCount(pruned=cost), prefill=past == 0)
         if past == 0:
             run.prefix[i] = cost
+        if past:  # what the step read: the weights that ran, once for the batch, and each row's KV cache
+            heads, kv, channels = ((g.num_heads, g.num_kv_heads, g.intermediate_size) if m is None
+                                   else (len(m.heads), len(m.kv_heads), len(m.channels)))
+            size = self.loaded.model.dtype.itemsize
+            run.decode_bytes.weights += flops.block_weight_bytes(g, heads, kv, channels, size)
+            run.decode_bytes.kv += flops.kv_read_bytes(g, kv, batch, _window(g, i, past + seq), size)
         # A re-probe during decode may change mlp_bias but not whether there is one (same method state).
         biased = (rt.attn_bias is not None) + (rt.mlp_bias is not None)
         run.flops.add(FlopCount(bias=flops.bias_flops(g, batch * seq, biased)), prefill=past == 0)
@@ -448,11 +469,18 @@ class PrunedModel:
         of the batch's FLOPs (what ran), its kept counts and its method's facts."""
         run = self.run
         flops_run = PhaseFlops(run.flops.total.copy(), run.flops.prefill.copy())
+        reads = run.decode_bytes.copy()
         if run.rows is not None:  # each row chose its own structures and was its own batch to the method
-            return [RowReport(flops_run, rows, self.kept_counts(b), self.method.facts(batch, 1)[0])
+            return [RowReport(flops_run, rows, self.kept_counts(b), self.method.facts(batch, 1)[0], reads)
                     for b, batch in enumerate(run.rows)]
         kept = self.kept_counts()
-        return [RowReport(flops_run, rows, kept, facts) for facts in self.method.facts(run.batch, rows)]
+        return [RowReport(flops_run, rows, kept, facts, reads) for facts in self.method.facts(run.batch, rows)]
+
+
+def _window(g, layer: int, context: int) -> int:
+    """The cached positions a layer's attention reads: all of them, or its sliding window's."""
+    window = g.sliding_window[layer]
+    return context if window is None else min(context, window)
 
 
 def run_routed(handle: PrunedModel, n: int, step: Callable[[RowGroup], T]) -> list[GroupRun[T]]:

@@ -48,3 +48,21 @@ def bias_flops(g: Geometry, tokens: int, sites: int) -> float:
 
 def lm_head_flops(g: Geometry, tokens: int) -> float:
     return 2 * tokens * g.hidden_size * g.vocab_size
+
+
+# -- bytes a decode step reads ----------------------------------------------------------------------
+# Decode is bound by memory: each step reads the weights that run once (for every row of the batch)
+# and each row's KV cache. Norms, biases and the embedding row are a rounding error, as above.
+def block_weight_bytes(g: Geometry, heads: int, kv_heads: int, channels: int, itemsize: int) -> float:
+    """The q, k, v, o and MLP weights of a block that keeps these structures."""
+    d, hd = g.hidden_size, g.head_dim
+    return (d * hd * (2 * heads + 2 * kv_heads) + 3 * d * channels) * itemsize
+
+
+def lm_head_bytes(g: Geometry, itemsize: int) -> float:
+    return g.vocab_size * g.hidden_size * itemsize
+
+
+def kv_read_bytes(g: Geometry, kv_heads: int, rows: int, context: int, itemsize: int) -> float:
+    """Keys and values of `kv_heads` heads over `context` cached positions, for `rows` rows."""
+    return 2 * kv_heads * g.head_dim * context * rows * itemsize

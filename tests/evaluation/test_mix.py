@@ -14,7 +14,8 @@ def _f(pruned, dense=100.0, recompute=0.0):
 def test_parse_mix():
     assert parse_mix("benign=0.9,harmful=0.1") == DEFAULT_MIX
     assert parse_mix("harmful=1") == {"harmful": 1.0}
-    for bad, message in [("benign=0.9", "sum to 1"), ("benign=0.5,evil=0.5", "LABEL=WEIGHT"),
+    assert parse_mix("realistic-benign=0.9,harmful=0.1") == {"realistic-benign": 0.9, "harmful": 0.1}
+    for bad, message in [("benign=0.9", "sum to 1"), ("benign=0.5,=0.5", "NAME=WEIGHT"), ("benign", "NAME=WEIGHT"),
                          ("benign=x,harmful=1", "must be a number"), ("benign=1.5,harmful=-0.5", r"\[0, 1\]"),
                          ("benign=0.5,benign=0.5", "twice")]:
         with pytest.raises(ValueError, match=message):
@@ -93,3 +94,29 @@ def test_the_table_shows_the_baseline_at_the_same_cost():
     table = summary_tables(cells)[0]
     col = next(c for c in table.columns if c.header == "pp same FLOPs")
     assert list(col.cells) == ["n/a", "n/a", "35%"]
+
+
+def test_a_mix_may_weigh_sets_and_a_set_it_names_must_be_measured():
+    labels = ["harmful", "benign", "benign"]
+    sets = ["adv", "ordinary", "xs"]
+    flops = [_f(100.0), _f(60.0), _f(80.0)]
+    s = summarize("pp", 0.3, [True, False, False], labels, judge="keyword", flops=flops, sets=sets,
+                  mix={"ordinary": 0.9, "harmful": 0.1})
+    assert s.mix_flops == pytest.approx(0.9 * 0.6 + 0.1 * 1.0)  # the stress set xs is left out of the traffic
+    assert summarize("pp", 0.3, [True, False, False], labels, judge="keyword", flops=flops, sets=sets,
+                     mix={"chat": 0.9, "harmful": 0.1}).mix_flops is None
+
+
+def test_the_time_model_is_the_roofline_of_each_phase():
+    from aapp.evaluation.cost import H100, estimated_seconds
+
+    row = {"new_tokens": 5, "flops": {"prefill": {"run": 2e12}, "decode": {"run": 4e9}},
+           "decode_bytes": {"weights": 1e9, "kv": 2e8, "element_bytes": 4}}
+    # prefill compute-bound; each of the 4 steps reads 1.2e9 fp32 bytes = 0.6e9 bf16 bytes, memory-bound.
+    want = 2e12 / H100.peak_flops + 4 * max(1e9 / H100.peak_flops, 0.6e9 / H100.bandwidth)
+    assert estimated_seconds(row) == pytest.approx(want, rel=1e-12)
+    assert estimated_seconds({"flops": {"dense": 1.0, "pruned": 1.0}}) is None  # an older row: no estimate
+    s = summarize("pp", 0.3, [False, False], ["benign", "harmful"], judge="keyword", sets=["a", "b"],
+                  est_seconds=[1.0, 3.0], decode_bytes=[10.0, 30.0], mix={"benign": 0.9, "harmful": 0.1})
+    assert s.est_seconds == 2.0 and s.mix_est_seconds == pytest.approx(0.9 * 1.0 + 0.1 * 3.0)
+    assert s.est_seconds_by_set == {"a": 1.0, "b": 3.0} and s.decode_bytes_per_token == 20.0

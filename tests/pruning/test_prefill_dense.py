@@ -130,3 +130,20 @@ def test_options_that_do_not_fit_the_dense_prefill_are_errors():
                        ({"prefill": "dense", "reprobe_every": 2}, "reprobe_every")):
         with pytest.raises(AappError, match=match):
             PruneOptions(ratio=0.3, **bad)
+
+
+def test_decode_bytes_are_the_kept_weights_and_the_kv_cache_read_per_token(setup):
+    loaded, calib = setup
+    row = rows(loaded, calib, ProbePruning(), OPTS, [PROMPT])[0]
+    dense = rows(loaded, calib, Dense(), PruneOptions(), [PROMPT])[0]
+    g, size = loaded.geometry, loaded.model.dtype.itemsize
+    seq = encode(loaded.tokenizer, [PROMPT], loaded.device)[0].shape[1]
+    kept = [(row["kept"]["heads"][i], row["kept"]["kv_heads"][i], row["kept"]["channels"][i]) for i in range(g.num_layers)]
+    weights = sum(flops.block_weight_bytes(g, *k, size) for k in kept) + flops.lm_head_bytes(g, size)
+    window = lambda i, n: n if g.sliding_window[i] is None else min(n, g.sliding_window[i])  # noqa: E731
+    kv = sum(flops.kv_read_bytes(g, kept[i][1], 1, window(i, seq + n), size)
+             for n in range(1, NEW) for i in range(g.num_layers)) / (NEW - 1)
+    assert row["decode_bytes"]["batch_size"] == 1
+    assert math.isclose(row["decode_bytes"]["weights"], weights, rel_tol=1e-12)
+    assert math.isclose(row["decode_bytes"]["kv"], kv, rel_tol=1e-12)
+    assert row["decode_bytes"]["weights"] < dense["decode_bytes"]["weights"]

@@ -24,7 +24,7 @@ import dataclasses
 import torch
 
 from aapp.calibration.store import Calibration
-from aapp.errors import AappError, CalibrationError
+from aapp.errors import AappError
 from aapp.methods.base import Method, Selection
 from aapp.methods.masks import LayerMask, top_k
 from aapp.methods.plan import LayerBudget, PrunePlan, make_plan
@@ -88,8 +88,7 @@ def layer_selections(loaded: LoadedModel, method: Method, options: PruneOptions,
                      calib: Calibration | None) -> list[Selection]:
     """Every layer's export-compatible selection, exactly as the engine would run it."""
     compat = export_compatible(method)
-    if compat.needs_calibration and calib is None:
-        raise CalibrationError(f"method {method.name!r} needs a calibration file; make one with `aapp calibrate`")
+    compat.check_calibration(calib)
     if calib is not None:
         calib.check_model(loaded.fingerprint, loaded.name, loaded.geometry)
     g = loaded.geometry

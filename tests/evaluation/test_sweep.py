@@ -358,7 +358,7 @@ def test_bad_input_is_a_clear_error_before_any_work(inputs, tmp_path):
         (dict(harmful=None, benign=None), "needs prompts"),
         (dict(methods=("dense", "magic")), "unknown method 'magic'"),
         (dict(ratios=(0.3, 1.0)), r"must be in \(0, 1\)"),
-        (dict(calib=None), "need calib"),
+        (dict(calib=None), "needs a calibration file"),
         (dict(benign=str(inputs.harmful)), "in both"),
         (dict(harmful=f"{inputs.harmful},{inputs.harmful}"), "in both"),
         (dict(judge=str(tmp_path / "nojudge")), "judge "),

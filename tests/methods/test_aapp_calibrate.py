@@ -133,3 +133,28 @@ def test_the_fit_gradient_is_autograds_and_one_thread_is_restored():
     _, g, gb = logistic_loss((z - z.mean(0)) / sd, y, w / w.sum(), 0.1, (weight.double() * sd),
                              bias.double() + z.mean(0) @ weight.double())
     assert float(g.abs().max()) < 1e-4 and abs(float(gb)) < 1e-4
+
+
+def test_the_prose_windows_are_read_from_the_general_text_pass_not_run_again(monkeypatch):
+    from aapp.calibration.run import pack_tokens
+    from aapp.methods.aapp import calibrate as step
+    from aapp.methods.aapp.passes import post_instruction_tokens, window_features
+
+    loaded = make_loaded("tiny-llama")
+    settings = TextSettings(samples=3, seq_len=32, batch_size=2)
+    prepared = Prepared(AlignmentSettings(), [Prompt(str(i), t, None, "t") for i, t in enumerate(HARMFUL)],
+                        [Prompt(str(i), t, None, "t") for i, t in enumerate(HARMLESS)], ("h", "s"))
+    with prepared.observe_text(loaded):
+        cal = calibrate_text(loaded, TEXT, settings, "test")
+    packed = pack_tokens(loaded.tokenizer, TEXT, settings.samples, settings.seq_len)
+    recorded = prepared.recorded["text"].features_of(packed)
+    again = window_features(loaded, packed, post_instruction_tokens(loaded.tokenizer))
+    torch.testing.assert_close(recorded, again)  # the same forwards, batched otherwise
+    assert prepared.recorded["text"].features_of(packed[:2]) is None  # other windows: not these features
+
+    def second_pass(*a, **k):
+        raise AssertionError("the prose windows ran a second time")
+
+    monkeypatch.setattr(step, "window_features", second_pass)
+    run(StepContext(cal, loaded, None, RecordingBar(), TEXT, settings), prepared)
+    assert alignment(cal).meta["gate_prose_windows"] == 3

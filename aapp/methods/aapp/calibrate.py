@@ -8,15 +8,16 @@ engine can run: Probe Pruning's prefill at a ratio.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 from aapp.calibration.run import TextSettings, pack_tokens
 from aapp.calibration.store import Calibration
 from aapp.console import warn
 from aapp.errors import CalibrationError, InputError
 from aapp.methods.aapp.gates import fit_gates
-from aapp.methods.aapp.passes import collect_set, post_instruction_tokens, window_features
+from aapp.methods.aapp.passes import WindowRecorder, collect_set, post_instruction_tokens, window_features
 from aapp.methods.aapp.store import Alignment, alignment, has_alignment, set_alignment
 from aapp.methods.aapp.thresholds import add_pruned_thresholds, fit_pruned_thresholds, parse_gate_ratios, plannable
 from aapp.methods.registry import CalibrationStep, StepContext
@@ -75,6 +76,16 @@ class Prepared:
     harmless: list[Prompt]
     names: tuple[str, str]
     contrast: tuple[list[Prompt], list[Prompt]] | None = None
+    recorded: dict = field(default_factory=dict)  # "text": the WindowRecorder of the general-text pass
+
+    @contextmanager
+    def observe_text(self, loaded: LoadedModel) -> Iterator[None]:
+        """Watch the general-text pass (aapp.pruning.calibrate): its windows are the fitted gate's
+        prose side, so their gate features are read there instead of in a second pass."""
+        recorder = WindowRecorder(loaded, post_instruction_tokens(loaded.tokenizer))
+        with recorder.recording():
+            yield
+        self.recorded["text"] = recorder
 
 
 def prepare(settings: AlignmentSettings, existing: Calibration | None = None) -> Prepared:
@@ -127,12 +138,14 @@ def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str],
                   description: dict, batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
                   prose: Sequence[str] = (), prose_settings: TextSettings = TextSettings(samples=32),
                   on_fit: Callable[[int, int], None] | None = None,
-                  contrast: tuple[Sequence[str], Sequence[str]] | None = None) -> None:
+                  contrast: tuple[Sequence[str], Sequence[str]] | None = None,
+                  recorded: WindowRecorder | None = None) -> None:
     """Add AAPP's alignment statistics and fitted gates to `cal` in place. `prose` (general text,
     cut into windows by `prose_settings`) joins the harmless side of the fitted gate, so that it
     learns not to fire on raw text. `contrast` (mirrored harmful and benign prompts, pair by pair)
     joins the fitted gate's training and every gate's routing cut. `on_fit(done, total)` follows the
-    fitted gate's layers."""
+    fitted gate's layers. `recorded`: a pass that already read the prose windows (their features
+    are taken from it when its windows are these)."""
     if not harmful or not harmless:
         raise InputError("alignment calibration needs both harmful and harmless prompts")
     h = collect_set(loaded, list(harmful), batch_size, on_batch)
@@ -144,7 +157,9 @@ def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str],
     windows = None
     if prose:
         packed = pack_tokens(loaded.tokenizer, prose, prose_settings.samples, prose_settings.seq_len)
-        windows = window_features(loaded, packed, n_post, batch_size)
+        windows = recorded.features_of(packed) if recorded is not None and recorded.n_post == n_post else None
+        if windows is None:
+            windows = window_features(loaded, packed, n_post, batch_size)
     if on_fit:
         on_fit(0, loaded.geometry.num_layers)  # the fit begins
     meta = dict(harmful=description.get("harmful"), harmless=description.get("harmless"),
@@ -174,7 +189,8 @@ def run(ctx: StepContext, prepared: Prepared) -> str:
     add_alignment(ctx.calib, ctx.loaded, [p.input for p in prepared.harmful], [p.input for p in prepared.harmless],
                   names, on_batch=lambda n: ctx.bar.advance(task, n), prose=ctx.prose, prose_settings=ctx.text,
                   on_fit=on_fit,
-                  contrast=tuple([p.input for p in side] for side in pairs) if pairs else None)
+                  contrast=tuple([p.input for p in side] for side in pairs) if pairs else None,
+                  recorded=prepared.recorded.get("text"))
     prose = _prose_windows(ctx.loaded, ctx.prose, ctx.text.samples, ctx.text.seq_len)
     ratios = _thresholds(ctx, prepared, prose)
     return (f"{len(prepared.harmful)} harmful + {len(prepared.harmless)} harmless prompts"

@@ -129,7 +129,7 @@ def _as_recorded(settings: AlignmentSettings, meta: dict) -> tuple[AlignmentSett
     counts = (meta.get("harmful_count"), meta.get("harmless_count"))
     if any(isinstance(n, int) for n in counts):
         warn(f"the file records {counts[0]} harmful + {counts[1]} harmless prompts but not how they were chosen "
-             "(it predates the record); using the first of each set, as --limit does")
+             "(it predates the record); using the first of each set, as a limit does")
         return settings, counts
     return settings, None
 

@@ -169,12 +169,12 @@ def calibrate(
 ):
     """Dense passes over calibration text (and harmful/harmless prompts); writes what `aapp prune` needs.
 
-    What it costs, in dense forward passes: the general text (--samples windows of --seq-len
-    tokens), read twice, for its statistics and as the logistic gate's prose side; the prompt
-    passes, 100 harmful + 100 harmless prompts (--limit, --sample) and 160 contrast pairs, two
-    prompts each (--contrast-pairs), of about 50 tokens per prompt; then the logistic gate's
-    fit, about a second per layer; and per --gate-ratios ratio, one pruned pass of the prompts
-    and the windows. On the default 0.5B model, 2 CPU cores take about a minute per 10,000 tokens.
+    What it costs, in dense forward passes: the general text, --samples windows of --seq-len
+    tokens (one pass gives its statistics and the logistic gate's prose side); the prompt passes,
+    100 harmful + 100 harmless prompts (--limit, --sample) and 160 contrast pairs, two prompts
+    each (--contrast-pairs), of about 50 tokens per prompt; then the logistic gate's fit, a few
+    seconds per layer; and per --gate-ratios ratio, one pruned pass of the prompts and the
+    windows. On the default 0.5B model, 2 CPU cores take about a minute per 10,000 tokens.
 
     With --update, only the pruned gate thresholds are computed and added to --out.
     """

@@ -202,7 +202,7 @@ def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor],
     of the loss and the benign sets share the other half equally; the L2 strength per layer is
     the one with the best out-of-fold AUROC, which is the AUROC reported, and the threshold
     maximises out-of-fold balanced accuracy (harmful vs every benign row). `on_layer(done, total)`
-    follows the layers: this is most of calibration's time (L layers x L2 grid x folds of L-BFGS).
+    follows the layers (L layers x L2 grid x folds of L-BFGS, each on one thread: see fit_linear).
     The last `pairs` rows of `harmful` and of `benign[0]` are mirrored pairs, row for row: the routing
     cut is taken on the out-of-fold scores of harmful vs `benign[0]`, the pair AUROC on those rows."""
     sets = [harmful] + benign

@@ -229,15 +229,23 @@ def calibrate(
     gate_ratios: Annotated[str, typer.Option(metavar="RATIOS", help="Ratios at which AAPP's gate thresholds are refitted on Probe Pruning's pruned features (a gate reading a layer after pruned ones needs them). Only a gate that reads a layer after pruned ones uses them (--opt gate=logistic; the default direction gate reads a dense layer), so none by default: each ratio costs one pruned prefill of the harmful+harmless prompts and the prose windows, about 9 CPU-minutes on the 0.5B model. 'none' skips. Ratios the model cannot be pruned to are skipped with a warning.")] = "none",
     dense_layers: Annotated[int, typer.Option(metavar="N", help="First layers kept dense in the --gate-ratios passes; `aapp prune` uses the thresholds only with the same dense_layers option.", min=0)] = 3,
     gate_fpr: Annotated[float, typer.Option(metavar="FRACTION", help="The --gate-ratios thresholds let at most this share of the benign calibration inputs (harmless prompts, and prose windows for the logistic gate) fire: 0.01 keeps a batch of 8 benign prompts under a 10% chance of firing (1 - 0.99^8 = 7.7%). 1 is no cap (balanced accuracy alone).", min=0.0, max=1.0)] = 0.01,
-    update: Annotated[bool, typer.Option(metavar="", help="Add --gate-ratios thresholds to the existing --out file (made for this --model) without the dense passes; the rest of the file is kept.")] = False,
-    limit: Limit = None,
-    sample: Sample = None,
+    update: Annotated[bool, typer.Option(metavar="", help="Add --gate-ratios thresholds to the existing --out file (made for this --model) without the dense passes; the rest of the file is kept, and its harmful and harmless prompts are read as it records them unless --limit or --sample is given.")] = False,
+    limit: Annotated[Optional[int], typer.Option(metavar="N", help="Use only the first N harmful and N harmless prompts (after --sample); the contrast pairs have --contrast-pairs.", min=1)] = None,
+    sample: Annotated[Optional[int], typer.Option(metavar="N", help="Draw N harmful and N harmless prompts at random (seeded by --seed); all of a smaller set, with a warning.", min=1)] = None,
     seed: Seed = 0,
+    contrast_pairs: Annotated[Optional[int], typer.Option(metavar="N", help="Use the first N of the 160 mirrored harmful/benign contrast pairs (default: all), which train the logistic gate and set the gates' routing cuts; 0 skips them. Each pair is two prompt passes: the 160 are 320 of the default 520.", min=0)] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", min=1)] = 4,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ):
     """Dense passes over calibration text (and harmful/harmless prompts); writes what `aapp prune` needs.
+
+    What it costs, in dense forward passes: the general text, --samples windows of --seq-len
+    tokens (one pass gives its statistics and the logistic gate's prose side); the prompt passes,
+    100 harmful + 100 harmless prompts (--limit, --sample) and 160 contrast pairs, two prompts
+    each (--contrast-pairs), of about 50 tokens per prompt; then the logistic gate's fit, a few
+    seconds per layer; and per --gate-ratios ratio, one pruned pass of the prompts and the
+    windows. On the default 0.5B model, 2 CPU cores take about a minute per 10,000 tokens.
 
     With --update, only the pruned gate thresholds are computed and added to --out. With
     --no-alignment, the options of AAPP's alignment statistics are errors.
@@ -250,7 +258,8 @@ def calibrate(
     steps = {}
     if alignment:  # AAPP's calibration step, by its settings' fields
         steps["aapp"] = dict(harmful=harmful, harmless=harmless, limit=limit, sample=sample, seed=seed,
-                             gate_ratios=gate_ratios, dense_layers=dense_layers, gate_fpr=gate_fpr)
+                             gate_ratios=gate_ratios, dense_layers=dense_layers, gate_fpr=gate_fpr,
+                             contrast_pairs=contrast_pairs)
     info(run_calibration(CalibrateRequest(
         model=model, out=out, text=text, text_settings=TextSettings(samples=samples, seq_len=seq_len, batch_size=batch_size),
         steps=steps, update=update, device=device, dtype=dtype)))

@@ -120,7 +120,7 @@ def base_and_changes(r: Path) -> dict[tuple[str, str], tuple[list, dict[str, tup
             "harmless": one("--harmless", r / "q.jsonl"), "alignment": one("--no-alignment"),
             "gate_ratios": one("--gate-ratios", 0.2), "dense_layers": (["--gate-ratios", 0.2], ["--dense-layers", 1]),
             "gate_fpr": (["--gate-ratios", 0.2], ["--gate-fpr", 0.5]), "update": one("--update"),
-            "limit": one("--limit", 2), "sample": one("--sample", 2), "seed": (["--sample", 2], ["--seed", 5]),
+            "contrast_pairs": one("--contrast-pairs", 2), "limit": one("--limit", 2), "sample": one("--sample", 2), "seed": (["--sample", 2], ["--seed", 5]),
             "batch_size": one("--batch-size", 1), "dtype": one("--dtype", "bfloat16")}),
         ("calibrate", "no-alignment"): ([*calib[:-2], "--no-alignment"], {
             "model": one("--model", r / "other"), "text": one("--text", "builtin"), "samples": one("--samples", 3),

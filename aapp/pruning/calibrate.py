@@ -2,11 +2,16 @@
 from, then each method's own calibration step (AAPP's alignment section), which may ask the
 engine for Probe Pruning's prefill at a ratio; or, with `update`, only the methods' updates to
 an existing file of the same model. The file is written once, atomically, at the end.
+
+A step's prepared value may offer `observe_text(loaded)`, a context manager entered around the
+general-text pass, to read what it needs from those forwards rather than run them again (AAPP
+takes its prose windows' gate features there: the same windows).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from aapp.calibration.run import TextSettings, calibrate_text
@@ -68,7 +73,12 @@ def calibrate(request: CalibrateRequest) -> str:
         else:
             ts = request.text_settings
             task = bar.add_task("general text", total=ts.samples)
-            cal = calibrate_text(loaded, texts, ts, description=request.text, on_batch=lambda n: bar.advance(task, n))
+            with ExitStack() as watching:  # a step may read what it needs from this pass, not run it again
+                for prep in prepared.values():
+                    if hasattr(prep, "observe_text"):
+                        watching.enter_context(prep.observe_text(loaded))
+                cal = calibrate_text(loaded, texts, ts, description=request.text,
+                                     on_batch=lambda n: bar.advance(task, n))
             said.append(f"{cal.meta['samples']} windows x {ts.seq_len} tokens")
         ctx = StepContext(cal, loaded, pp_prefill(loaded, cal), bar, texts, request.text_settings)
         for name, prep in prepared.items():

@@ -8,15 +8,16 @@ engine can run: Probe Pruning's prefill at a ratio.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 from aapp.calibration.run import TextSettings, pack_tokens
 from aapp.calibration.store import Calibration
 from aapp.console import warn
 from aapp.errors import CalibrationError, InputError
 from aapp.methods.aapp.gates import fit_gates
-from aapp.methods.aapp.passes import collect_set, post_instruction_tokens, window_features
+from aapp.methods.aapp.passes import WindowRecorder, collect_set, post_instruction_tokens, window_features
 from aapp.methods.aapp.store import Alignment, alignment, has_alignment, set_alignment
 from aapp.methods.aapp.thresholds import add_pruned_thresholds, fit_pruned_thresholds, parse_gate_ratios, plannable
 from aapp.methods.registry import CalibrationStep, StepContext
@@ -45,6 +46,7 @@ class AlignmentSettings:
     dense_layers: int = 3
     gate_fpr: float = 0.01
     contrast: tuple[str, str] | str | None = DEFAULT_CONTRAST
+    contrast_pairs: int | None = None  # the first N mirrored pairs (None: all; 0: none)
 
     def __post_init__(self):
         if isinstance(self.gate_ratios, str):
@@ -56,6 +58,13 @@ class AlignmentSettings:
             elif len(names) != 2 or not all(names):
                 raise InputError(f"contrast takes two prompt sets, HARMFUL,BENIGN (or none), got {self.contrast!r}")
             object.__setattr__(self, "contrast", names)
+        if self.contrast_pairs is not None and self.contrast_pairs < 0:
+            raise InputError(f"contrast pairs must be at least 0, got {self.contrast_pairs}")
+
+    @property
+    def selection(self) -> dict:
+        """How the harmful and harmless prompts were chosen from their sets, as the file records it."""
+        return {"limit": self.limit, "sample": self.sample, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -67,11 +76,22 @@ class Prepared:
     harmless: list[Prompt]
     names: tuple[str, str]
     contrast: tuple[list[Prompt], list[Prompt]] | None = None
+    recorded: dict = field(default_factory=dict)  # "text": the WindowRecorder of the general-text pass
+
+    @contextmanager
+    def observe_text(self, loaded: LoadedModel) -> Iterator[None]:
+        """Watch the general-text pass (aapp.pruning.calibrate): its windows are the fitted gate's
+        prose side, so their gate features are read there instead of in a second pass."""
+        recorder = WindowRecorder(loaded, post_instruction_tokens(loaded.tokenizer))
+        with recorder.recording():
+            yield
+        self.recorded["text"] = recorder
 
 
 def prepare(settings: AlignmentSettings, existing: Calibration | None = None) -> Prepared:
-    """Load the prompt sets (the file's own, with `existing`, unless named)."""
+    """Load the prompt sets (with `existing`, the file's own sets and prompts, unless named)."""
     harmful, harmless = settings.harmful, settings.harmless
+    recorded = None
     if existing is not None:
         if not has_alignment(existing):
             raise CalibrationError("the calibration file has no alignment statistics to fit gate thresholds for; "
@@ -80,28 +100,52 @@ def prepare(settings: AlignmentSettings, existing: Calibration | None = None) ->
         harmful, harmless = harmful or meta.get("harmful"), harmless or meta.get("harmless")
         if not harmful or not harmless:
             raise InputError("the calibration file does not name its prompt sets; name the harmful and harmless sets")
+        if settings.limit is None and settings.sample is None:
+            settings, recorded = _as_recorded(settings, meta)
     harmful, harmless = harmful or DEFAULT_HARMFUL, harmless or DEFAULT_HARMLESS
     load = dict(limit=settings.limit, sample=settings.sample, seed=settings.seed)
+    sets = [load_prompts(harmful, **load), load_prompts(harmless, **load)]
+    if recorded is not None:  # a file that records its counts but not how it chose them: the first N
+        sets = [prompts[:n] if isinstance(n, int) and n < len(prompts) else prompts
+                for prompts, n in zip(sets, recorded)]
     contrast = None
-    if settings.contrast is not None:
+    if settings.contrast is not None and settings.contrast_pairs != 0:
         contrast = tuple(load_prompts(name) for name in settings.contrast)
         if len(contrast[0]) != len(contrast[1]):
             raise InputError(f"the contrast sets are mirrored pairs, line for line, but {settings.contrast[0]} has "
                              f"{len(contrast[0])} prompts and {settings.contrast[1]} {len(contrast[1])}")
-    return Prepared(settings, load_prompts(harmful, **load), load_prompts(harmless, **load), (harmful, harmless),
-                    contrast)
+        if settings.contrast_pairs is not None:
+            contrast = tuple(side[: settings.contrast_pairs] for side in contrast)
+    return Prepared(settings, sets[0], sets[1], (harmful, harmless), contrast)
+
+
+def _as_recorded(settings: AlignmentSettings, meta: dict) -> tuple[AlignmentSettings, tuple | None]:
+    """The settings an update takes its prompts with when none are given: the file's selection
+    (limit, sample, seed), or, for a file that records only its counts, None and those counts."""
+    selection = meta.get("selection")
+    if isinstance(selection, dict):
+        return replace(settings, **{k: selection.get(k) for k in ("limit", "sample")},
+                       seed=int(selection.get("seed") or 0)), None
+    counts = (meta.get("harmful_count"), meta.get("harmless_count"))
+    if any(isinstance(n, int) for n in counts):
+        warn(f"the file records {counts[0]} harmful + {counts[1]} harmless prompts but not how they were chosen "
+             "(it predates the record); using the first of each set, as a limit does")
+        return settings, counts
+    return settings, None
 
 
 def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str],
                   description: dict, batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
                   prose: Sequence[str] = (), prose_settings: TextSettings = TextSettings(samples=32),
                   on_fit: Callable[[int, int], None] | None = None,
-                  contrast: tuple[Sequence[str], Sequence[str]] | None = None) -> None:
+                  contrast: tuple[Sequence[str], Sequence[str]] | None = None,
+                  recorded: WindowRecorder | None = None) -> None:
     """Add AAPP's alignment statistics and fitted gates to `cal` in place. `prose` (general text,
     cut into windows by `prose_settings`) joins the harmless side of the fitted gate, so that it
     learns not to fire on raw text. `contrast` (mirrored harmful and benign prompts, pair by pair)
     joins the fitted gate's training and every gate's routing cut. `on_fit(done, total)` follows the
-    fitted gate's layers."""
+    fitted gate's layers. `recorded`: a pass that already read the prose windows (their features
+    are taken from it when its windows are these)."""
     if not harmful or not harmless:
         raise InputError("alignment calibration needs both harmful and harmless prompts")
     h = collect_set(loaded, list(harmful), batch_size, on_batch)
@@ -113,11 +157,16 @@ def add_alignment(cal: Calibration, loaded: LoadedModel, harmful: Sequence[str],
     windows = None
     if prose:
         packed = pack_tokens(loaded.tokenizer, prose, prose_settings.samples, prose_settings.seq_len)
-        windows = window_features(loaded, packed, n_post, batch_size)
+        windows = recorded.features_of(packed) if recorded is not None and recorded.n_post == n_post else None
+        if windows is None:
+            windows = window_features(loaded, packed, n_post, batch_size)
+    if on_fit:
+        on_fit(0, loaded.geometry.num_layers)  # the fit begins
     meta = dict(harmful=description.get("harmful"), harmless=description.get("harmless"),
                 harmful_count=len(harmful), harmless_count=len(harmless),
                 post_instruction_tokens=n_post, gate_prose_windows=0 if windows is None else len(windows),
-                contrast=description.get("contrast"), contrast_pairs=0 if pairs is None else len(pairs[0]))
+                contrast=description.get("contrast"), contrast_pairs=0 if pairs is None else len(pairs[0]),
+                selection=description.get("selection"))
     set_alignment(cal, Alignment(harmful=h.stats, harmless=s.stats, gates=fit_gates(h, s, windows, on_fit, pairs),
                                  meta=meta))
 
@@ -128,14 +177,20 @@ def run(ctx: StepContext, prepared: Prepared) -> str:
     pairs = prepared.contrast
     task = ctx.bar.add_task("harmful/harmless", total=len(prepared.harmful) + len(prepared.harmless)
                             + (2 * len(pairs[0]) if pairs else 0))
-    names = dict(zip(("harmful", "harmless"), prepared.names))
+    names = dict(zip(("harmful", "harmless"), prepared.names), selection=prepared.settings.selection)
     if pairs:
         names["contrast"] = ",".join(prepared.settings.contrast)
-    fit = ctx.bar.add_task("logistic gate fit, layers", total=None)
+    fit = ctx.bar.add_task("logistic gate fit, layers", total=None, start=False)
+
+    def on_fit(done: int, total: int) -> None:
+        ctx.bar.start_task(fit)  # its clock starts with the fit, not with the passes
+        ctx.bar.update(fit, completed=done, total=total)
+
     add_alignment(ctx.calib, ctx.loaded, [p.input for p in prepared.harmful], [p.input for p in prepared.harmless],
                   names, on_batch=lambda n: ctx.bar.advance(task, n), prose=ctx.prose, prose_settings=ctx.text,
-                  on_fit=lambda done, total: ctx.bar.update(fit, completed=done, total=total),
-                  contrast=tuple([p.input for p in side] for side in pairs) if pairs else None)
+                  on_fit=on_fit,
+                  contrast=tuple([p.input for p in side] for side in pairs) if pairs else None,
+                  recorded=prepared.recorded.get("text"))
     prose = _prose_windows(ctx.loaded, ctx.prose, ctx.text.samples, ctx.text.seq_len)
     ratios = _thresholds(ctx, prepared, prose)
     return (f"{len(prepared.harmful)} harmful + {len(prepared.harmless)} harmless prompts"

@@ -30,7 +30,8 @@ keeps the scores' order but shifts their scale.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -127,28 +128,54 @@ def best_threshold(pos: torch.Tensor, neg: torch.Tensor, max_fpr: float | None =
     return float(cuts[torch.argmax(score)])
 
 
+def logistic_loss(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float, coef: torch.Tensor,
+                  b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`fit_linear`'s objective at (coef [D], b): the sample-weighted BCE of logits z @ coef + b [N]
+    against y plus 0.5 * l2 * |coef|^2, and its gradients in coef and b (those autograd gives:
+    d BCE / d logit = sigmoid(logit) - y)."""
+    s = torch.addmv(b.expand(len(z)), z, coef)  # [N] logits
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(s, y, reduction="none")
+    residual = w * (torch.sigmoid(s) - y)  # [N] d loss / d logit
+    value = (w * bce).sum() + 0.5 * l2 * coef.square().sum()
+    return value, torch.addmv(coef, z.T, residual, beta=l2), residual.sum()
+
+
 def fit_linear(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised logistic regression of labels y [N] on rows x [N, D] with sample weights w [N]
-    (summing to 1), on standardised features; returns the weight [D] and bias on the raw features."""
+    (summing to 1), on standardised features; returns the weight [D] and bias on the raw features.
+
+    L-BFGS with a strong-Wolfe line search, on one thread, on `logistic_loss` (its gradient written
+    out: on a few hundred rows autograd's bookkeeping costs more than the algebra)."""
     x = x.to(torch.float64)
     mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
-    z = (x - mu) / sd
-    with torch.enable_grad():
-        coef = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([coef, b], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12,
-                                history_size=20, line_search_fn="strong_wolfe")
+    z = (x - mu) / sd  # [N, D]
+    coef = torch.zeros(x.shape[1], dtype=torch.float64)
+    b = torch.zeros((), dtype=torch.float64)
+    opt = torch.optim.LBFGS([coef, b], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
 
-        def loss():
-            opt.zero_grad()
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(z @ coef + b, y, reduction="none")
-            value = (w * bce).sum() + 0.5 * l2 * coef.square().sum()
-            value.backward()
-            return value
+    def loss() -> torch.Tensor:
+        value, coef.grad, b.grad = logistic_loss(z, y, w, l2, coef, b)
+        return value
 
+    with single_thread():
         opt.step(loss)
-    weight = coef.detach() / sd
-    return weight.float(), (b.detach() - mu @ weight).float()
+    weight = coef / sd
+    return weight.float(), (b - mu @ weight).float()
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one thread inside the block. The gate fit's ops are on a few hundred rows: splitting
+    each over threads costs more in synchronisation than it saves, and many times more on a busy
+    machine, where a thread waits for a core at every op (a 552-row BCE took 230 us on 2 threads, 20
+    on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def route_cut(pos: torch.Tensor, neg: torch.Tensor, recall: float = ROUTE_RECALL) -> tuple[float, float]:
@@ -175,7 +202,7 @@ def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor],
     of the loss and the benign sets share the other half equally; the L2 strength per layer is
     the one with the best out-of-fold AUROC, which is the AUROC reported, and the threshold
     maximises out-of-fold balanced accuracy (harmful vs every benign row). `on_layer(done, total)`
-    follows the layers: this is most of calibration's time (L layers x L2 grid x folds of L-BFGS).
+    follows the layers (L layers x L2 grid x folds of L-BFGS, each on one thread: see fit_linear).
     The last `pairs` rows of `harmful` and of `benign[0]` are mirrored pairs, row for row: the routing
     cut is taken on the out-of-fold scores of harmful vs `benign[0]`, the pair AUROC on those rows."""
     sets = [harmful] + benign
@@ -188,33 +215,41 @@ def fit_logistic(harmful: torch.Tensor, benign: list[torch.Tensor],
     weights, biases, aucs, thresholds, cuts, fprs, pair_aucs = [], [], [], [], [], [], []
     n_h, n_b = len(harmful), len(benign[0])
     for layer in range(layers):
-        xl = x[:, layer]
-        best = None
-        for l2 in L2_GRID:
-            oof = torch.empty(len(y), dtype=torch.float64)
-            for k in range(FOLDS):
-                train, test = fold != k, fold == k
-                wk, bk = fit_linear(xl[train], y[train], w[train] / w[train].sum(), l2)
-                oof[test] = xl[test] @ wk.double() + bk.double()
-            auc = auroc(oof[y == 1].float(), oof[y == 0].float())
-            if best is None or auc > best[0]:
-                best = (auc, l2, oof)
-        auc, l2, oof = best
-        wl, bl = fit_linear(xl, y, w, l2)
-        weights.append(wl)
-        biases.append(bl)
+        with single_thread():
+            weights_l, bias_l, auc, threshold, cut, fpr, pair_auc = _fit_layer(x[:, layer], y, w, fold, n_h, n_b, pairs)
+        weights.append(weights_l)
+        biases.append(bias_l)
         aucs.append(auc)
-        thresholds.append(best_threshold(oof[y == 1].float(), oof[y == 0].float()))
-        cut, fpr = route_cut(oof[:n_h], oof[n_h : n_h + n_b])
+        thresholds.append(threshold)
         cuts.append(cut)
         fprs.append(fpr)
         if pairs:
-            pair_aucs.append(auroc(oof[n_h - pairs : n_h].float(), oof[n_h + n_b - pairs : n_h + n_b].float()))
+            pair_aucs.append(pair_auc)
         if on_layer:
             on_layer(layer + 1, layers)
     return GateFit(auroc=torch.tensor(aucs), threshold=torch.tensor(thresholds), weight=torch.stack(weights),
                    bias=torch.stack(biases), route_threshold=torch.tensor(cuts), route_fpr=torch.tensor(fprs),
                    pair_auroc=torch.tensor(pair_aucs) if pairs else None)
+
+
+def _fit_layer(xl: torch.Tensor, y: torch.Tensor, w: torch.Tensor, fold: torch.Tensor, n_h: int, n_b: int, pairs: int):
+    """fit_logistic at one layer's features xl [N, D]: weight, bias, AUROC, threshold, routing cut,
+    its benign share and the pair AUROC (None without pairs)."""
+    best = None
+    for l2 in L2_GRID:
+        oof = torch.empty(len(y), dtype=torch.float64)
+        for k in range(FOLDS):
+            train, test = fold != k, fold == k
+            wk, bk = fit_linear(xl[train], y[train], w[train] / w[train].sum(), l2)
+            oof[test] = xl[test] @ wk.double() + bk.double()
+        auc = auroc(oof[y == 1].float(), oof[y == 0].float())
+        if best is None or auc > best[0]:
+            best = (auc, l2, oof)
+    auc, l2, oof = best
+    wl, bl = fit_linear(xl, y, w, l2)
+    cut, fpr = route_cut(oof[:n_h], oof[n_h : n_h + n_b])
+    pair_auc = auroc(oof[n_h - pairs : n_h].float(), oof[n_h + n_b - pairs : n_h + n_b].float()) if pairs else None
+    return wl, bl, auc, best_threshold(oof[y == 1].float(), oof[y == 0].float()), cut, fpr, pair_auc
 
 
 def fit_gates(harmful: PromptSetPass, harmless: PromptSetPass, prose: torch.Tensor | None = None,

@@ -17,8 +17,8 @@ gates; the file stores the moments, see aapp.methods.aapp.store).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -135,6 +135,45 @@ def _forward_prompts(loaded: LoadedModel, prompts: Sequence[str], batch_size: in
         feats.end_batch()
         if on_batch:
             on_batch(len(chunk))
+
+
+class WindowRecorder:
+    """`window_features` read from someone else's forwards: while `recording()`, every forward of
+    `loaded.model` on raw token windows (no padding, no chat template) adds its windows and their
+    features. `aapp calibrate` records the general-text pass so, as the same windows are the fitted
+    gate's prose side, it need not run them twice (`features_of`)."""
+
+    def __init__(self, loaded: LoadedModel, n_post: int):
+        self.loaded, self.n_post = loaded, n_post
+        self.windows: list[torch.Tensor] = []
+        self._counted: torch.Tensor | None = None
+        self._features: _ResidualFeatures | None = None
+
+    @contextmanager
+    def recording(self) -> Iterator["WindowRecorder"]:
+        self._features = _ResidualFeatures(self.loaded, lambda: self._counted)
+        model = self.loaded.model
+        handles = [model.register_forward_pre_hook(self._begin, with_kwargs=True),
+                   model.register_forward_hook(lambda *_: self._features.end_batch())]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self._features.remove()
+
+    def _begin(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if kwargs.get("attention_mask") is not None:
+            raise ValueError("WindowRecorder reads unpadded windows; this forward has an attention mask")
+        self.windows.append(ids.detach().cpu())
+        self._counted = counted_tokens(torch.ones(1, ids.shape[1], dtype=torch.bool), f"last:{self.n_post}").to(ids.device)
+
+    def features_of(self, windows: torch.Tensor) -> torch.Tensor | None:
+        """The features [N, L, D] of exactly these windows [N, S], if they are what was recorded."""
+        if not self.windows or self._features is None or not torch.equal(torch.cat(self.windows), windows.cpu()):
+            return None
+        return torch.cat(self._features.rows)
 
 
 @torch.inference_mode()

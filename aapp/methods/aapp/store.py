@@ -18,7 +18,8 @@ prefill gives at a few ratios (aapp.methods.aapp.thresholds). Tensor names insid
                                                              "dense_layers": n, "max_fpr": f or null}
 
 The section's metadata also names the prompt sets and counts (`harmful`, `harmless`,
-`harmful_count`, `harmless_count`), `post_instruction_tokens` and `gate_prose_windows`.
+`harmful_count`, `harmless_count`), how the prompts were chosen from them (`selection`: limit, sample
+and seed; files before it lack it), `post_instruction_tokens` and `gate_prose_windows`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SITES = ("attn", "mlp")
 PRUNED_META = "gate_pruned"
 RATIO_MATCH = 1e-6  # a plan's ratio matches a stored one within this
 META = ("harmful", "harmless", "harmful_count", "harmless_count", "post_instruction_tokens", "gate_prose_windows",
-        "contrast", "contrast_pairs")
+        "contrast", "contrast_pairs", "selection")
 ROUTE_FIELDS = ("route_threshold", "route_fpr", "pair_auroc")
 
 

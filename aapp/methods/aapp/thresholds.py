@@ -101,8 +101,7 @@ def fit_pruned_thresholds(loaded: LoadedModel, align: Alignment, harmful: Sequen
     n_post = align.post_instruction_tokens
     per_ratio = []
     for ratio in ratios:
-        first_pruned = next(i for i, r in enumerate(_plan(g, ratio, dense_layers, channel_multiple).layer_ratios)
-                            if r > 0)
+        first_pruned = _plan(g, ratio, dense_layers, channel_multiple).first_pruned
         with prefill(ratio, dense_layers):
             fh, fs = (prompt_features(loaded, p, n_post, batch_size, on_batch) for p in (harmful, harmless))
             fp = window_features(loaded, prose, n_post, batch_size) if prose is not None and len(prose) else None

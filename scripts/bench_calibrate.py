@@ -63,14 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load(args) -> LoadedModel:
     if args.tiny:
-        from aapp.models.adapters import adapter_for
-        from aapp.models.loading import fingerprint
-        from aapp.models.synthetic import random_model, tiny_tokenizer
+        from aapp.models.loading import tiny_loaded
 
-        tok = tiny_tokenizer()
-        model = random_model("tiny-qwen2", vocab_size=len(tok))
-        adapter = adapter_for(model)
-        return LoadedModel("tiny-qwen2", model, tok, adapter, adapter.geometry(model), fingerprint(model))
+        return tiny_loaded("tiny-qwen2")
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 

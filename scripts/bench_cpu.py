@@ -33,7 +33,7 @@ from aapp.models.kv_cache import cache_kwarg, new_cache
 from aapp.models.loading import LoadedModel, load_model
 from aapp.provenance import machine, script_command
 from aapp.pruning.engine import PruneOptions, prune_model
-from aapp.pruning.flops import FlopCount
+from aapp.methods.report import FlopCount
 from aapp.text import load_text
 from aapp.timing import rounds, summary
 

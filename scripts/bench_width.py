@@ -290,10 +290,11 @@ def bench_shape(shape: str, layers: int, args) -> dict:
                                   str(args.new)], logs / f"{shape}.plain.log")}
     for m in METHODS:
         rows_file = work / f"{shape}.{m}.jsonl"
-        # The dense reference takes no ratio and no engine options: each is an error there.
-        pruning = ["--ratio", f"{ratio:.6f}", "--opt", "dense_layers=1"] if m != "dense" else []
+        # The dense reference takes no ratio, no engine options and no calibration: each is an error there.
+        pruning = (["--ratio", f"{ratio:.6f}", "--opt", "dense_layers=1", "--calib", str(calib_file)]
+                   if m != "dense" else [])
         memory[m] = run_child(aapp_cli("prune", "--model", str(model_dir), "--method", m, *pruning,
-                                       "--calib", str(calib_file), "--input", str(prompts_file),
+                                       "--input", str(prompts_file),
                                        "--batch-size", str(args.batch), "--max-new-tokens", str(args.new),
                                        "--dtype", "float32", "--out", str(rows_file)), logs / f"{shape}.{m}.log")
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()]

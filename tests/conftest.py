@@ -7,19 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from aapp.models.adapters import adapter_for
-from aapp.models.loading import LoadedModel, fingerprint
-from aapp.models.synthetic import random_model, tiny_tokenizer
+from aapp.models.loading import LoadedModel, tiny_loaded
 
 FAMILIES = ["tiny-llama", "tiny-qwen2", "tiny-gemma3"]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def make_loaded(shape: str, seed: int = 0, **kw) -> LoadedModel:
-    tok = tiny_tokenizer()
-    model = random_model(shape, seed=seed, vocab_size=len(tok), **kw)
-    adapter = adapter_for(model)
-    return LoadedModel(shape, model, tok, adapter, adapter.geometry(model), fingerprint(model))
+    return tiny_loaded(shape, seed, **kw)
 
 
 @pytest.fixture(params=FAMILIES)

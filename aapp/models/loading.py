@@ -187,3 +187,15 @@ def fingerprint(model: nn.Module) -> str:
         h.update(f"{name}:{tuple(tensor.shape)}".encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def tiny_loaded(shape: str = "tiny-qwen2", seed: int = 0, **kw) -> LoadedModel:
+    """A random-weight model of a tiny test shape with its tiny tokenizer, loaded as `load_model` loads
+    (the tests' and the benchmarks' `--tiny` model)."""
+    from aapp.models.adapters import adapter_for
+    from aapp.models.synthetic import random_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = random_model(shape, seed=seed, vocab_size=len(tok), **kw)
+    adapter = adapter_for(model)
+    return LoadedModel(shape, model, tok, adapter, adapter.geometry(model), fingerprint(model))

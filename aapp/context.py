@@ -41,18 +41,18 @@ def fit_to_context(prompts: Sequence[Prompt], tokenizer, context: int | None, ma
             continue
         what = f"prompt {p.id}: {n} tokens + {max_new_tokens} to generate exceed the model's context of {context}"
         if not truncate:
-            warn(f"{what}; left out (--truncate keeps its last tokens instead)")
+            warn(f"{what}; left out (the truncate option keeps its last tokens instead)")
             continue
         if p.messages is not None:
             # Which turn to cut is the user's call: the front of a conversation may hold its instructions.
-            warn(f"{what}; left out (--truncate cuts plain prompts, not conversations)")
+            warn(f"{what}; left out (the truncate option cuts plain prompts, not conversations)")
             continue
         cut = _cut_front(tokenizer, p.text, room, overhead)
         cut_tokens = prompt_tokens(tokenizer, cut)
         warn(f"{what}; cut to its last {cut_tokens - overhead} tokens")
         kept.append(replace(p, text=cut, truncated=n - cut_tokens))
     if prompts and not kept:
-        raise InputError(f"no prompt fits the model's context of {context} tokens (--truncate cuts them to fit)")
+        raise InputError(f"no prompt fits the model's context of {context} tokens (the truncate option cuts them to fit)")
     return kept
 
 

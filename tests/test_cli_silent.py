@@ -62,7 +62,8 @@ def test_a_typo_in_a_sweep_option_gets_a_did_you_mean(capsys, tmp_path, opt, nee
 
 
 def test_messages_name_the_flag(capsys, tmp_path, tiny_model_dir):
-    """"out afile: exists and is not a directory" and "(truncate keeps ...)" named no flag a user can find."""
+    """"out afile: exists and is not a directory" and "(truncate keeps ...)" named nothing a user can find: the
+    CLI names its flags; the library, which knows no command line, names the option."""
     from aapp.context import fit_to_context
     from aapp.prompts import Prompt
     from tests.conftest import make_loaded
@@ -76,6 +77,6 @@ def test_messages_name_the_flag(capsys, tmp_path, tiny_model_dir):
     long = [Prompt("long", "word " * 40, None, "x")]
     capsys.readouterr()
     assert fit_to_context(long + [Prompt("short", "hi", None, "x")], tok, 60, 8) != []
-    assert "left out (--truncate keeps its last tokens instead)" in capsys.readouterr().err
-    with pytest.raises(InputError, match=r"\(--truncate cuts them to fit\)"):
+    assert "left out (the truncate option keeps its last tokens instead)" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"\(the truncate option cuts them to fit\)"):
         fit_to_context(long, tok, 60, 8)

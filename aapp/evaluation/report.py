@@ -133,7 +133,7 @@ def write_outputs(
     try:
         write_files(out, files)
     except OSError as e:
-        raise InputError(f"--out {out}: cannot write outputs: {e.strerror or e}") from None
+        raise InputError(f"the out directory {out}: cannot write outputs: {e.strerror or e}") from None
     return {name: out / name for name in files}
 
 

@@ -28,10 +28,10 @@ def check_out(out: Path, store: CellStore, resume: bool) -> None:
 
     check_out_dir(out)
     if (out / ".partial").exists():  # the per-batch log of aapp before cells were the unit of resume
-        raise InputError(f"--out {out} holds an unfinished sweep of an older aapp ({out / '.partial'}), which this "
+        raise InputError(f"the out directory {out} holds an unfinished sweep of an older aapp ({out / '.partial'}), which this "
                          "one cannot continue; remove it to start over")
     if store.exists() and not resume:
-        raise InputError(f"--out {out} holds the cells of an earlier sweep ({store.dir}); pass resume to reuse "
+        raise InputError(f"the out directory {out} holds the cells of an earlier sweep ({store.dir}); pass resume to reuse "
                          "those with the same settings, or remove the directory to start over")
 
 

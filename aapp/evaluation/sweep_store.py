@@ -67,7 +67,7 @@ class CellStore:
                 f.write(json.dumps({"settings": _plain(settings)}) + "\n")
                 f.write("".join(dumps_row(r) + "\n" for r in records))
         except OSError as e:
-            raise InputError(f"--out {self.dir.parent}: cannot write {name}: {e.strerror or e}") from None
+            raise InputError(f"the out directory {self.dir.parent}: cannot write {name}: {e.strerror or e}") from None
 
 
 def rows_name(method: str, ratio: float, set_spec: str) -> str:

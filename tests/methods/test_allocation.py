@@ -112,3 +112,16 @@ def test_lever_options_are_validated(bad):
 
     with pytest.raises(AappError, match="protect_by|layer_budget|budget_shift"):
         AAPPOptions(**bad)
+
+
+def test_a_subnormal_mass_difference_does_not_overflow():
+    # Hypothesis found it: masses that differ by 1e-308 made the tiles-per-excess scale infinite. Moves
+    # depend on the masses' ratios only, so these move channels as masses of 0, 0 and 1 would.
+    from aapp.methods.aapp.allocation import shift_channels
+    from aapp.methods.plan import LayerBudget, PrunePlan
+
+    budgets = tuple(LayerBudget(heads=4, kv_heads=1, channels=c) for c in (8, 8, 8, 1, 2, 1))
+    plan = PrunePlan(0.3, (0.0, 0.0, 0.0, 0.885, 0.76, 0.885), budgets, channel_tile=1)
+    tiny = shift_channels(plan, 8, [0.0] * 5 + [1.1125369292536007e-308], 1.0)
+    assert tiny == shift_channels(plan, 8, [0.0] * 5 + [1.0], 1.0)
+    assert sum(b.channels for b in tiny) == sum(b.channels for b in budgets)

@@ -135,11 +135,16 @@ def shift_channels(plan: PrunePlan, intermediate: int, mlp_mass: list[float], sh
     if not pruned:
         return tuple(budgets)
     mean = sum(mlp_mass[i] for i in pruned) / len(pruned)
-    excess = {i: mlp_mass[i] - mean for i in pruned}
+    peak = max(abs(mlp_mass[i] - mean) for i in pruned)
+    if not peak > 0:
+        return tuple(budgets)
+    # Moves are proportional to the excess, so its scale does not matter: relative to the largest, an
+    # excess a billion times smaller is no signal (and dividing by a subnormal one would overflow).
+    excess = {i: (mlp_mass[i] - mean) / peak for i in pruned}
     kept = {i: plan.budgets[i].channels for i in pruned}
     room = {i: int(shift * (intermediate - kept[i] if excess[i] > 0 else kept[i] - tile) // tile) for i in pruned}
-    gainers = [i for i in pruned if excess[i] > 0 and room[i] > 0]
-    givers = [i for i in pruned if excess[i] < 0 and room[i] > 0]
+    gainers = [i for i in pruned if excess[i] > 1e-9 and room[i] > 0]
+    givers = [i for i in pruned if excess[i] < -1e-9 and room[i] > 0]
     if not gainers or not givers:
         return tuple(budgets)
     scale = min(room[i] / abs(excess[i]) for i in gainers + givers)  # tiles moved per unit of excess

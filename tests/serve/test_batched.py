@@ -90,3 +90,15 @@ def test_a_request_alone_pays_no_probe_under_the_default_schedule(serve_model_di
     assert a["flops"]["probe"] == 0 and a["flops"]["recompute"] == 0
     assert a["flops_fraction"] < 1 and a["flops"]["decode"]["fraction"] < 1
     assert a["flops"]["prefill"]["fraction"] == 1  # the prefill ran unpruned
+
+
+@pytest.mark.parametrize("spec, opts, prefill", [
+    ("pp", {}, "dense"), ("aapp:dense", {"protect": "0.2"}, "dense"), ("pp", {"prefill": "probe"}, "probe"),
+    ("pp", {"probe_samples": "0.5"}, None),  # an option only the probe reads keeps the probe schedule
+    ("dense", {}, None)])
+def test_serve_defaults_to_the_dense_prefill_unless_told(spec, opts, prefill):
+    from aapp.pruning.request import MethodChoice
+    from aapp.serve.server import serving_choice
+
+    chosen = serving_choice(MethodChoice(spec, opts, None, None)).options
+    assert chosen.get("prefill") == prefill and dict(chosen) == (opts | {"prefill": "dense"} if prefill == "dense" else opts)

@@ -34,6 +34,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     admitted: float = field(default_factory=time.monotonic)
     started: float | None = None
+    batch: int | None = None  # how many requests its forward batch ran (its log line says so)
 
 
 class Worker:
@@ -113,6 +114,8 @@ class Worker:
         if not live:
             return
         self.batches.append(len(live))
+        for job in live:
+            job.batch = len(live)
         try:
             results = self._run(live)
         except Exception as e:  # a failed batch must not stop the server; its requests' routes answer 500

@@ -6,7 +6,8 @@ its default schedule, the dense prefill, unless `--opt prefill=probe`), sends th
 request got one valid answer (none lost, none duplicated: response ids are unique and the server logged
 exactly N requests per cell). It reports throughput, p50/p95 latency, the FLOPs each request ran (its
 share of its batch's, from the `aapp` object) and their fraction of dense, the mean batch the server ran,
-the share of benign requests that paid for protection (the `protect` policy), and how many prompts got
+the share of benign and harmful requests the method escalated (any policy but `pruned`: AAPP's `protect`,
+or a route such as `dense`), and how many prompts got
 other tokens than at the first concurrency (batched rows sum in another order: the README says why),
 then stops the server with SIGTERM and checks that it exits 0.
 
@@ -92,14 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 HEADER = ("| method | prefill | ratio | concurrency | mean batch | req/s | tokens/s | p50 s | p95 s | GFLOPs/request | "
-          "FLOPs fraction | texts unlike c=first | benign protected | harmful protected |")
+          "FLOPs fraction | texts unlike c=first | benign escalated | harmful escalated |")
 
 
 def _row(c: dict) -> str:
     return (f"| {c['method']} | {c['prefill'] or '-'} | {c['ratio']:g} | {c['concurrency']} | {c['mean_batch']:.1f} | "
             f"{c['requests_per_s']:.2f} | {c['tokens_per_s']:.1f} | {c['p50_s']:.2f} | {c['p95_s']:.2f} | "
             f"{c['gflops_run_mean']:.2f} | {c['flops_fraction_mean']:.3f} | {c['texts_varied']} | "
-            f"{c['benign_protected']} | {c['harmful_protected']} |")
+            f"{c['benign_escalated']} | {c['harmful_escalated']} |")
 
 
 class _server:
@@ -168,7 +169,8 @@ def _run_cell(url: str, prompts, conc: int, args) -> dict:
             raise SystemExit(f"an invalid answer: {r}")
     lat = sorted(s for _, s in results)
     labels = [lab for _, lab in prompts]
-    protected = [r.model_extra["aapp"]["policy"] == "protect" for r, _ in results]
+    # A pruning method's request ran escalated under any policy but `pruned`; the dense model never escalates.
+    protected = [a["method"] != "dense" and a["policy"] != "pruned" for a in (r.model_extra["aapp"] for r, _ in results)]
     tokens = sum(r.usage.completion_tokens for r, _ in results)
 
     def share(label):
@@ -178,7 +180,7 @@ def _run_cell(url: str, prompts, conc: int, args) -> dict:
 
     return {"wall_s": wall, "requests_per_s": len(prompts) / wall, "tokens_per_s": tokens / wall,
             "p50_s": statistics.median(lat), "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
-            "completion_tokens": tokens, "benign_protected": share("benign"), "harmful_protected": share("harmful"),
+            "completion_tokens": tokens, "benign_escalated": share("benign"), "harmful_escalated": share("harmful"),
             "flops_fraction_mean": statistics.fmean(r.model_extra["aapp"]["flops_fraction"] for r, _ in results),
             "gflops_run_mean": statistics.fmean(_run_flops(r.model_extra["aapp"]["flops"]) for r, _ in results) / 1e9,
             "texts": [r.choices[0].message.content for r, _ in results]}

@@ -170,7 +170,8 @@ def _run_cell(url: str, prompts, conc: int, args) -> dict:
     lat = sorted(s for _, s in results)
     labels = [lab for _, lab in prompts]
     # A pruning method's request ran escalated under any policy but `pruned`; the dense model never escalates.
-    protected = [a["method"] != "dense" and a["policy"] != "pruned" for a in (r.model_extra["aapp"] for r, _ in results)]
+    served = [r.model_extra["aapp"] for r, _ in results]
+    protected = [a["method"] != "dense" and a["policy"] != "pruned" for a in served]
     tokens = sum(r.usage.completion_tokens for r, _ in results)
 
     def share(label):

@@ -73,7 +73,8 @@ class _State:
         self.lock = threading.Lock()
 
     def _run(self, jobs: list[Job]) -> list[tuple]:
-        return run_batch(self.handle, [DecodeRequest(j.input_ids, j.sampling, j.on_text, j.cancelled.is_set) for j in jobs])
+        requests = [DecodeRequest(j.input_ids, j.sampling, j.on_text, j.cancelled.is_set) for j in jobs]
+        return run_batch(self.handle, requests)
 
 
 def make_app(handle: PrunedModel, settings: ServeSettings, log: Callable[[dict], None] = log_json) -> FastAPI:
@@ -316,7 +317,8 @@ def _record(state: _State, path: str, rid: str, req: ChatRequest | TextRequest, 
     facts = info.report.facts if info is not None else None
     record = {"event": "request", "id": rid, "path": path, "status": status,
               "stream": req.stream, "latency_s": round(latency, 4),
-              "queue_s": round((job.started or now) - job.admitted, 4), "batch": job.batch, "prompt_tokens": prompt,
+              "queue_s": round((job.started or now) - job.admitted, 4), "batch": job.batch,
+              "prompt_tokens": prompt,
               "completion_tokens": completion, "finish_reason": outcome.finish_reason if outcome else None,
               "policy": info.policy if info else None, "gate_fired": facts.fired if facts else None,
               "gate_score": facts.batch_score if facts else None, "flops_fraction": info.flops_fraction if info else None}

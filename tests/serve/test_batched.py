@@ -101,4 +101,5 @@ def test_serve_defaults_to_the_dense_prefill_unless_told(spec, opts, prefill):
     from aapp.serve.server import serving_choice
 
     chosen = serving_choice(MethodChoice(spec, opts, None, None)).options
-    assert chosen.get("prefill") == prefill and dict(chosen) == (opts | {"prefill": "dense"} if prefill == "dense" else opts)
+    want = opts | {"prefill": "dense"} if prefill == "dense" else opts
+    assert chosen.get("prefill") == prefill and dict(chosen) == want

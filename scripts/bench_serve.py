@@ -1,12 +1,15 @@
 """Load test of `aapp serve`: a benign-heavy stream through the OpenAI client, on loopback, bounded.
 
-For each method, starts `aapp serve` on 127.0.0.1 (a free port), sends the same N requests
-(AdvBench and XSTest-safe mixed 1:9, greedy) at each concurrency, and checks before it reports:
-every request got one valid answer (none lost, none duplicated: response ids are unique and the
-server logged exactly N requests per cell), and every prompt got the same tokens at every
-concurrency (batch independence under load). It reports throughput, p50/p95 latency and the share
-of benign requests that paid for protection (ran under the `protect` policy), then stops the server
-with SIGTERM and checks that it exits 0.
+For each method (a spec: `dense`, `pp`, `aapp:dense`, ...), starts `aapp serve` on 127.0.0.1 (a free port;
+its default schedule, the dense prefill, unless `--opt prefill=probe`), sends the same N requests
+(AdvBench and XSTest-safe mixed 1:9, greedy) at each concurrency, and checks before it reports: every
+request got one valid answer (none lost, none duplicated: response ids are unique and the server logged
+exactly N requests per cell). It reports throughput, p50/p95 latency, the FLOPs each request ran (its
+share of its batch's, from the `aapp` object) and their fraction of dense, the mean batch the server ran,
+the share of benign and harmful requests the method escalated (any policy but `pruned`: AAPP's `protect`,
+or a route such as `dense`), and how many prompts got
+other tokens than at the first concurrency (batched rows sum in another order: the README says why),
+then stops the server with SIGTERM and checks that it exits 0.
 
     python scripts/bench_serve.py --calib calib.safetensors --out serve.json --md serve.md
 """
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=600, help="Seconds one request may take before it counts as lost.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--opt", action="append", default=[], help="KEY=VALUE passed to every pruning method's serve.")
     ap.add_argument("--out", help="JSON result.")
     ap.add_argument("--md", help="Markdown table.")
     args = ap.parse_args(argv)
@@ -67,34 +71,36 @@ def main(argv: list[str] | None = None) -> dict:
                 cell = _run_cell(url, prompts, conc, args)
                 _wait(lambda: len(logs) - n_logs >= len(prompts), 60, "the server's log records")
                 served = [r for r in logs[n_logs:] if r.get("event") == "request"]
+                start = next(r for r in logs if r.get("event") == "start")
                 if len(served) != len(prompts) or any(r["status"] != 200 for r in served):
                     raise SystemExit(f"{method} c={conc}: the server logged {len(served)} requests for "
                                      f"{len(prompts)} sent, or some failed")
-                for i, t in enumerate(cell.pop("texts")):
-                    texts.setdefault((method, i), set()).add(t)
-                cell.update(method=method, ratio=0.0 if method == "dense" else args.ratio, concurrency=conc)
+                cell["mean_batch"] = statistics.fmean(r["batch"] for r in served)
+                first = texts.setdefault(method, cell["texts"])
+                cell["texts_varied"] = sum(a != b for a, b in zip(first, cell.pop("texts")))
+                cell.update(method=method, ratio=0.0 if method == "dense" else args.ratio, concurrency=conc,
+                            prefill=start.get("prefill"), batching=start.get("batching"))
                 cells.append(cell)
                 print(_row(cell), file=sys.stderr, flush=True)
-    varying = sorted({m for (m, i), ts in texts.items() if len(ts) > 1})
     doc = {"command": script_command("bench_serve", argv), "machine": machine(), "args": vars(args),
-           "requests": len(prompts), "harmful": n_harm, "independent_across_concurrency": not varying,
-           "methods_whose_output_varied": varying, "cells": cells,
+           "load_average": os.getloadavg(), "requests": len(prompts), "harmful": n_harm, "cells": cells,
            "versions": {m: __import__(m).__version__ for m in ("fastapi", "uvicorn", "openai")}}
-    table = "\n".join([HEADER, "|---|---:|---:|---:|---:|---:|---:|---:|---:|", *(_row(c) for c in cells)])
+    table = "\n".join([HEADER, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                       *(_row(c) for c in cells)])
     write_result(doc, table, args.out, args.md)
     print(table)
-    if varying:
-        raise SystemExit(f"outputs differed across concurrency for {', '.join(varying)}")
     return doc
 
 
-HEADER = ("| method | ratio | concurrency | req/s | tokens/s | p50 s | p95 s | benign protected | harmful protected |")
+HEADER = ("| method | prefill | ratio | concurrency | mean batch | req/s | tokens/s | p50 s | p95 s | GFLOPs/request | "
+          "FLOPs fraction | texts unlike c=first | benign escalated | harmful escalated |")
 
 
 def _row(c: dict) -> str:
-    return (f"| {c['method']} | {c['ratio']:g} | {c['concurrency']} | {c['requests_per_s']:.2f} | "
-            f"{c['tokens_per_s']:.1f} | {c['p50_s']:.2f} | {c['p95_s']:.2f} | {c['benign_protected']} | "
-            f"{c['harmful_protected']} |")
+    return (f"| {c['method']} | {c['prefill'] or '-'} | {c['ratio']:g} | {c['concurrency']} | {c['mean_batch']:.1f} | "
+            f"{c['requests_per_s']:.2f} | {c['tokens_per_s']:.1f} | {c['p50_s']:.2f} | {c['p95_s']:.2f} | "
+            f"{c['gflops_run_mean']:.2f} | {c['flops_fraction_mean']:.3f} | {c['texts_varied']} | "
+            f"{c['benign_escalated']} | {c['harmful_escalated']} |")
 
 
 class _server:
@@ -105,6 +111,8 @@ class _server:
                "--host", "127.0.0.1", "--port", "0", "--max-batch", str(args.max_batch), "--max-queue", "256"]
         if method != "dense":
             cmd += ["--ratio", str(args.ratio), "--calib", args.calib]
+            for opt in args.opt:
+                cmd += ["--opt", opt]
         self.cmd, self.logs = cmd, []
 
     def __enter__(self):
@@ -161,7 +169,9 @@ def _run_cell(url: str, prompts, conc: int, args) -> dict:
             raise SystemExit(f"an invalid answer: {r}")
     lat = sorted(s for _, s in results)
     labels = [lab for _, lab in prompts]
-    protected = [r.model_extra["aapp"]["policy"] == "protect" for r, _ in results]
+    # A pruning method's request ran escalated under any policy but `pruned`; the dense model never escalates.
+    served = [r.model_extra["aapp"] for r, _ in results]
+    protected = [a["method"] != "dense" and a["policy"] != "pruned" for a in served]
     tokens = sum(r.usage.completion_tokens for r, _ in results)
 
     def share(label):
@@ -171,9 +181,15 @@ def _run_cell(url: str, prompts, conc: int, args) -> dict:
 
     return {"wall_s": wall, "requests_per_s": len(prompts) / wall, "tokens_per_s": tokens / wall,
             "p50_s": statistics.median(lat), "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
-            "completion_tokens": tokens, "benign_protected": share("benign"), "harmful_protected": share("harmful"),
+            "completion_tokens": tokens, "benign_escalated": share("benign"), "harmful_escalated": share("harmful"),
             "flops_fraction_mean": statistics.fmean(r.model_extra["aapp"]["flops_fraction"] for r, _ in results),
+            "gflops_run_mean": statistics.fmean(_run_flops(r.model_extra["aapp"]["flops"]) for r, _ in results) / 1e9,
             "texts": [r.choices[0].message.content for r, _ in results]}
+
+
+def _run_flops(flops: dict) -> float:
+    """What a request's share of its batch ran (aapp.methods.report.FlopCount.run)."""
+    return sum(flops[k] for k in ("pruned", "probe", "bias", "recompute"))
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:

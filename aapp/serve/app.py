@@ -29,9 +29,9 @@ from aapp.errors import InputError
 from aapp.pruning.engine import PrunedModel
 from aapp.serve import schemas
 from aapp.serve.chat import render
-from aapp.serve.generate import Piece
 from aapp.serve.metrics import Metrics
-from aapp.serve.policy import Served, run_request
+from aapp.serve.generate import DecodeRequest, Piece
+from aapp.serve.policy import Served, batches, run_batch
 from aapp.serve.schemas import ApiError, ChatRequest, Limits, TextRequest
 from aapp.serve.tokens import TokenBytes
 from aapp.serve.wire import Answer, ChatAnswer, TextAnswer
@@ -65,14 +65,16 @@ class _State:
         self.metrics = Metrics()
         self.tokens = TokenBytes(handle.loaded.tokenizer)
         self.worker = Worker(self._run, settings.max_batch, settings.max_queue, settings.window_s,
-                             on_depth=self.metrics.queue_depth.set)
+                             on_depth=self.metrics.queue_depth.set,
+                             batch_size=settings.max_batch if batches(handle) else 1)
         self.created = int(time.time())
         self.in_flight = 0
         self.service_s = 1.0  # a running mean of one request's model time, for Retry-After
         self.lock = threading.Lock()
 
-    def _run(self, job: Job) -> tuple:
-        return run_request(self.handle, job.input_ids, job.sampling, job.on_text, job.cancelled.is_set)
+    def _run(self, jobs: list[Job]) -> list[tuple]:
+        requests = [DecodeRequest(j.input_ids, j.sampling, j.on_text, j.cancelled.is_set) for j in jobs]
+        return run_batch(self.handle, requests)
 
 
 def make_app(handle: PrunedModel, settings: ServeSettings, log: Callable[[dict], None] = log_json) -> FastAPI:
@@ -231,7 +233,8 @@ async def _answer(state: _State, request: Request, req: ChatRequest | TextReques
     state.metrics.in_flight.set(state.in_flight)
     if not state.worker.submit(job):
         _left(state)
-        retry = max(1, math.ceil(state.service_s * max(1, state.worker.waiting)))  # requests run one at a time
+        # service_s is one batch's model time; the queue ahead drains a batch at a time.
+        retry = max(1, math.ceil(state.service_s * max(1, state.worker.waiting / state.worker.batch_size)))
         raise ApiError(429, f"the queue is full ({state.settings.max_queue} requests waiting); retry later",
                        type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry)})
     if req.stream:
@@ -314,7 +317,8 @@ def _record(state: _State, path: str, rid: str, req: ChatRequest | TextRequest, 
     facts = info.report.facts if info is not None else None
     record = {"event": "request", "id": rid, "path": path, "status": status,
               "stream": req.stream, "latency_s": round(latency, 4),
-              "queue_s": round((job.started or now) - job.admitted, 4), "prompt_tokens": prompt,
+              "queue_s": round((job.started or now) - job.admitted, 4), "batch": job.batch,
+              "prompt_tokens": prompt,
               "completion_tokens": completion, "finish_reason": outcome.finish_reason if outcome else None,
               "policy": info.policy if info else None, "gate_fired": facts.fired if facts else None,
               "gate_score": facts.batch_score if facts else None, "flops_fraction": info.flops_fraction if info else None}

@@ -1,9 +1,12 @@
-"""One request's decode loop: prefill, then token by token with greedy or seeded sampling, OpenAI's
-penalties and logit bias, logprobs, stop strings, streaming and cancellation.
+"""The serving decode loop: one batch of requests, prefill, then token by token, each row with its own
+greedy or seeded sampling, OpenAI's penalties and logit bias, logprobs, stop strings, streaming and
+cancellation.
 
-Unlike aapp.generation's batch loop, this one runs a single sequence (no padding: its tokens are
-what it would get alone, by construction) and hands text out as it is made. It calls the model's
-own forward, so a pruned model decodes through the same code.
+Unlike aapp.generation's batch loop (one setting for the batch, greedy), each row here is a request
+of its own and hands its text out as it is made. It calls the model's own forward, so a pruned model
+decodes through the same code. A batch of one is unpadded, so its tokens are what the request gets
+alone by construction; batched rows are left-padded, and whether their tokens stay their own is the
+caller's matter (aapp.serve.policy batches only where the method's selection is per row).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, SequenceBiasLogitsProcessor
 
-from aapp.generation import eos_ids
+from aapp.generation import eos_ids, positions
 from aapp.models.kv_cache import cache_kwarg, new_cache
 from aapp.serve.schemas import Sampling
 
@@ -94,63 +97,119 @@ def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-@torch.inference_mode()
-def generate(model, tokenizer, input_ids: torch.Tensor, sampling: Sampling,
-             on_text: Callable[[Piece], None] | None = None,
-             cancelled: Callable[[], bool] = lambda: False) -> Outcome:
-    """Decode `input_ids` [1, S]. `on_text` gets each new piece of text once no stop string can
-    still begin in it and no character is left incomplete; `cancelled` is polled before every step."""
-    device = input_ids.device
-    stops = set(eos_ids(model, tokenizer))
-    generator = None
-    if sampling.temperature > 0:
-        generator = torch.Generator(device=device)
-        # Unseeded requests sample from fresh entropy, never from a state other requests moved.
-        generator.manual_seed(sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little"))
-    hold = max((len(s) for s in sampling.stop), default=1) - 1
-    cache = {cache_kwarg(model): new_cache(model)}
-    n_prompt = input_ids.shape[1]
-    attn = torch.ones_like(input_ids)
-    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=torch.arange(n_prompt, device=device)[None],
-                   **cache, use_cache=True, logits_to_keep=1).logits
-    process = processors(sampling)
-    tokens: list[int] = []
-    scored: list[TokenLogprob] = []
-    text, sent, told, reason = "", 0, 0, "length"
-    cut = None  # where a stop string cut the text
-    for step in range(sampling.max_tokens):
-        if cancelled():
-            reason = "cancelled"
-            break
-        scores = process(torch.tensor([tokens], dtype=torch.long, device=device), logits[:, -1].float())
-        tok = next_token(scores[0], sampling, generator)
-        if tok in stops:
-            tokens.append(tok)
-            reason = "stop"
-            break
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One sequence to decode: its prompt, its own settings, where its text goes and whether its client left."""
+
+    input_ids: torch.Tensor  # [1, S]
+    sampling: Sampling
+    on_text: Callable[[Piece], None] | None = None
+    cancelled: Callable[[], bool] = lambda: False
+
+
+class _Row:
+    """One request's side of a batch's decode loop: its sampler, tokens, text, stop strings and stream.
+    `step` takes the model's logits at its last place and says whether the row is done."""
+
+    def __init__(self, request: DecodeRequest, tokenizer, stops: set[int]):
+        self.request, self.tokenizer, self.stops = request, tokenizer, stops
+        sampling = request.sampling
+        self.generator = None
+        if sampling.temperature > 0:
+            self.generator = torch.Generator(device=request.input_ids.device)
+            # Unseeded requests sample from fresh entropy, never from a state other requests moved.
+            seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little")
+            self.generator.manual_seed(seed)
+        self.process = processors(sampling)
+        self.hold = max((len(s) for s in sampling.stop), default=1) - 1
+        self.tokens: list[int] = []
+        self.scored: list[TokenLogprob] = []
+        self.text, self.sent, self.told, self.reason = "", 0, 0, "length"
+        self.cut: int | None = None  # where a stop string cut the text
+        self.done = False
+
+    @property
+    def feed(self) -> int | None:
+        """The token the next forward reads for this row (None: it has none yet)."""
+        return self.tokens[-1] if self.tokens else None
+
+    def step(self, logits: torch.Tensor) -> bool:
+        """logits: [V], the model's own at this row's last place. Picks, records and streams one token."""
+        sampling, device = self.request.sampling, logits.device
+        if self.request.cancelled():
+            self.reason, self.done = "cancelled", True
+            return True
+        scores = self.process(torch.tensor([self.tokens], dtype=torch.long, device=device), logits[None].float())
+        tok = next_token(scores[0], sampling, self.generator)
+        self.tokens.append(tok)
+        if tok in self.stops:
+            self.reason, self.done = "stop", True
+            return True
         if sampling.logprobs is not None:
-            scored.append(token_logprob(logits[0, -1], tok, sampling.logprobs, len(text)))
-        tokens.append(tok)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = _first_stop(text, sampling.stop, max(0, sent - hold))
-        if cut is not None:
-            text, reason = text[:cut], "stop"
-            break
+            self.scored.append(token_logprob(logits, tok, sampling.logprobs, len(self.text)))
+        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        self.cut = _first_stop(self.text, sampling.stop, max(0, self.sent - self.hold))
+        if self.cut is not None:
+            self.text, self.reason, self.done = self.text[: self.cut], "stop", True
+            return True
         # Hold back what a stop string may still start in, and a multi-byte character still incomplete.
-        safe = _complete(text, len(text) - hold)
-        if on_text and safe > sent:
-            on_text(Piece(text[sent:safe], tuple(scored[told:])))
-            sent, told = safe, len(scored)
-        if step == sampling.max_tokens - 1:
+        safe = _complete(self.text, len(self.text) - self.hold)
+        if self.request.on_text and safe > self.sent:
+            self.request.on_text(Piece(self.text[self.sent : safe], tuple(self.scored[self.told :])))
+            self.sent, self.told = safe, len(self.scored)
+        self.done = len(self.tokens) == sampling.max_tokens
+        return self.done
+
+    def finish(self) -> Outcome:
+        """The row's outcome, its last text streamed (not a cancelled row's: its client has gone)."""
+        text, on_text = self.text, self.request.on_text
+        if self.cut is None:  # a character whose last bytes were never generated is dropped, not sent broken (U+FFFD)
+            text = text[: _complete(text, len(text))]
+        if self.reason != "cancelled" and on_text and (len(text) > self.sent or len(self.scored) > self.told):
+            on_text(Piece(text[self.sent :], tuple(self.scored[self.told :])))
+        logprobs = tuple(self.scored) if self.request.sampling.logprobs is not None else None
+        return Outcome(text, self.reason, int(self.request.input_ids.shape[1]), len(self.tokens), logprobs)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, requests: list[DecodeRequest]) -> list[Outcome]:
+    """Decode `requests` together: one left-padded prefill and one KV cache, each row with its own
+    sampling, stops, logprobs, stream and cancellation. `on_text` gets each new piece of text once no
+    stop string can still begin in it and no character is left incomplete; `cancelled` is polled before
+    every step. A finished or cancelled row keeps its slot (the engine's per-row masks are set for the
+    batch's rows) and reads its last token again, unused, until every row is done; its text stops there.
+    A batch of one has no padding: its forward is exactly the unbatched one."""
+    device = requests[0].input_ids.device
+    stops = set(eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    input_ids, attn = _left_padded([r.input_ids[0] for r in requests], pad, device)
+    pos = positions(attn)
+    cache = {cache_kwarg(model): new_cache(model)}
+    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, **cache, use_cache=True,
+                   logits_to_keep=1).logits  # [B, 1, V]
+    rows = [_Row(r, tokenizer, stops) for r in requests]
+    while True:
+        for b, row in enumerate(rows):
+            if not row.done:
+                row.step(logits[b, -1])
+        if all(row.done for row in rows):
             break
-        attn = torch.cat([attn, attn[:, :1]], dim=1)
-        logits = model(input_ids=torch.tensor([[tok]], device=device), attention_mask=attn,
-                       position_ids=torch.tensor([[n_prompt + step]], device=device), **cache, use_cache=True).logits
-    if cut is None:  # a character whose last bytes were never generated is dropped, not sent broken (U+FFFD)
-        text = text[:_complete(text, len(text))]
-    if reason != "cancelled" and on_text and (len(text) > sent or len(scored) > told):
-        on_text(Piece(text[sent:], tuple(scored[told:])))
-    return Outcome(text, reason, n_prompt, len(tokens), tuple(scored) if sampling.logprobs is not None else None)
+        feed = torch.tensor([[pad if row.feed is None else row.feed] for row in rows], device=device)
+        attn = torch.cat([attn, attn.new_ones(len(rows), 1)], dim=1)
+        pos = pos[:, -1:] + 1
+        logits = model(input_ids=feed, attention_mask=attn, position_ids=pos, **cache, use_cache=True).logits
+    return [row.finish() for row in rows]
+
+
+def _left_padded(prompts: list[torch.Tensor], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompts: each [S_i] -> input_ids and attention mask [B, max S_i], padded on the left."""
+    width = max(p.shape[0] for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+    attn = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        ids[b, width - p.shape[0] :] = p
+        attn[b, width - p.shape[0] :] = 1
+    return ids, attn
 
 
 def _complete(text: str, end: int) -> int:

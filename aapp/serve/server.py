@@ -5,16 +5,19 @@ from __future__ import annotations
 import ipaddress
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import uvicorn
 
 from aapp.console import warn
 from aapp.errors import AappError
+from aapp.methods.engine_options import PROBE_OPTIONS
+from aapp.methods.registry import make_method
 from aapp.models.loading import load_model
 from aapp.pruning.engine import prune_model
 from aapp.pruning.request import MethodChoice, resolve_method
 from aapp.serve.app import ServeSettings, log_json, make_app
+from aapp.serve.policy import batches, schedule
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,21 @@ def uvicorn_config(app, **kw) -> uvicorn.Config:
                           timeout_graceful_shutdown=None, **kw)
 
 
+def serving_choice(choice: MethodChoice) -> MethodChoice:
+    """serve's method: `choice` with the dense-prefill schedule where the method takes it and the user chose
+    no schedule. Alone, a request then pays no probe; batched, it keeps its own selection, so requests
+    share a forward (aapp.serve.policy). A `prefill` the user gives, or an option only the probe schedule
+    reads (probe_samples, reprobe_every, ...), keeps the paper's probe schedule. `aapp prune` keeps its own
+    default (probe)."""
+    taken = make_method(choice.spec).engine_options
+    if "prefill" not in taken or "prefill" in choice.options or any(k in choice.options for k in PROBE_OPTIONS):
+        return choice
+    return replace(choice, options={**choice.options, "prefill": "dense"})
+
+
 def serve(config: ServeConfig) -> None:
     """Serve until SIGTERM or SIGINT; on SIGTERM, answer every request in flight, then return."""
-    resolved = resolve_method(config.method, config.model)
+    resolved = resolve_method(serving_choice(config.method), config.model)
     method, options = resolved.method, resolved.options
     if method.carries_state:
         raise AappError(f"method {method.name} carries state from batch to batch, so one request's "
@@ -86,8 +101,10 @@ def serve(config: ServeConfig) -> None:
         server = _Server(uvicorn_config(app))
         host, port = sock.getsockname()[:2]
         log_json({"event": "start", "url": f"http://{host}:{port}/v1", "model": config.model,
-                  "method": method.name, "ratio": options.ratio, "auth": config.api_key is not None,
-                  "max_batch": config.max_batch, "max_queue": config.max_queue})
+                  "method": method.name, "ratio": options.ratio, "prefill": schedule(handle),
+                  # the probe schedule selects per batch: its requests run one at a time (aapp.serve.policy)
+                  "batching": "together" if batches(handle) else "one at a time (prefill=probe selects per batch)",
+                  "auth": config.api_key is not None, "max_batch": config.max_batch, "max_queue": config.max_queue})
         # uvicorn re-raises the signal that stopped it once it has drained; with this handler in place the
         # re-raised SIGTERM is a no-op, so a drained server exits 0 rather than dying by the signal.
         previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)

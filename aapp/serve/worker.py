@@ -1,9 +1,12 @@
-"""The model's one thread: a bounded queue of requests, gathered in short windows and run one by one.
+"""The model's one thread: a bounded queue of requests, gathered in short windows and run in batches.
 
 Requests that arrive within `window_s` of each other (at most `max_batch`) form one turn of the
-worker, but each still runs as its own selection batch (aapp.serve.policy says why), so sharing a
-turn changes no request's tokens. The model runs in this thread only; the event loop never waits
+worker. Where the method selects per row (aapp.serve.policy.batches) the turn runs as one batch
+through the model; otherwise each request runs as a batch of its own (`batch_size` 1), so sharing a
+turn changes no request's selection. The model runs in this thread only; the event loop never waits
 on it. Admission is bounded: past `max_queue` waiting requests, `submit` refuses (the route's 429).
+A batch's requests are answered when it ends: a row that finishes early has streamed its text, and
+waits only for its closing chunk.
 """
 
 from __future__ import annotations
@@ -31,18 +34,22 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     admitted: float = field(default_factory=time.monotonic)
     started: float | None = None
+    batch: int | None = None  # how many requests its forward batch ran (its log line says so)
 
 
 class Worker:
     def __init__(self, run: Callable, max_batch: int, max_queue: int, window_s: float = 0.005,
-                 on_depth: Callable[[int], None] = lambda n: None):
-        """`run(job) -> (outcome, aapp object)` generates one request (see aapp.serve.policy)."""
+                 on_depth: Callable[[int], None] = lambda n: None, batch_size: int = 1):
+        """`run(jobs) -> [(outcome, aapp object)]` generates `jobs` (at most `batch_size`) as one batch
+        (see aapp.serve.policy)."""
         self._run, self.max_batch, self.max_queue, self.window_s = run, max_batch, max_queue, window_s
+        self.batch_size = max(1, min(batch_size, max_batch))
         self._on_depth = on_depth
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._waiting = 0
         self.turns: list[int] = []  # how many requests each turn gathered (the load test reads it)
+        self.batches: list[int] = []  # how many requests each forward batch ran (the tests read it)
         self._thread = threading.Thread(target=self._loop, name="aapp-serve-model", daemon=True)
 
     def start(self) -> None:
@@ -88,22 +95,32 @@ class Worker:
                     break
                 turn.append(job)
             self.turns.append(len(turn))
-            for job in turn:
-                self._one(job)
+            for start in range(0, len(turn), self.batch_size):
+                self._batch(turn[start : start + self.batch_size])
             if stop:
                 return
 
-    def _one(self, job: Job) -> None:
+    def _batch(self, jobs: list[Job]) -> None:
         with self._lock:
-            self._waiting -= 1
+            self._waiting -= len(jobs)
             self._on_depth(self._waiting)
-        if job.cancelled.is_set():  # its client left while it waited
-            job.finish(None, None, None)
+        live = []
+        for job in jobs:
+            if job.cancelled.is_set():  # its client left while it waited
+                job.finish(None, None, None)
+            else:
+                job.started = time.monotonic()
+                live.append(job)
+        if not live:
             return
-        job.started = time.monotonic()
+        self.batches.append(len(live))
+        for job in live:
+            job.batch = len(live)
         try:
-            outcome, info = self._run(job)
-        except Exception as e:  # one request's failure must not stop the server; the route answers 500
-            job.finish(None, None, e)
+            results = self._run(live)
+        except Exception as e:  # a failed batch must not stop the server; its requests' routes answer 500
+            for job in live:
+                job.finish(None, None, e)
             return
-        job.finish(outcome, info, None)
+        for job, (outcome, info) in zip(live, results):
+            job.finish(outcome, info, None)

@@ -11,12 +11,11 @@ import openai
 import torch
 import uvicorn
 
-from aapp.calibration.store import load_calibration
-from aapp.methods import make_method
 from aapp.models.loading import load_model
-from aapp.pruning.engine import PruneOptions, prune_model
+from aapp.pruning.engine import prune_model
+from aapp.pruning.request import MethodChoice, resolve_method
 from aapp.serve.app import ServeSettings, make_app
-from aapp.serve.server import listen, uvicorn_config
+from aapp.serve.server import listen, serving_choice, uvicorn_config
 
 MODEL_ID = "tiny"
 
@@ -33,11 +32,14 @@ class Served:
 
 
 @contextmanager
-def serving(model_dir, method: str = "dense", ratio: float = 0.0, calib=None, **settings):
-    """Serve `model_dir` on 127.0.0.1 (a free port) in this process until the block ends."""
+def serving(model_dir, method: str = "dense", ratio: float | None = None, calib=None, opts: dict | None = None,
+            **settings):
+    """Serve `model_dir` on 127.0.0.1 (a free port) in this process until the block ends, with the method
+    built as `aapp serve` builds it (the dense prefill unless `opts` names a schedule)."""
+    choice = serving_choice(MethodChoice(method, opts or {}, ratio, str(calib) if calib else None))
+    resolved = resolve_method(choice, str(model_dir))
     loaded = load_model(str(model_dir))
-    cal = load_calibration(calib) if calib else None
-    handle = prune_model(loaded, make_method(method), PruneOptions(ratio=ratio), cal)
+    handle = prune_model(loaded, resolved.method, resolved.options, resolved.calib)
     logs: list = []
     app = make_app(handle, ServeSettings(model_id=MODEL_ID, **settings), log=logs.append)
     sock = listen("127.0.0.1", 0)

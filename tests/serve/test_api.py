@@ -22,7 +22,7 @@ USER = [{"role": "user", "content": "tell me a story about a cat"}]
 
 @pytest.fixture(scope="module")
 def aapp_server(serve_model_dir, tiny_calib):
-    with serving(serve_model_dir, "aapp", 0.3, tiny_calib) as s:
+    with serving(serve_model_dir, "aapp", 0.3, tiny_calib, {"prefill": "probe"}) as s:
         yield s
 
 

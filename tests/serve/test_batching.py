@@ -21,7 +21,7 @@ N = 8
 
 @pytest.fixture(scope="module")
 def aapp_server(serve_model_dir, tiny_calib):
-    with serving(serve_model_dir, "aapp", 0.3, tiny_calib, max_batch=N) as s:
+    with serving(serve_model_dir, "aapp", 0.3, tiny_calib, {"prefill": "probe"}, max_batch=N) as s:
         yield s
 
 
@@ -76,6 +76,8 @@ def test_same_tokens_alone_or_beside_requests_the_gate_decides_otherwise(aapp_se
     for th in [blocker, *threads]:
         th.join(120)
     assert aapp_server.state.worker.turns[-1] == N, "the mates did not share one turn"
+    # prefill=probe selects per batch: each request of the turn ran as a batch of its own.
+    assert aapp_server.state.worker.batches[-N:] == [1] * N
     for i, t in enumerate(mates):
         assert _facts(answers[i]) == alone[t], t
     assert answers["seeded"]["choices"][0]["message"]["content"] == mates_alone_sampled

@@ -53,8 +53,10 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(serve_model_dir):
     try:
         wait_for(lambda: any('"start"' in ln for ln in lines) or proc.poll() is not None, "the server to start",
                  tries=1200)
-        url = json.loads(next(ln for ln in lines if '"start"' in ln))["url"]
+        start = json.loads(next(ln for ln in lines if '"start"' in ln))
+        url = start["url"]
         assert url.startswith("http://127.0.0.1:")
+        assert start["prefill"] is None and start["batching"] == "together"  # dense: nothing selected, rows batch
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
         answers: dict = {}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aapp.errors import AappError, InputError
+from aapp.errors import AappError, CalibrationError, InputError
 from aapp.evaluation.sweep import CellSettings, PromptSettings, run_sweep
 from aapp.evaluation.sweep_store import CELLS, CellStore, rows_name
 from tests.evaluation.sweep_inputs import (CHILD, HARMFUL, PROSE, TIMING, Inputs, child_env, config_json,

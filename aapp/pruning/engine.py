@@ -137,6 +137,7 @@ class PrunedModel:
         self._group: RowGroup | None = None  # the routed group `run_routed` is running now (None: a whole batch)
         self.run: _BatchRun | None = None   # the current forward's batch
         self._plans: dict[float, PrunePlan] = {}
+        self._fixed_step_bytes: float | None = None  # a decode step's reads of dense layers and lm_head
         self._handles, self._swapped, self._undo = [], [], []
         self.runtimes: dict[int, LayerRuntime] = {}
         model = loaded.model
@@ -235,11 +236,12 @@ class PrunedModel:
         """A decode step's reads outside the pruned layers: the dense layers, their KV caches and lm_head."""
         g, b = self.loaded.geometry, self.run.decode_bytes
         size = self.loaded.model.dtype.itemsize
-        for i in range(g.num_layers):
-            if i not in self.runtimes:
-                b.weights += flops.block_weight_bytes(g, g.num_heads, g.num_kv_heads, g.intermediate_size, size)
-                b.kv += flops.kv_read_bytes(g, g.num_kv_heads, rows, _window(g, i, context), size)
-        b.weights += flops.lm_head_bytes(g, size)
+        dense = [i for i in range(g.num_layers) if i not in self.runtimes]
+        if self._fixed_step_bytes is None:  # the same every step: computed once
+            self._fixed_step_bytes = (len(dense) * flops.block_weight_bytes(
+                g, g.num_heads, g.num_kv_heads, g.intermediate_size, size) + flops.lm_head_bytes(g, size))
+        b.weights += self._fixed_step_bytes
+        b.kv += sum(flops.kv_read_bytes(g, g.num_kv_heads, rows, _window(g, i, context), size) for i in dense)
         b.tokens += rows
 
     def _dense_only_flops(self, batch: int, seq: int, past: int, lm: float) -> FlopCount:
